@@ -1,0 +1,45 @@
+// dropout.cu: inverted dropout with a counter-based generator (minidl/ops/dropout.py;
+// docs/dropout.md).
+//
+//   bits(key, i)      MurmurHash3's 32-bit finalizer applied twice to (key, element index i):
+//                     the same integer arithmetic as dropout_bits() in NumPy, so the mask is the
+//                     same on every device and for every launch shape.
+//   dropout_forward   y[i] = keep(i) ? x[i] * scale : 0,  keep(i) = (bits >> 8) >= threshold
+//   dropout_backward  dx[i] = keep(i) ? dy[i] * scale : 0  (the mask is regenerated, not stored)
+//
+// threshold = round(p * 2^24), scale = 1 / (1 - p). One thread per element; any 1-D launch.
+#include "common.cuh"
+
+__device__ __forceinline__ unsigned int fmix32(unsigned int h) {
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
+__device__ __forceinline__ bool dropout_keep(unsigned int key_lo, unsigned int key_hi,
+                                             long long index, unsigned int threshold) {
+    unsigned int lo = (unsigned int)(index & 0xFFFFFFFFLL);
+    unsigned int hi = (unsigned int)(index >> 32);
+    unsigned int h = fmix32(lo ^ key_lo);
+    h = fmix32(h + (hi ^ key_hi) * 0x9E3779B9u);
+    return (h >> 8) >= threshold;
+}
+
+template <typename T>
+__global__ void dropout_forward(const T* x, T* y, long long total, unsigned int key_lo,
+                                unsigned int key_hi, unsigned int threshold, T scale) {
+    FOR_EACH_INDEX(i, total) {
+        y[i] = dropout_keep(key_lo, key_hi, i, threshold) ? x[i] * scale : T(0);
+    }
+}
+
+template <typename T>
+__global__ void dropout_backward(const T* dy, T* dx, long long total, unsigned int key_lo,
+                                 unsigned int key_hi, unsigned int threshold, T scale) {
+    FOR_EACH_INDEX(i, total) {
+        dx[i] = dropout_keep(key_lo, key_hi, i, threshold) ? dy[i] * scale : T(0);
+    }
+}

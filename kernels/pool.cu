@@ -1,0 +1,70 @@
+// pool.cu: 2-D max-pooling (minidl/ops/pool.py; docs/max_pool2d.md).
+//
+//   max_pool2d_forward   x: (N, C, H, W) -> y, argmax: (N, C, OH, OW)
+//       one thread per output (n, c, oy, ox) scans its kh x kw window in row-major order with a
+//       strict '>' (ties go to the first maximum; padding is -inf and never wins);
+//       argmax holds the winner's flat index h * W + w. Matches max_pool2d_forward_numpy.
+//   max_pool2d_backward  dy, argmax: (N, C, OH, OW) -> dx: (N, C, H, W)
+//       one thread per input pixel (n, c, h, w) GATHERS dy from the windows that contain it and
+//       chose it: no atomics, so the result is bit-for-bit reproducible.
+//       Matches max_pool2d_backward_numpy.
+//
+// Launch: any 1-D grid of 1-D blocks (grid-stride loops).
+#include "common.cuh"
+
+template <typename T>
+__global__ void max_pool2d_forward(const T* x, T* y, int* argmax, long long total, int C, int H,
+                                   int W, int kh, int kw, int sh, int sw, int ph, int pw, int OH,
+                                   int OW) {
+    FOR_EACH_INDEX(index, total) {
+        // index = ((n * C + c) * OH + oy) * OW + ox
+        int ox = index % OW;
+        int oy = (index / OW) % OH;
+        long long nc = index / ((long long)OW * OH);
+        const T* plane = x + nc * H * W;
+        T best = real_neg_inf(T(0));
+        int best_index = -1;
+        for (int i = 0; i < kh; ++i) {
+            int h = oy * sh - ph + i;
+            if (h < 0 || h >= H) continue;
+            for (int j = 0; j < kw; ++j) {
+                int w = ox * sw - pw + j;
+                if (w < 0 || w >= W) continue;
+                T v = plane[h * W + w];
+                if (v > best) {
+                    best = v;
+                    best_index = h * W + w;
+                }
+            }
+        }
+        y[index] = best;
+        argmax[index] = best_index;
+    }
+}
+
+template <typename T>
+__global__ void max_pool2d_backward(const T* dy, const int* argmax, T* dx, long long total, int C,
+                                    int H, int W, int kh, int kw, int sh, int sw, int ph, int pw,
+                                    int OH, int OW) {
+    FOR_EACH_INDEX(index, total) {
+        // index = ((n * C + c) * H + h) * W + w
+        int w = index % W;
+        int h = (index / W) % H;
+        long long nc = index / ((long long)W * H);
+        // Windows oy with oy*sh - ph <= h <= oy*sh - ph + kh - 1 (same for ox).
+        int oy_begin = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
+        int oy_end = min((h + ph) / sh + 1, OH);
+        int ox_begin = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;
+        int ox_end = min((w + pw) / sw + 1, OW);
+        const T* dy_plane = dy + nc * OH * OW;
+        const int* argmax_plane = argmax + nc * OH * OW;
+        int me = h * W + w;
+        T sum = T(0);
+        for (int oy = oy_begin; oy < oy_end; ++oy) {
+            for (int ox = ox_begin; ox < ox_end; ++ox) {
+                if (argmax_plane[oy * OW + ox] == me) sum += dy_plane[oy * OW + ox];
+            }
+        }
+        dx[index] = sum;
+    }
+}

@@ -1,0 +1,50 @@
+"""minidl: a small, readable deep-learning engine (NumPy on the CPU, our own CUDA kernels on the GPU).
+
+    import minidl as mdl
+    import minidl.functional as F
+
+See docs/ for the math of each op and README.md for the tour.
+"""
+
+from minidl import functional, nn, optim
+from minidl.autograd import no_grad
+from minidl.gradcheck import gradcheck
+from minidl.random import manual_seed
+from minidl.tensor import Tensor, tensor
+
+__version__ = "0.1.0"
+
+float32 = "float32"
+float64 = "float64"
+
+
+def zeros(*shape, dtype=None, device: str = "cpu", requires_grad: bool = False) -> Tensor:
+    import numpy as np
+
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(np.zeros(shape, dtype=dtype or np.float32), requires_grad, device=device)
+
+
+def randn(*shape, dtype=None, device: str = "cpu", requires_grad: bool = False) -> Tensor:
+    """Standard normal values from the global generator (``manual_seed``)."""
+    import numpy as np
+
+    from minidl.random import generator
+
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    values = generator().standard_normal(shape).astype(dtype or np.float32)
+    return Tensor(values, requires_grad, device=device)
+
+
+__all__ = [
+    "Tensor",
+    "functional",
+    "gradcheck",
+    "manual_seed",
+    "nn",
+    "no_grad",
+    "optim",
+    "randn",
+    "tensor",
+    "zeros",
+]

@@ -1,0 +1,142 @@
+"""Define-by-run autograd: the Function protocol and the backward pass.
+
+Every op is a ``Function`` with a ``forward(ctx, *arrays, **params)`` that returns an array and a
+``backward(ctx, dy)`` that returns one gradient per array input (``None`` where there is none).
+``Function.apply`` runs forward on the tensors' arrays and, when any input needs a gradient,
+records a ``Node`` on the output. ``backward`` walks those nodes in reverse topological order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+_grad_enabled = True
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Run ops without recording the graph (evaluation, optimizer updates)."""
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+class Context:
+    """What forward hands to backward: the device and the arrays it chose to save."""
+
+    def __init__(self, device: str, needs_input_grad: tuple[bool, ...]):
+        self.device = device
+        self.needs_input_grad = needs_input_grad
+        self.saved: tuple = ()
+
+    def save(self, *values) -> None:
+        self.saved = values
+
+
+class Node:
+    """One recorded op: how to send the output's gradient back to its input tensors."""
+
+    def __init__(self, fn: type, ctx: Context, inputs: tuple):
+        self.fn = fn
+        self.ctx = ctx
+        self.inputs = inputs  # the Tensor inputs, in argument order (non-tensors are None)
+
+
+class Function:
+    """Base class of every differentiable op."""
+
+    @staticmethod
+    def forward(ctx: Context, *args, **params):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, dy):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **params):
+        from minidl.tensor import Tensor
+
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        device = _common_device(cls.__name__, tensors)
+        _check_float_dtypes(cls.__name__, tensors)
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        ctx = Context(device, needs)
+        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        out = cls.forward(ctx, *arrays, **params)
+        requires_grad = _grad_enabled and any(needs)
+        result = Tensor._wrap(out, device, requires_grad)
+        if requires_grad:
+            inputs = tuple(a if isinstance(a, Tensor) else None for a in args)
+            result._node = Node(cls, ctx, inputs)
+        return result
+
+
+def _common_device(op: str, tensors) -> str:
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise RuntimeError(f"{op}: all tensors must be on one device, got {sorted(devices)}")
+    return devices.pop() if devices else "cpu"
+
+
+def _check_float_dtypes(op: str, tensors) -> None:
+    dtypes = {t.dtype for t in tensors if t.dtype.kind == "f"}
+    if len(dtypes) > 1:
+        names = sorted(str(d) for d in dtypes)
+        raise TypeError(f"{op}: all floating-point tensors must share one dtype, got {names}")
+
+
+def backward(root, grad) -> None:
+    """Send ``grad`` (d loss / d root) back through the graph; leaves accumulate into ``.grad``."""
+    from minidl.tensor import Tensor
+
+    # Topological order by depth-first search; reversed, every node comes before its inputs.
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:
+        tensor, expanded = stack.pop()
+        if expanded:
+            order.append(tensor)
+            continue
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        stack.append((tensor, True))
+        if tensor._node is not None:
+            for parent in tensor._node.inputs:
+                if parent is not None and parent.requires_grad and id(parent) not in seen:
+                    stack.append((parent, False))
+
+    grads = {id(root): grad}
+    for tensor in reversed(order):
+        dy = grads.pop(id(tensor), None)
+        if dy is None:
+            continue
+        node = tensor._node
+        if node is None:  # a leaf: accumulate (never in place: dy may be shared), as PyTorch does
+            if tensor.grad is None:
+                tensor.grad = Tensor._wrap(dy, tensor.device, False)
+            else:
+                tensor.grad = Tensor._wrap(tensor.grad.data + dy, tensor.device, False)
+            continue
+        input_grads = node.fn.backward(node.ctx, dy)
+        if not isinstance(input_grads, tuple):
+            input_grads = (input_grads,)
+        for parent, dx in zip(node.inputs, input_grads):
+            if parent is None or dx is None or not parent.requires_grad:
+                continue
+            if dx.shape != parent.shape:
+                raise RuntimeError(
+                    f"{node.fn.__name__}.backward returned a gradient of shape {dx.shape} "
+                    f"for an input of shape {parent.shape}"
+                )
+            key = id(parent)
+            grads[key] = dx if key not in grads else grads[key] + dx

@@ -1,0 +1,159 @@
+"""The kernel loader: the one module that imports CuPy.
+
+Each ``kernels/<file>.cu`` holds ``template <typename T> __global__ void name(...)`` kernels.
+``launch("pool", "max_pool2d_forward", dtype, grid, block, args)`` compiles the file once per
+device (both float and double instantiations, through NVRTC with ``cupy.RawModule``) and
+launches ``name<float>`` or ``name<double>``. With ``MINIDL_CUDA_EMULATE=1`` the same source
+goes to the CPU emulator (``minidl/emulator.py``) instead; the caller cannot tell the difference.
+
+Arguments are arrays (device pointers) and NumPy scalars whose dtype fixes the C type:
+``i32(...)`` for ``int``, ``i64(...)`` for ``long long``, ``real(dtype, ...)`` for ``T``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+from minidl import backend
+
+THREADS = 256  # threads per block for element-wise kernels (grid-stride loops)
+REDUCE_THREADS = 256  # threads per block for block reductions; must match kernels/common.cuh
+MAX_BLOCKS = 65535
+
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+ARCHITECTURES = ("compute_75", "compute_80", "compute_90")
+
+_override_dir: Path | None = None
+_modules: dict = {}
+
+
+# ---- where the sources are -----------------------------------------------------------------------
+def kernel_dir() -> Path:
+    """The folder of ``.cu`` files: the repo's ``kernels/``, or ``minidl/kernels`` in a wheel."""
+    if _override_dir is not None:
+        return _override_dir
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "kernels", here / "kernels"):
+        if (candidate / "common.cuh").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"minidl: CUDA kernel sources not found in {here.parent / 'kernels'} or {here / 'kernels'}"
+    )
+
+
+@contextlib.contextmanager
+def kernel_source_override(folder):
+    """Load kernels from another folder for a while (tests break a copy of a kernel on purpose)."""
+    global _override_dir
+    previous, _override_dir = _override_dir, Path(folder)
+    try:
+        yield
+    finally:
+        _override_dir = previous
+
+
+def kernel_names(source: str) -> list[str]:
+    """The templated ``__global__`` kernels a source defines."""
+    return re.findall(r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)", source)
+
+
+def name_expressions(source: str) -> list[str]:
+    return [f"{name}<{ctype}>" for name in kernel_names(source) for ctype in CTYPES.values()]
+
+
+def compile_options(folder: Path) -> tuple[str, ...]:
+    return ("-std=c++14", f"-I{folder}")
+
+
+# ---- CuPy and the GPU ----------------------------------------------------------------------------
+def cupy():
+    """Import CuPy, or explain what is missing."""
+    try:
+        import cupy as cp
+    except ImportError as err:
+        raise RuntimeError(
+            "device='cuda' needs CuPy: pip install 'minidl[cuda13]' (or [cuda12]), "
+            "or set MINIDL_CUDA_EMULATE=1 to run the CUDA kernels on the CPU emulator"
+        ) from err
+    return cp
+
+
+def require_gpu() -> None:
+    cp = cupy()
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CuPy raises its own CUDARuntimeError without a driver
+        raise RuntimeError(
+            f"device='cuda' needs an NVIDIA GPU and driver ({err}); "
+            "set MINIDL_CUDA_EMULATE=1 to run the CUDA kernels on the CPU emulator"
+        ) from None
+    if count < 1:
+        raise RuntimeError("device='cuda': CuPy sees no GPU; MINIDL_CUDA_EMULATE=1 emulates one")
+
+
+def gpu_available() -> bool:
+    if backend.emulating():
+        return False
+    try:
+        require_gpu()
+    except RuntimeError:
+        return False
+    return True
+
+
+# ---- launching -----------------------------------------------------------------------------------
+def grid_for(count: int, threads: int = THREADS) -> tuple[int]:
+    """Enough blocks to give every element a thread (kernels loop if the grid is capped)."""
+    return (max(1, min(MAX_BLOCKS, -(-int(count) // threads))),)
+
+
+def i32(*values):
+    return tuple(np.int32(v) for v in values) if len(values) != 1 else np.int32(values[0])
+
+
+def i64(value):
+    return np.int64(value)
+
+
+def real(dtype, *values):
+    """Scalars of the kernel's element type T."""
+    return tuple(np.dtype(dtype).type(v) for v in values)
+
+
+def _module(file: str):
+    folder = kernel_dir()
+    path = folder / f"{file}.cu"
+    if backend.emulating():
+        from minidl import emulator
+
+        return emulator.load(path)
+    cp = cupy()
+    key = (str(path), cp.cuda.runtime.getDevice(), path.stat().st_mtime_ns)
+    if key not in _modules:
+        source = path.read_text()
+        _modules[key] = cp.RawModule(
+            code=source,
+            options=compile_options(folder),
+            name_expressions=name_expressions(source),
+        )
+    return _modules[key]
+
+
+def launch(file: str, kernel: str, dtype, grid, block, args) -> None:
+    """Run ``kernel<T>`` from ``kernels/<file>.cu`` over ``grid`` x ``block`` threads."""
+    name = f"{kernel}<{CTYPES[np.dtype(dtype)]}>"
+    module = _module(file)
+    if backend.emulating():
+        module.launch(name, tuple(grid), tuple(block), tuple(args))
+    else:
+        module.get_function(name)(tuple(grid), tuple(block), tuple(args))
+
+
+def synchronize() -> None:
+    """Wait for the GPU (before reading a clock); nothing to wait for under the emulator."""
+    if not backend.emulating():
+        cupy().cuda.get_current_stream().synchronize()

@@ -1,0 +1,134 @@
+"""The kernel emulator: runs ``kernels/*.cu`` on the CPU, for CI, for machines without a GPU, and
+for students who want to step through a kernel.
+
+``load(path)`` compiles the very same ``.cu`` source with the host C++ compiler after a small
+shim (``minidl/emu_shim.h``: ``blockIdx``/``threadIdx`` driven by loops over the grid,
+``__shared__`` per block, ``__syncthreads()`` through fibers) into a shared library, cached by the
+hash of every source involved, and returns a module whose ``launch(name, grid, block, args)``
+takes the same arguments as a CuPy ``RawKernel`` call, with NumPy arrays for device pointers.
+
+It is slow, and that is fine: it exists to catch wrong index arithmetic and to teach. Races and
+timing are what the GPU tier is for. Set ``CXX`` to pick the compiler; add ``-g -O0`` through
+``MINIDL_EMU_CFLAGS`` to step through a kernel in gdb.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from minidl import cuda
+
+SHIM = Path(__file__).resolve().parent / "emu_shim.h"
+
+_SCALARS = {
+    np.dtype(np.int32): ctypes.c_int32,
+    np.dtype(np.int64): ctypes.c_int64,
+    np.dtype(np.uint32): ctypes.c_uint32,
+    np.dtype(np.uint64): ctypes.c_uint64,
+    np.dtype(np.float32): ctypes.c_float,
+    np.dtype(np.float64): ctypes.c_double,
+}
+_loaded: dict[str, EmulatedModule] = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MINIDL_CACHE") or Path.home() / ".cache" / "minidl"
+    folder = Path(root) / "emulator"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class EmulatedModule:
+    """A compiled ``.cu`` file: each kernel instantiation is an exported C function."""
+
+    def __init__(self, library: ctypes.CDLL, symbols: dict[str, str]):
+        self.library = library
+        self.symbols = symbols  # "max_pool2d_forward<float>" -> "minidl_emu_0"
+
+    def launch(self, name: str, grid: tuple, block: tuple, args: tuple) -> None:
+        if name not in self.symbols:
+            raise KeyError(f"emulator: no kernel {name}; this file has {sorted(self.symbols)}")
+        grid3 = (ctypes.c_uint * 3)(*(tuple(grid) + (1, 1, 1))[:3])
+        block3 = (ctypes.c_uint * 3)(*(tuple(block) + (1, 1, 1))[:3])
+        values = [_marshal(i, a) for i, a in enumerate(args)]  # kept alive until the call returns
+        pointers = (ctypes.c_void_p * max(1, len(values)))(*(ctypes.addressof(v) for v in values))
+        getattr(self.library, self.symbols[name])(grid3, block3, pointers)
+
+
+def _marshal(position: int, value):
+    """One kernel argument as a ctypes object holding its value (a pointer, for an array)."""
+    if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            raise ValueError(f"emulator: argument {position} must be a C-contiguous array")
+        return ctypes.c_void_p(value.ctypes.data)
+    if isinstance(value, np.generic) and value.dtype in _SCALARS:
+        return _SCALARS[value.dtype](value.item())
+    raise TypeError(
+        f"emulator: argument {position} is {type(value).__name__}; pass arrays and NumPy scalars "
+        "(np.int32, np.int64, np.uint32, np.float32, np.float64) so the C type is explicit"
+    )
+
+
+def translation_unit(path: Path, source: str) -> tuple[str, dict[str, str]]:
+    """The C++ file that includes the shim and the kernel source and exports each kernel."""
+    barriers = kernels_with_barriers(source)
+    expressions = cuda.name_expressions(source)
+    symbols = {expr: f"minidl_emu_{i}" for i, expr in enumerate(expressions)}
+    lines = [f'#include "{SHIM}"', f'#include "{path}"']
+    for expr, symbol in symbols.items():
+        fibers = int(expr.split("<")[0] in barriers)
+        lines.append(f"MINIDL_EMU_EXPORT({expr}, {symbol}, {fibers})")
+    return "\n".join(lines) + "\n", symbols
+
+
+def kernels_with_barriers(source: str) -> set[str]:
+    """Kernels whose body calls __syncthreads(): they run as fibers, the others as plain loops."""
+    names = cuda.kernel_names(source)
+    starts = [source.index(f"void {name}(") for name in names] + [len(source)]
+    return {
+        name for name, begin, end in zip(names, starts, starts[1:]) if "__syncthreads" in source[begin:end]
+    }
+
+
+def load(path) -> EmulatedModule:
+    """Compile (or reuse) ``path`` for the emulator."""
+    path = Path(path).resolve()
+    source = path.read_text()
+    unit, symbols = translation_unit(path, source)
+    digest = hashlib.sha256()
+    for text in (SHIM.read_text(), unit, os.environ.get("MINIDL_EMU_CFLAGS", "")):
+        digest.update(text.encode())
+    for header in sorted(path.parent.glob("*.cuh")) + [path]:
+        digest.update(header.read_bytes())
+    key = digest.hexdigest()[:20]
+    if key in _loaded:
+        return _loaded[key]
+    library = cache_dir() / f"{path.stem}-{key}.so"
+    if not library.exists():
+        _compile(unit, path, library)
+    module = EmulatedModule(ctypes.CDLL(str(library)), symbols)
+    _loaded[key] = module
+    return module
+
+
+def _compile(unit: str, path: Path, library: Path) -> None:
+    cpp = library.with_suffix(".cpp")
+    cpp.write_text(unit)
+    compiler = os.environ.get("CXX", "g++")
+    flags = shlex.split(os.environ.get("MINIDL_EMU_CFLAGS", "-O2"))
+    partial = library.with_suffix(f".{os.getpid()}.tmp")
+    command = [compiler, "-std=c++17", "-shared", "-fPIC", *flags, f"-I{path.parent}",
+               "-o", str(partial), str(cpp)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"emulator: {compiler} could not compile {path.name}:\n{result.stderr[-4000:]}"
+        )
+    partial.replace(library)  # atomic: parallel test workers never load a half-written file

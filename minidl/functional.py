@@ -1,0 +1,28 @@
+"""The functional API (``import minidl.functional as F``), with PyTorch's names and layouts."""
+
+from minidl.ops.activation import relu
+from minidl.ops.conv import conv2d
+from minidl.ops.dropout import dropout
+from minidl.ops.linear import linear
+from minidl.ops.loss import cross_entropy, log_softmax, softmax
+from minidl.ops.lrn import local_response_norm
+from minidl.ops.pool import max_pool2d
+
+
+def flatten(x, start_dim: int = 1):
+    """Merge every dimension from ``start_dim`` on: (N, C, H, W) -> (N, C*H*W)."""
+    return x.flatten(start_dim)
+
+
+__all__ = [
+    "conv2d",
+    "cross_entropy",
+    "dropout",
+    "flatten",
+    "linear",
+    "local_response_norm",
+    "log_softmax",
+    "max_pool2d",
+    "relu",
+    "softmax",
+]

@@ -1,0 +1,19 @@
+"""Layers and models: ``Module`` and the layers AlexNet is made of."""
+
+from minidl.nn import init
+from minidl.nn.layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU
+from minidl.nn.module import Module, Parameter, Sequential
+
+__all__ = [
+    "Conv2d",
+    "Dropout",
+    "Flatten",
+    "Linear",
+    "LocalResponseNorm",
+    "MaxPool2d",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "init",
+]

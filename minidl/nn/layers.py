@@ -1,0 +1,120 @@
+"""Layers: thin Modules around minidl.functional, with PyTorch's constructor arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minidl import functional as F
+from minidl.nn import init
+from minidl.nn.module import Module, Parameter
+
+
+class Conv2d(Module):
+    """weight: (out_channels, in_channels // groups, kh, kw), bias: (out_channels,)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 groups: int = 1, bias: bool = True, dtype=np.float32):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"Conv2d: in_channels {in_channels} and out_channels {out_channels} must both be "
+                f"divisible by groups={groups}"
+            )
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.groups = (kh, kw), stride, padding, groups
+        fan_in = in_channels // groups * kh * kw
+        self.weight = Parameter(np.zeros((out_channels, in_channels // groups, kh, kw), dtype))
+        init.default_uniform_(self.weight, fan_in)
+        if bias:
+            self.bias = Parameter(np.zeros((out_channels,), dtype))
+            init.default_uniform_(self.bias, fan_in)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}")
+
+
+class Linear(Module):
+    """weight: (out_features, in_features), bias: (out_features,)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(np.zeros((out_features, in_features), dtype))
+        init.default_uniform_(self.weight, in_features)
+        if bias:
+            self.bias = Parameter(np.zeros((out_features,), dtype))
+            init.default_uniform_(self.bias, in_features)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.ceil_mode = (
+            kernel_size, stride, padding, ceil_mode)
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class LocalResponseNorm(Module):
+    """The paper's LRN; alpha is NOT divided by size (see minidl/ops/lrn.py)."""
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__()
+        if not isinstance(size, int) or size < 1 or size % 2 == 0:
+            raise ValueError(f"LocalResponseNorm: size must be a positive odd integer, got {size!r}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class Dropout(Module):
+    """Inverted dropout while training, identity in eval mode."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Flatten(Module):
+    def __init__(self, start_dim: int = 1):
+        super().__init__()
+        self.start_dim = start_dim
+
+    def forward(self, x):
+        return x.flatten(self.start_dim)

@@ -1,0 +1,227 @@
+"""Module: a layer or a model, holding Parameters and sub-modules in definition order."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from minidl import backend
+from minidl.autograd import no_grad
+from minidl.tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that a Module owns and an optimizer updates (requires_grad by default)."""
+
+    def __init__(self, data, requires_grad: bool = True, dtype=None, device: str = "cpu"):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+class Module:
+    """Base class of layers and models, with PyTorch's names (parameters, state_dict, train, ...)."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ---- registration: attributes that are Parameters or Modules are remembered in order -------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        for store in ("_parameters", "_modules"):
+            registry = self.__dict__.get(store, {})
+            if name in registry:
+                return registry[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def register_parameter(self, name: str, value: Parameter | None) -> None:
+        if value is None:
+            object.__setattr__(self, name, None)
+        else:
+            setattr(self, name, value)
+
+    # ---- walking the tree ------------------------------------------------------------------------
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        return list(self._modules.values())
+
+    def named_parameters(self, prefix: str = ""):
+        """(name, parameter) pairs: a module's own first (weight before bias), then its children."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, child in self._modules.items():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict:
+        """Every parameter as a NumPy array (a copy), keyed by its dotted name."""
+        return OrderedDict((name, p.numpy().copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state) -> None:
+        """Copy NumPy arrays into the parameters; names and shapes must match exactly."""
+        own = OrderedDict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if missing or extra:
+            raise KeyError(
+                f"load_state_dict: missing entries {missing}, unexpected entries {extra}"
+            )
+        for name, p in own.items():
+            value = np.asarray(backend.to_numpy(state[name]))
+            if tuple(value.shape) != p.shape:
+                raise ValueError(
+                    f"load_state_dict: {name} has shape {tuple(value.shape)}, "
+                    f"the model expects {p.shape}"
+                )
+        for name, p in own.items():
+            p.data = backend.move(np.array(state[name], dtype=p.dtype), p.device)
+
+    # ---- mode, device, dtype -----------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, device: str):
+        """Move every parameter (and its gradient) in place, so optimizers keep their references."""
+        device = backend.check_device(device)
+        for p in self.parameters():
+            p.data = backend.move(p.data, device)
+            p.device = device
+            if p.grad is not None:
+                p.grad = p.grad.to(device)
+        return self
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def astype(self, dtype):
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None
+        return self
+
+    def double(self):
+        return self.astype(np.float64)
+
+    def float(self):
+        return self.astype(np.float32)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    # ---- running ---------------------------------------------------------------------------------
+    def forward(self, *args):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        if _recording is not None and not self._modules:
+            _recording.append((self, out))
+        return out
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in self._modules.items():
+            text = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {text}")
+        return "\n".join(lines) + "\n)"
+
+    def summary(self, input_shape, batch_size: int = 1, show: bool = True) -> list[tuple]:
+        """Run a batch of zeros through the model and print each layer's output shape and
+        parameter count (the table every AlexNet write-up shows). Returns the rows."""
+        global _recording
+        names = {id(m): name for name, m in self.named_modules()}
+        params = self.parameters()
+        device = params[0].device if params else "cpu"
+        dtype = params[0].dtype if params else np.float32
+        xp = backend.xp(device)
+        x = Tensor._wrap(xp.zeros((batch_size, *input_shape), dtype=dtype), device, False)
+        _recording = []
+        try:
+            with no_grad():
+                self(x)
+            calls = _recording
+        finally:
+            _recording = None
+        rows = [
+            (names.get(id(m), "?"), type(m).__name__, tuple(out.shape[1:]), m.num_parameters())
+            for m, out in calls
+        ]
+        if show:
+            print(format_summary(rows, self.num_parameters(), input_shape))
+        return rows
+
+
+_recording: list | None = None  # set while summary() runs: (leaf module, output) per call
+
+
+def format_summary(rows, total: int, input_shape) -> str:
+    header = f"{'layer':<16}{'type':<20}{'output shape':<22}{'params':>12}"
+    lines = [header, "-" * len(header), f"{'input':<16}{'':<20}{str(tuple(input_shape)):<22}{'':>12}"]
+    for name, kind, shape, count in rows:
+        lines.append(f"{name:<16}{kind:<20}{str(shape):<22}{count:>12,}")
+    lines += ["-" * len(header), f"total parameters: {total:,}"]
+    return "\n".join(lines)
+
+
+class Sequential(Module):
+    """Modules applied in order; names are their positions ("0", "1", ...) unless given."""
+
+    def __init__(self, *modules, **named):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+        for name, m in named.items():
+            setattr(self, name, m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())

@@ -1,0 +1,136 @@
+"""Inverted dropout (paper section 4.2, Srivastava et al. 2014):
+
+    training:  y = x * m / (1 - p),  m[i] ~ Bernoulli(1 - p)       eval:  y = x
+
+Scaling the kept units by 1 / (1 - p) while training equals the paper's "multiply the outputs by
+0.5 at test time" in expectation, and leaves evaluation untouched.
+
+The mask comes from a counter-based generator: each call draws a 64-bit key from the global seed
+(``minidl.manual_seed``), and element i (its flat index) is kept when
+
+    bits(key, i) >> 8  >=  round(p * 2^24)          (a 24-bit uniform compared with p)
+
+``bits`` is MurmurHash3's 32-bit finalizer applied twice (``dropout_bits`` below; the same lines
+in ``kernels/dropout.cu``). The mask is therefore the same on the CPU and on the GPU, for any
+launch shape, and the GPU backward regenerates it from the key instead of storing it. A mask can
+also be injected (``mask=``) for gradient checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minidl import backend, cuda
+from minidl import random as mdl_random
+from minidl.autograd import Function
+from minidl.ops._checks import require_tensor
+
+_M1 = np.uint32(0x85EBCA6B)
+_M2 = np.uint32(0xC2B2AE35)
+_GOLDEN = np.uint32(0x9E3779B9)
+
+
+# ---- NumPy ---------------------------------------------------------------------------------------
+def _fmix32(h):
+    """MurmurHash3's finalizer: a bijection on uint32 in which every input bit flips ~half the output."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * _M1
+    h = h ^ (h >> np.uint32(13))
+    h = h * _M2
+    return h ^ (h >> np.uint32(16))
+
+
+def dropout_bits(key: int, count: int) -> np.ndarray:
+    """32 random bits for each element index 0 .. count-1 under a 64-bit key."""
+    index = np.arange(count, dtype=np.uint64)
+    lo = (index & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi = (index >> np.uint64(32)).astype(np.uint32)
+    key_lo, key_hi = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
+    h = _fmix32(lo ^ key_lo)
+    return _fmix32(h + (hi ^ key_hi) * _GOLDEN)
+
+
+def keep_threshold(p: float) -> int:
+    """Keep element i when bits >> 8 >= this (a 24-bit integer, so both paths compare exactly)."""
+    return int(round(p * (1 << 24)))
+
+
+def dropout_mask_numpy(key: int, shape, p: float) -> np.ndarray:
+    bits = dropout_bits(key, int(np.prod(shape)))
+    return ((bits >> np.uint32(8)) >= keep_threshold(p)).reshape(shape)
+
+
+# ---- CUDA (kernels/dropout.cu) ---------------------------------------------------------------------
+def _key_args(key: int):
+    return np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
+
+
+def dropout_forward_cuda(x, key, p):
+    y = backend.xp("cuda").empty_like(x)
+    cuda.launch(
+        "dropout", "dropout_forward", x.dtype, cuda.grid_for(x.size), (cuda.THREADS,),
+        (x, y, cuda.i64(x.size), *_key_args(key), np.uint32(keep_threshold(p)),
+         *cuda.real(x.dtype, 1.0 / (1.0 - p))),
+    )
+    return y
+
+
+def dropout_backward_cuda(dy, key, p):
+    dx = backend.xp("cuda").empty_like(dy)
+    cuda.launch(
+        "dropout", "dropout_backward", dy.dtype, cuda.grid_for(dy.size), (cuda.THREADS,),
+        (dy, dx, cuda.i64(dy.size), *_key_args(key), np.uint32(keep_threshold(p)),
+         *cuda.real(dy.dtype, 1.0 / (1.0 - p))),
+    )
+    return dx
+
+
+# ---- autograd ------------------------------------------------------------------------------------
+class Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, p, key, mask):
+        # x: any shape -> y: same shape
+        scale = 1.0 / (1.0 - p)
+        if mask is not None:  # an injected mask (gradient checks): plain element-wise math
+            m = mask.astype(x.dtype) * x.dtype.type(scale)
+            ctx.save(m, None, p)
+            return x * m
+        if ctx.device == "cuda":
+            x = backend.xp("cuda").ascontiguousarray(x)
+            ctx.save(None, key, p)  # backward regenerates the mask from the key
+            return dropout_forward_cuda(x, key, p)
+        m = dropout_mask_numpy(key, x.shape, p).astype(x.dtype) * x.dtype.type(scale)
+        ctx.save(m, None, p)
+        return x * m
+
+    @staticmethod
+    def backward(ctx, dy):
+        m, key, p = ctx.saved
+        if m is not None:
+            return dy * m
+        return dropout_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p)
+
+
+def dropout(x, p: float = 0.5, training: bool = True, mask=None):
+    """Inverted dropout: zero each element with probability p and scale the rest by 1 / (1 - p).
+
+    Identity when ``training`` is False or p == 0. ``mask`` (same shape as x, 1 = keep) replaces
+    the random draw, for gradient checks and teaching.
+    """
+    require_tensor("dropout", "x", x)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    if mask is not None:
+        from minidl.tensor import Tensor
+
+        mask = mask.data if isinstance(mask, Tensor) else mask
+        mask = backend.move(mask, x.device)
+        if tuple(mask.shape) != x.shape:
+            raise ValueError(f"dropout: mask has shape {tuple(mask.shape)}, expected {x.shape}")
+        return Dropout.apply(x, p=float(p), key=None, mask=mask)
+    return Dropout.apply(x, p=float(p), key=mdl_random.next_key(), mask=None)
+

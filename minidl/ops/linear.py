@@ -1,0 +1,50 @@
+"""Fully connected layer: y = x @ w^T + b (PyTorch's layout, w: (out, in)).
+
+    dx = dy @ w,   dw = dy^T @ x,   db = sum_n dy[n]
+
+A plain GEMM: BLAS through NumPy on the CPU, cuBLAS through CuPy on the GPU.
+"""
+
+from __future__ import annotations
+
+from minidl import backend
+from minidl.autograd import Function
+from minidl.ops._checks import require_tensor
+
+
+class Linear(Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        # x: (N, in), w: (out, in), b: (out,) -> y: (N, out)
+        y = x @ w.T
+        if b is not None:
+            y += b
+        ctx.save(x, w, b is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, has_bias = ctx.saved
+        xp = backend.xp(ctx.device)
+        dx = dy @ w if ctx.needs_input_grad[0] else None
+        dw = dy.T @ x if ctx.needs_input_grad[1] else None
+        db = dy.sum(axis=0) if has_bias and ctx.needs_input_grad[2] else None
+        if dw is not None:
+            dw = xp.ascontiguousarray(dw)
+        return dx, dw, db
+
+
+def linear(x, weight, bias=None):
+    """y = x @ weight^T + bias. x: (N, in), weight: (out, in), bias: (out,)."""
+    require_tensor("linear", "x", x, ndim=2, layout="(N, in_features)")
+    require_tensor("linear", "weight", weight, ndim=2, layout="(out_features, in_features)")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: x has {x.shape[1]} features but weight expects {weight.shape[1]} "
+            f"(x: {x.shape}, weight: {weight.shape})"
+        )
+    if bias is not None:
+        require_tensor("linear", "bias", bias, ndim=1, layout="(out_features,)")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"linear: bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+    return Linear.apply(x, weight, bias)

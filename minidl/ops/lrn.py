@@ -1,0 +1,108 @@
+"""Local response normalization across channels, as in the paper (section 3.3):
+
+    s[c] = k + alpha * sum_{j = max(0, c - n//2)}^{min(C - 1, c + n//2)} a[j]^2
+    b[c] = a[c] * s[c]^(-beta)
+
+``alpha`` is NOT divided by ``n`` here. PyTorch's ``nn.LocalResponseNorm`` and Caffe divide it by
+``size``: torch's ``LocalResponseNorm(size, alpha=a * size, beta, k)`` equals ours with
+``alpha=a``. The paper's values are n=5, k=2, alpha=1e-4, beta=0.75. ``n`` must be odd, so the
+window is centred.
+
+Backward (the window is symmetric, so "the windows that contain j" is the window around j):
+
+    da[j] = db[j] * s[j]^(-beta) - 2 * alpha * beta * a[j] * sum_{c in window(j)} db[c] * b[c] / s[c]
+
+The NumPy path computes the window sum with n - 1 shifted in-place adds; ``kernels/lrn.cu`` runs
+one thread per element (n, c, h, w) that sums its own channel window.
+"""
+
+from __future__ import annotations
+
+from minidl import backend, cuda
+from minidl.autograd import Function
+from minidl.ops._checks import require_tensor
+
+
+# ---- NumPy ---------------------------------------------------------------------------------------
+def channel_window_sum(a, size: int):
+    """out[:, c] = sum of a[:, j] for |j - c| <= size // 2, clipped at the edges. a: (N, C, ...)."""
+    out = a.copy()
+    for d in range(1, size // 2 + 1):
+        out[:, d:] += a[:, :-d]  # the neighbour d channels below
+        out[:, :-d] += a[:, d:]  # the neighbour d channels above
+    return out
+
+
+def local_response_norm_forward_numpy(a, size, alpha, beta, k):
+    """a: (N, C, H, W) -> b: (N, C, H, W), s: (N, C, H, W) (the scale, saved for backward)."""
+    s = k + alpha * channel_window_sum(a * a, size)
+    b = a * s**-beta
+    return b, s
+
+
+def local_response_norm_backward_numpy(db, a, b, s, size, alpha, beta):
+    return db * s**-beta - (2 * alpha * beta) * a * channel_window_sum(db * b / s, size)
+
+
+# ---- CUDA (kernels/lrn.cu) -------------------------------------------------------------------------
+def local_response_norm_forward_cuda(a, size, alpha, beta, k):
+    n, c = a.shape[:2]
+    plane = a.size // (n * c)
+    xp = backend.xp("cuda")
+    b = xp.empty_like(a)
+    s = xp.empty_like(a)
+    cuda.launch(
+        "lrn", "lrn_forward", a.dtype, cuda.grid_for(a.size), (cuda.THREADS,),
+        (a, b, s, cuda.i64(a.size), *cuda.i32(c, plane, size), *cuda.real(a.dtype, alpha, beta, k)),
+    )
+    return b, s
+
+
+def local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta):
+    n, c = a.shape[:2]
+    plane = a.size // (n * c)
+    da = backend.xp("cuda").empty_like(a)
+    cuda.launch(
+        "lrn", "lrn_backward", a.dtype, cuda.grid_for(a.size), (cuda.THREADS,),
+        (db, a, b, s, da, cuda.i64(a.size), *cuda.i32(c, plane, size),
+         *cuda.real(a.dtype, alpha, beta)),
+    )
+    return da
+
+
+# ---- autograd ------------------------------------------------------------------------------------
+class LocalResponseNorm(Function):
+    @staticmethod
+    def forward(ctx, a, size, alpha, beta, k):
+        # a: (N, C, H, W) -> b: (N, C, H, W)
+        if ctx.device == "cuda":
+            a = backend.xp("cuda").ascontiguousarray(a)
+            b, s = local_response_norm_forward_cuda(a, size, alpha, beta, k)
+        else:
+            b, s = local_response_norm_forward_numpy(a, size, alpha, beta, k)
+        ctx.save(a, b, s, size, alpha, beta)
+        return b
+
+    @staticmethod
+    def backward(ctx, db):
+        a, b, s, size, alpha, beta = ctx.saved
+        if ctx.device == "cuda":
+            db = backend.xp("cuda").ascontiguousarray(db)
+            return local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta)
+        return local_response_norm_backward_numpy(db, a, b, s, size, alpha, beta)
+
+
+def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    """The paper's LRN over channels of x: (N, C, ...); alpha is not divided by size (see above)."""
+    require_tensor("local_response_norm", "x", x)
+    if x.ndim < 3:
+        raise ValueError(
+            f"local_response_norm: x must be (N, C, ...) with at least 3 dimensions, got {x.shape}"
+        )
+    if not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise ValueError(
+            f"local_response_norm: size must be a positive odd integer (a centred window), got {size!r}"
+        )
+    return LocalResponseNorm.apply(
+        x, size=size, alpha=float(alpha), beta=float(beta), k=float(k)
+    )

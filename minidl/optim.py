@@ -1,0 +1,190 @@
+"""Optimizers (SGD with momentum, Adam) and learning-rate schedules (StepLR, ReduceLROnPlateau).
+
+SGD has two update rules, equal when the learning rate is constant:
+
+    rule="pytorch" (default, torch.optim.SGD with dampening 0):
+        v <- momentum * v + (g + weight_decay * w);     w <- w - lr * v
+    rule="paper" (Krizhevsky et al. 2012, section 5):
+        v <- momentum * v - weight_decay * lr * w - lr * g;     w <- w + v
+
+With constant lr, v_paper = -lr * v_pytorch, so the weights agree step for step. When lr drops
+(the paper divides it by 10 on a plateau) the paper's v still carries steps taken at the old rate
+and decays them by momentum, while PyTorch's v is rescaled at once by the new lr. The paper's
+recipe: momentum 0.9, weight_decay 5e-4, lr 0.01, batch 128.
+
+On the GPU the SGD step is our kernel (``kernels/sgd.cu``); Adam is CuPy element-wise glue.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minidl import backend, cuda
+from minidl.autograd import no_grad
+
+
+class Optimizer:
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if lr < 0:
+            raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
+        self.lr = float(lr)
+        self.state: list[dict] = [{} for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        with no_grad():
+            for p, state in zip(self.params, self.state):
+                if p.grad is not None:
+                    self._update(p, backend.xp(p.device).ascontiguousarray(p.grad.data), state)
+
+    def _update(self, p, g, state) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat NumPy arrays (for an .npz checkpoint): lr and every per-parameter buffer."""
+        out = {"lr": np.array(self.lr)}
+        for i, state in enumerate(self.state):
+            for name, value in state.items():
+                out[f"{i}.{name}"] = np.asarray(backend.to_numpy(value))
+        return out
+
+    def load_state_dict(self, state) -> None:
+        self.lr = float(state["lr"])
+        self.state = [{} for _ in self.params]
+        for key, value in state.items():
+            if key == "lr":
+                continue
+            index, name = key.split(".", 1)
+            p = self.params[int(index)]
+            array = np.asarray(value)
+            self.state[int(index)][name] = (
+                backend.move(array.astype(p.dtype), p.device) if array.ndim else array.item()
+            )
+
+
+class SGD(Optimizer):
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 rule: str = "pytorch"):
+        super().__init__(params, lr)
+        if rule not in ("pytorch", "paper"):
+            raise ValueError(f"SGD: rule must be 'pytorch' or 'paper', got {rule!r}")
+        self.momentum, self.weight_decay, self.rule = momentum, weight_decay, rule
+
+    def _update(self, p, g, state) -> None:
+        if "velocity" not in state:
+            state["velocity"] = backend.xp(p.device).zeros_like(p.data)
+        v = state["velocity"]
+        if p.device == "cuda":
+            self._step_cuda(p.data, g, v)
+        else:
+            self._step_numpy(p.data, g, v)
+
+    def _step_numpy(self, w, g, v) -> None:
+        lr, mu, wd = (w.dtype.type(x) for x in (self.lr, self.momentum, self.weight_decay))
+        if self.rule == "paper":
+            v *= mu
+            v -= wd * lr * w + lr * g
+            w += v
+        else:
+            v *= mu
+            v += g + wd * w
+            w -= lr * v
+
+    def _step_cuda(self, w, g, v) -> None:
+        cuda.launch(
+            "sgd", "sgd_step", w.dtype, cuda.grid_for(w.size), (cuda.THREADS,),
+            (w, g, v, cuda.i64(w.size), *cuda.real(w.dtype, self.lr, self.momentum,
+                                                    self.weight_decay),
+             cuda.i32(1 if self.rule == "paper" else 0)),
+        )
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction; weight_decay adds wd * w to the gradient."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+
+    def _update(self, p, g, state) -> None:
+        xp = backend.xp(p.device)
+        if "m" not in state:
+            state["m"] = xp.zeros_like(p.data)
+            state["v"] = xp.zeros_like(p.data)
+            state["t"] = 0
+        b1, b2 = self.betas
+        state["t"] += 1
+        t = state["t"]
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        m, v = state["m"], state["v"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        step = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
+        p.data -= (step * m / (xp.sqrt(v) + self.eps * math.sqrt(1 - b2**t))).astype(p.dtype)
+
+
+class StepLR:
+    """Multiply the learning rate by gamma every step_size epochs (call step() once per epoch)."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+        self.optimizer, self.step_size, self.gamma = optimizer, step_size, gamma
+        self.epoch = 0
+
+    def step(self, metric=None) -> None:
+        self.epoch += 1
+        if self.epoch % self.step_size == 0:
+            self.optimizer.lr *= self.gamma
+
+    def state_dict(self) -> dict:
+        return {"epoch": np.array(self.epoch)}
+
+    def load_state_dict(self, state) -> None:
+        self.epoch = int(state["epoch"])
+
+
+class ReduceLROnPlateau:
+    """Divide the learning rate when a metric stops improving (the paper: lr / 10 when the
+    validation error stops improving). mode="max" for accuracy, "min" for a loss."""
+
+    def __init__(self, optimizer: Optimizer, mode: str = "max", factor: float = 0.1,
+                 patience: int = 2, threshold: float = 1e-4, min_lr: float = 0.0):
+        if mode not in ("max", "min"):
+            raise ValueError(f"ReduceLROnPlateau: mode must be 'max' or 'min', got {mode!r}")
+        self.optimizer, self.mode, self.factor = optimizer, mode, factor
+        self.patience, self.threshold, self.min_lr = patience, threshold, min_lr
+        self.best = -math.inf if mode == "max" else math.inf
+        self.bad_epochs = 0
+
+    def _improved(self, metric: float) -> bool:
+        if self.mode == "max":
+            return metric > self.best * (1 + self.threshold) if self.best > 0 else metric > self.best
+        return metric < self.best * (1 - self.threshold) if self.best > 0 else metric < self.best
+
+    def step(self, metric: float) -> None:
+        if self._improved(float(metric)):
+            self.best = float(metric)
+            self.bad_epochs = 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            self.optimizer.lr = max(self.optimizer.lr * self.factor, self.min_lr)
+            self.bad_epochs = 0
+
+    def state_dict(self) -> dict:
+        return {"best": np.array(self.best), "bad_epochs": np.array(self.bad_epochs)}
+
+    def load_state_dict(self, state) -> None:
+        self.best = float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])

@@ -1,0 +1,561 @@
+"""The Tensor: an array, its device, and its place in the autograd graph.
+
+Element-wise and shape ops are defined here, each as a small ``Function`` whose backward sits
+right under its forward. They are written with ``xp`` (NumPy or CuPy, picked by the device), so
+one definition serves both devices; the layers with CUDA kernels of our own live in ``minidl/ops``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from minidl import backend
+from minidl.autograd import Function, backward
+
+DEFAULT_DTYPE = np.float32
+
+
+class Tensor:
+    """An n-dimensional array with an optional gradient, on "cpu" or "cuda"."""
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device: str = "cpu"):
+        device = backend.check_device(device)
+        if isinstance(data, Tensor):
+            data = data.data
+        from_array = hasattr(data, "dtype")
+        array = backend.move(data, device)
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        elif array.dtype.kind == "f" and not (from_array and array.dtype == np.float64):
+            # Python floats become float32 (as in PyTorch); a float64 array keeps its precision.
+            array = array.astype(DEFAULT_DTYPE, copy=False)
+        if requires_grad and array.dtype.kind != "f":
+            raise TypeError(f"requires_grad needs a floating-point dtype, got {array.dtype}")
+        self.data = array
+        self.device = device
+        self.requires_grad = bool(requires_grad)
+        self.grad: Tensor | None = None
+        self._node = None
+
+    @classmethod
+    def _wrap(cls, array, device: str, requires_grad: bool) -> Tensor:
+        """Make a tensor around an array already on ``device`` (no copy, no checks)."""
+        t = cls.__new__(cls)
+        t.data = array
+        t.device = device
+        t.requires_grad = requires_grad
+        t.grad = None
+        t._node = None
+        return t
+
+    # ---- information -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        dev = "" if self.device == "cpu" else f", device='{self.device}'"
+        return f"tensor({backend.to_numpy(self.data)!r}{dev}{grad})"
+
+    # ---- conversion --------------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """The values as a NumPy array (a copy when the tensor is on the GPU)."""
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def to(self, device: str) -> Tensor:
+        """This tensor on another device; differentiable, like PyTorch's."""
+        device = backend.check_device(device)
+        if device == self.device:
+            return self
+        return ToDevice.apply(self, device=device)
+
+    def cuda(self) -> Tensor:
+        return self.to("cuda")
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def astype(self, dtype) -> Tensor:
+        return Cast.apply(self, dtype=np.dtype(dtype))
+
+    def double(self) -> Tensor:
+        return self.astype(np.float64)
+
+    def float(self) -> Tensor:
+        return self.astype(np.float32)
+
+    def detach(self) -> Tensor:
+        """The same values, cut from the graph."""
+        return Tensor._wrap(self.data, self.device, False)
+
+    def requires_grad_(self, flag: bool = True) -> Tensor:
+        self.requires_grad = flag
+        return self
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ---- autograd ----------------------------------------------------------------------------
+    def backward(self, gradient=None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``gradient`` is d(loss)/d(self); it may be left out only when self is a scalar.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad")
+        xp = backend.xp(self.device)
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() without a gradient needs a scalar, got shape {self.shape}"
+                )
+            grad = xp.ones_like(self.data)
+        else:
+            grad = gradient.data if isinstance(gradient, Tensor) else gradient
+            grad = xp.asarray(backend.move(grad, self.device), dtype=self.dtype)
+            if grad.shape != self.data.shape:
+                raise ValueError(
+                    f"gradient has shape {tuple(grad.shape)}, expected the tensor's {self.shape}"
+                )
+        backward(self, grad)
+
+    # ---- math --------------------------------------------------------------------------------
+    def _other(self, value) -> Tensor:
+        if isinstance(value, Tensor):
+            return value
+        if isinstance(value, numbers.Number):
+            xp = backend.xp(self.device)
+            return Tensor._wrap(xp.asarray(value, dtype=self.dtype), self.device, False)
+        return Tensor(value, dtype=self.dtype, device=self.device)
+
+    def __add__(self, other):
+        return Add.apply(self, self._other(other))
+
+    def __radd__(self, other):
+        return Add.apply(self._other(other), self)
+
+    def __sub__(self, other):
+        return Sub.apply(self, self._other(other))
+
+    def __rsub__(self, other):
+        return Sub.apply(self._other(other), self)
+
+    def __mul__(self, other):
+        return Mul.apply(self, self._other(other))
+
+    def __rmul__(self, other):
+        return Mul.apply(self._other(other), self)
+
+    def __truediv__(self, other):
+        return Div.apply(self, self._other(other))
+
+    def __rtruediv__(self, other):
+        return Div.apply(self._other(other), self)
+
+    def __neg__(self):
+        return Neg.apply(self)
+
+    def __pow__(self, other):
+        return Pow.apply(self, self._other(other))
+
+    def __rpow__(self, other):
+        return Pow.apply(self._other(other), self)
+
+    def __matmul__(self, other):
+        return MatMul.apply(self, self._other(other))
+
+    def __rmatmul__(self, other):
+        return MatMul.apply(self._other(other), self)
+
+    def __getitem__(self, index):
+        if isinstance(index, Tensor):
+            index = index.data
+        elif isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        return GetItem.apply(self, index=index)
+
+    # Comparisons give plain boolean tensors (no gradient), as in PyTorch.
+    def _compare(self, other, op) -> Tensor:
+        other = other.data if isinstance(other, Tensor) else other
+        return Tensor._wrap(op(self.data, other), self.device, False)
+
+    def __eq__(self, other):  # noqa: D105 - element-wise, like NumPy and PyTorch
+        return self._compare(other, lambda a, b: a == b)
+
+    def __ne__(self, other):
+        return self._compare(other, lambda a, b: a != b)
+
+    def __lt__(self, other):
+        return self._compare(other, lambda a, b: a < b)
+
+    def __le__(self, other):
+        return self._compare(other, lambda a, b: a <= b)
+
+    def __gt__(self, other):
+        return self._compare(other, lambda a, b: a > b)
+
+    def __ge__(self, other):
+        return self._compare(other, lambda a, b: a >= b)
+
+    __hash__ = object.__hash__
+
+    def exp(self):
+        return Exp.apply(self)
+
+    def log(self):
+        return Log.apply(self)
+
+    def sum(self, axis=None, keepdims: bool = False):
+        return Sum.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims: bool = False):
+        axes = _axes(axis, self.ndim)
+        count = int(np.prod([self.shape[a] for a in axes])) if axes else 1
+        return self.sum(axis, keepdims) * (1.0 / count)
+
+    def max(self, axis=None, keepdims: bool = False):
+        return Max.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+
+    def argmax(self, axis=None) -> Tensor:
+        xp = backend.xp(self.device)
+        return Tensor._wrap(xp.argmax(self.data, axis=axis), self.device, False)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return Reshape.apply(self, shape=shape)
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0):
+        return self.reshape(self.shape[:start_dim] + (-1,))
+
+    def permute(self, *dims):
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        if sorted(d % self.ndim for d in dims) != list(range(self.ndim)):
+            raise ValueError(f"permute: dims {dims} are not a permutation of {self.ndim} axes")
+        return Permute.apply(self, dims=tuple(d % self.ndim for d in dims))
+
+    def transpose(self, dim0: int = 0, dim1: int = 1):
+        dims = list(range(self.ndim))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return Permute.apply(self, dims=tuple(dims))
+
+    @property
+    def T(self):
+        return Permute.apply(self, dims=tuple(reversed(range(self.ndim))))
+
+
+def _axes(axis, ndim: int) -> tuple[int, ...] | None:
+    if axis is None:
+        return None
+    if isinstance(axis, int):
+        axis = (axis,)
+    return tuple(a % ndim for a in axis)
+
+
+def tensor(data, requires_grad: bool = False, dtype=None, device: str = "cpu") -> Tensor:
+    """Make a tensor. Floating data becomes float32 unless it is float64 or ``dtype`` says."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+def unbroadcast(grad, shape: tuple[int, ...]):
+    """Sum a broadcast gradient back down to ``shape`` (the input's shape)."""
+    while grad.ndim > len(shape):
+        grad = grad.sum(axis=0)
+    for axis, size in enumerate(shape):
+        if size == 1 and grad.shape[axis] != 1:
+            grad = grad.sum(axis=axis, keepdims=True)
+    return grad
+
+
+def _broadcast_shape(op: str, a, b) -> None:
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(
+            f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast together"
+        ) from None
+
+
+# ---- element-wise ------------------------------------------------------------------------------
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("add", a, b)
+        ctx.save(a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, dy):
+        a_shape, b_shape = ctx.saved
+        return unbroadcast(dy, a_shape), unbroadcast(dy, b_shape)
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("sub", a, b)
+        ctx.save(a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, dy):
+        a_shape, b_shape = ctx.saved
+        return unbroadcast(dy, a_shape), unbroadcast(-dy, b_shape)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("mul", a, b)
+        ctx.save(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b = ctx.saved
+        return unbroadcast(dy * b, a.shape), unbroadcast(dy * a, b.shape)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("div", a, b)
+        ctx.save(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b = ctx.saved
+        # y = a / b: dy/da = 1 / b, dy/db = -a / b^2
+        return unbroadcast(dy / b, a.shape), unbroadcast(-dy * a / (b * b), b.shape)
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, dy):
+        return -dy
+
+
+class Pow(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("pow", a, b)
+        y = a**b
+        ctx.save(a, b, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b, y = ctx.saved
+        xp = backend.xp(ctx.device)
+        da = unbroadcast(dy * b * a ** (b - 1), a.shape)
+        db = None
+        if ctx.needs_input_grad[1]:
+            # y = a^b: dy/db = a^b log a (only defined for a > 0; 0 where a == 0, as PyTorch)
+            log_a = xp.log(xp.where(a > 0, a, 1))
+            db = unbroadcast(dy * y * log_a, b.shape)
+        return da, db
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, a):
+        y = backend.xp(ctx.device).exp(a)
+        ctx.save(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        return dy * y
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save(a)
+        return backend.xp(ctx.device).log(a)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (a,) = ctx.saved
+        return dy / a
+
+
+class Cast(Function):
+    @staticmethod
+    def forward(ctx, a, dtype):
+        ctx.save(a.dtype)
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (dtype,) = ctx.saved
+        return dy.astype(dtype)
+
+
+class ToDevice(Function):
+    @staticmethod
+    def forward(ctx, a, device):
+        ctx.save(ctx.device)
+        ctx.device = device  # the output lives on the new device
+        return backend.move(a, device)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (source,) = ctx.saved
+        return backend.move(dy, source)
+
+    @classmethod
+    def apply(cls, a, device):
+        # The output's device differs from the input's, so set it after the generic apply.
+        out = super().apply(a, device=device)
+        out.device = device
+        return out
+
+
+# ---- reductions --------------------------------------------------------------------------------
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, axis, keepdims):
+        ctx.save(a.shape, axis, keepdims)
+        return a.sum(axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, dy):
+        shape, axis, keepdims = ctx.saved
+        xp = backend.xp(ctx.device)
+        if not keepdims and axis is not None:
+            dy = xp.expand_dims(dy, axis)
+        return xp.broadcast_to(dy, shape).copy()
+
+
+class Max(Function):
+    @staticmethod
+    def forward(ctx, a, axis, keepdims):
+        y = a.max(axis=axis, keepdims=True)
+        ctx.save(a, y, axis, keepdims)
+        return y if keepdims else (y.squeeze(axis) if axis is not None else y.reshape(()))
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, y, axis, keepdims = ctx.saved
+        xp = backend.xp(ctx.device)
+        if not keepdims:
+            dy = xp.expand_dims(dy, axis) if axis is not None else dy.reshape(y.shape)
+        # Ties share the gradient equally (NumPy's amax has no single "index" to prefer).
+        hit = (a == y).astype(a.dtype)
+        return hit * dy / hit.sum(axis=axis, keepdims=True)
+
+
+# ---- shape -------------------------------------------------------------------------------------
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.save(a.shape)
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot view shape {tuple(a.shape)} as {shape}") from None
+
+    @staticmethod
+    def backward(ctx, dy):
+        (shape,) = ctx.saved
+        return dy.reshape(shape)
+
+
+class Permute(Function):
+    @staticmethod
+    def forward(ctx, a, dims):
+        ctx.save(dims)
+        return a.transpose(dims)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (dims,) = ctx.saved
+        return dy.transpose(np.argsort(dims))
+
+
+class GetItem(Function):
+    @staticmethod
+    def forward(ctx, a, index):
+        ctx.save(a.shape, a.dtype, index)
+        return a[index]
+
+    @staticmethod
+    def backward(ctx, dy):
+        shape, dtype, index = ctx.saved
+        xp = backend.xp(ctx.device)
+        dx = xp.zeros(shape, dtype=dtype)
+        xp.add.at(dx, index, dy)  # add.at: repeated indices each get their share
+        return dx
+
+
+class MatMul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError("matmul: both operands need at least one dimension")
+        k_a = a.shape[-1]
+        k_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
+        if k_a != k_b:
+            raise ValueError(
+                f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not match "
+                f"(a's last dimension {k_a} must equal b's {'second-last' if b.ndim > 1 else 'only'}"
+                f" dimension {k_b})"
+            )
+        ctx.save(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b = ctx.saved
+        xp = backend.xp(ctx.device)
+        # Treat vectors as matrices (a row for a, a column for b), as matmul does.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        dy2 = dy
+        if a.ndim == 1:
+            dy2 = xp.expand_dims(dy2, -2)
+        if b.ndim == 1:
+            dy2 = xp.expand_dims(dy2, -1)
+        da = dy2 @ xp.swapaxes(b2, -1, -2)
+        db = xp.swapaxes(a2, -1, -2) @ dy2
+        da = unbroadcast(da, a2.shape).reshape(a.shape)
+        db = unbroadcast(db, b2.shape).reshape(b.shape)
+        return da, db
