@@ -35,9 +35,9 @@ __global__ void cross_entropy_forward(const T* z, const int* t, T* losses, T* ls
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        T row_lse = m + real_log(partial[0]);
-        lse[n] = row_lse;
-        losses[n] = row_lse - row[t[n]];
+        T log_sum = real_log(partial[0]);
+        lse[n] = m + log_sum;
+        losses[n] = (m - row[t[n]]) + log_sum;  // not lse - z[t]: exact for logits of 1e4
     }
 }
 

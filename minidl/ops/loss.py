@@ -1,7 +1,7 @@
 """Softmax, log-softmax and the softmax cross-entropy loss, all computed from logits.
 
     lse[n]  = m[n] + log sum_k exp(z[n, k] - m[n]),    m[n] = max_k z[n, k]   (log-sum-exp)
-    loss    = mean_n (lse[n] - z[n, t[n]])
+    loss    = mean_n (lse[n] - z[n, t[n]])  (computed as (m - z_t) + log sum, exact for huge logits)
     dz[n,k] = (exp(z[n, k] - lse[n]) - [k == t[n]]) * dloss / N
 
 Subtracting the row maximum keeps every exp() at most 1, so logits of 1e4 are fine. The GPU path
@@ -26,8 +26,12 @@ def logsumexp_rows(xp, z):
 
 def cross_entropy_forward_numpy(z, t):
     """z: (N, K), t: (N,) int -> per-row losses (N,), lse (N,)."""
-    lse = logsumexp_rows(np, z)
-    return lse - z[np.arange(z.shape[0]), t], lse
+    m = z.max(axis=1)
+    log_sum = np.log(np.exp(z - m[:, None]).sum(axis=1))
+    # (m - z_t) + log_sum rather than lse - z_t: with logits of 1e4, lse rounds in float32 and the
+    # subtraction would lose the small loss; m - z_t is exact.
+    losses = (m - z[np.arange(z.shape[0]), t]) + log_sum
+    return losses, m + log_sum
 
 
 def cross_entropy_backward_numpy(dloss, z, t, lse):

@@ -1,0 +1,1 @@
+"""Models built only from minidl: AlexNet and its variants."""

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+import minidl as mdl
+import minidl.functional as F
+from minidl.ops.dropout import dropout_bits, dropout_mask_numpy
+from tests.helpers import assert_all_close, forward_backward, random
+
+SHAPES = [(64, 100), (2, 3, 17, 19), (1, 4096), (7,)]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_rate_within_statistical_bounds(p):
+    mdl.manual_seed(0)
+    y = F.dropout(mdl.tensor(np.ones((200, 1000))), p).numpy()
+    kept = (y != 0).mean()
+    n = y.size
+    assert abs(kept - (1 - p)) < 5 * np.sqrt(p * (1 - p) / n)  # five standard errors
+    np.testing.assert_allclose(y[y != 0], 1 / (1 - p), rtol=1e-6)  # inverted: kept units scaled
+
+
+def test_mask_bits_are_uniform_and_uncorrelated():
+    bits = dropout_bits(12345, 1 << 16).astype(np.float64) / 2**32
+    assert abs(bits.mean() - 0.5) < 0.01
+    assert abs(np.corrcoef(bits[:-1], bits[1:])[0, 1]) < 0.02  # neighbours independent
+
+
+def test_same_seed_same_mask_and_fresh_mask_per_call():
+    x = mdl.tensor(np.ones((50, 50)))
+    mdl.manual_seed(3)
+    a, b = F.dropout(x, 0.5).numpy(), F.dropout(x, 0.5).numpy()
+    mdl.manual_seed(3)
+    assert np.array_equal(F.dropout(x, 0.5).numpy(), a)
+    assert not np.array_equal(a, b)
+
+
+def test_backward_uses_the_forward_mask():
+    mdl.manual_seed(1)
+    x = mdl.tensor(random((30, 40)), requires_grad=True)
+    y = F.dropout(x, 0.4)
+    y.backward(np.ones(y.shape))
+    assert np.array_equal(x.grad.numpy() != 0, y.numpy() != 0)
+    np.testing.assert_allclose(x.grad.numpy()[y.numpy() != 0], 1 / 0.6)
+
+
+def test_eval_mode_and_p0_are_identity():
+    x = mdl.tensor(random((4, 5)))
+    assert F.dropout(x, 0.5, training=False) is x
+    assert F.dropout(x, 0.0) is x
+    assert np.all(F.dropout(x, 1.0).numpy() == 0)
+
+
+def test_gradcheck_with_injected_mask():
+    mask = np.random.default_rng(0).random((3, 4, 5)) > 0.5
+    x = mdl.tensor(random((3, 4, 5)), requires_grad=True)
+    assert mdl.gradcheck(lambda x: F.dropout(x, 0.5, mask=mask), [x])
+
+
+def test_bad_p_and_mask_shape_are_errors():
+    x = mdl.tensor(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="p must be a probability"):
+        F.dropout(x, 1.5)
+    with pytest.raises(ValueError, match="mask has shape"):
+        F.dropout(x, 0.5, mask=np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernel_mask_equals_numpy_mask(shape, kernel_device, dtype):
+    """Same seed, same generator: the GPU (or emulated) mask equals the NumPy one, forward and back."""
+    fn = lambda x: F.dropout(x, 0.3)  # noqa: E731
+    expected = forward_backward(fn, [random(shape)], "cpu", dtype, seed=7)
+    assert_all_close(forward_backward(fn, [random(shape)], kernel_device, dtype, seed=7), expected, dtype)
+
+
+def test_mask_does_not_depend_on_launch_shape(kernel_device):
+    from minidl import backend, cuda
+    from minidl.ops.dropout import _key_args, keep_threshold
+
+    x = np.ones(10_000, np.float32)
+    outputs = []
+    for grid, block in [((1,), (32,)), ((7,), (64,)), ((40,), (256,))]:
+        xs = backend.move(x, "cuda")
+        y = backend.xp("cuda").empty_like(xs)
+        cuda.launch("dropout", "dropout_forward", np.float32, grid, block,
+                    (xs, y, cuda.i64(x.size), *_key_args(99), np.uint32(keep_threshold(0.5)),
+                     np.float32(2.0)))
+        outputs.append(backend.to_numpy(y))
+    expected = dropout_mask_numpy(99, x.shape, 0.5) * 2.0
+    for y in outputs:
+        assert np.array_equal(y, expected)

@@ -1,0 +1,135 @@
+"""Tier 2 for every kernel file: NVRTC compiles it for each architecture we support, and a copy
+with one index broken on purpose is caught by the emulated comparison with the NumPy path."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import minidl as mdl
+import minidl.functional as F
+from minidl import cuda, optim
+from tests.helpers import distinct, forward_backward, random
+
+KERNEL_FILES = sorted(p.name for p in cuda.kernel_dir().glob("*.cu"))
+
+
+def test_every_op_family_has_a_kernel_file():
+    assert {"conv.cu", "pool.cu", "lrn.cu", "dropout.cu", "activation.cu", "loss.cu", "sgd.cu"} <= set(
+        KERNEL_FILES
+    )
+
+
+@pytest.mark.parametrize("arch", cuda.ARCHITECTURES)
+@pytest.mark.parametrize("name", KERNEL_FILES)
+def test_nvrtc_compiles(name, arch):
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    try:
+        nvrtc.getVersion()
+    except Exception as err:  # CuPy without an NVRTC library
+        pytest.skip(f"NVRTC is not loadable here: {err}")
+    source = (cuda.kernel_dir() / name).read_text()
+    expressions = cuda.name_expressions(source)
+    assert expressions, f"{name} defines no template <typename T> __global__ kernels"
+    program = nvrtc.createProgram(source, name, [], [])
+    try:
+        for expression in expressions:
+            nvrtc.addNameExpression(program, expression)
+        options = [f"--gpu-architecture={arch}", *cuda.compile_options(cuda.kernel_dir())]
+        try:
+            nvrtc.compileProgram(program, options)
+        except nvrtc.NVRTCError:
+            pytest.fail(f"{name} does not compile for {arch}:\n{nvrtc.getProgramLog(program)}")
+        ptx = nvrtc.getPTX(program)
+        for expression in expressions:
+            lowered = nvrtc.getLoweredName(program, expression)
+            assert lowered.encode() in ptx, f"{expression} missing from the PTX"
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+# ---- break a kernel on purpose ----------------------------------------------------------------------
+def _matches(fn, arrays):
+    expected = forward_backward(fn, arrays, "cpu", np.float64)
+    got = forward_backward(fn, arrays, "cuda", np.float64)
+    pairs = [(got[0], expected[0])] + list(zip(got[1], expected[1]))
+    return all(np.allclose(a, b, rtol=1e-9, atol=1e-10) for a, b in pairs)
+
+
+def conv_ok():
+    arrays = (random((2, 4, 9, 8)), random((6, 2, 3, 3), 1), random((6,), 2))
+    return _matches(lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, groups=2), arrays)
+
+
+def pool_ok():
+    return _matches(lambda x: F.max_pool2d(x, 3, 2, padding=1), [distinct((2, 3, 9, 9))])
+
+
+def pool_ties_ok():
+    x = np.round(random((2, 3, 9, 9)))  # many ties: the first maximum must win
+    return _matches(lambda x: F.max_pool2d(x, 3, 2), [x])
+
+
+def lrn_ok():
+    return _matches(lambda a: F.local_response_norm(a, 5, 1.0, 0.75, 2.0), [random((2, 7, 3, 3))])
+
+
+def dropout_ok():
+    return _matches(lambda x: F.dropout(x, 0.5), [random((4, 300))])
+
+
+def relu_ok():
+    return _matches(F.relu, [random((3, 50))])
+
+
+def loss_ok():
+    t = np.array([3, 0, 9, 299])
+    return _matches(lambda z: F.cross_entropy(z, t), [random((4, 300))])
+
+
+def sgd_ok():
+    results = []
+    for device in ("cpu", "cuda"):
+        p = mdl.nn.Parameter(np.linspace(-1, 1, 40), device=device)
+        opt = optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.01)
+        for step in range(3):
+            p.grad = mdl.tensor(np.cos(np.arange(40.0) + step), device=device)
+            opt.step()
+        results.append(p.numpy())
+    return np.allclose(*results, rtol=1e-12)
+
+
+MUTATIONS = [
+    ("conv.cu", "int h = oy * sh - ph + i;", "int h = oy * sh - ph + i + 1;", conv_ok),
+    ("conv.cu", "int top = h + ph - i;", "int top = h + ph - i + 1;", conv_ok),
+    ("conv.cu", "int o = (index / plane) % O;", "int o = (index / plane + 1) % O;", conv_ok),
+    ("conv.cu", "sum += dy[(n * O + o) * plane + p];", "sum += dy[(n * O + o) * plane + p / 2];", conv_ok),
+    ("pool.cu", "int w = ox * sw - pw + j;", "int w = ox * sw - pw + j + 1;", pool_ok),
+    ("pool.cu", "if (v > best) {", "if (v >= best) {", pool_ties_ok),
+    ("pool.cu", "int ox_end = min((w + pw) / sw + 1, OW);", "int ox_end = min((w + pw) / sw, OW);", pool_ok),
+    ("lrn.cu", "j <= min(C - 1, c + half)", "j < min(C - 1, c + half)", lrn_ok),
+    ("lrn.cu", "sum += db[at] * b[at] / s[at];", "sum += db[at] * b[at];", lrn_ok),
+    ("dropout.cu", "return (h >> 8) >= threshold;", "return (h >> 7) >= threshold;", dropout_ok),
+    ("dropout.cu", "dx[i] = dropout_keep(key_lo, key_hi, i, threshold)",
+     "dx[i] = dropout_keep(key_lo, key_hi, i + 1, threshold)", dropout_ok),
+    ("activation.cu", "dx[i] = y[i] > T(0) ? dy[i] : T(0);", "dx[i] = y[i] >= T(0) ? dy[i] : T(0);", relu_ok),
+    ("loss.cu", "partial[threadIdx.x] += partial[threadIdx.x + half];",
+     "partial[threadIdx.x] += partial[threadIdx.x + half - 1];", loss_ok),
+    ("loss.cu", "long long n = i / K;", "long long n = i / (K + 1);", loss_ok),
+    ("sgd.cu", "w[i] -= lr * v[i];", "w[i] -= lr * g[i];", sgd_ok),
+]
+
+
+@pytest.mark.parametrize(
+    "file, old, new, check", MUTATIONS, ids=[f"{m[0]}:{i}" for i, m in enumerate(MUTATIONS)]
+)
+def test_a_broken_kernel_is_caught(file, old, new, check, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    shutil.copytree(cuda.kernel_dir(), tmp_path, dirs_exist_ok=True)
+    with cuda.kernel_source_override(tmp_path):
+        assert check(), "the untouched copy must pass, or the test proves nothing"
+    source = (tmp_path / file).read_text()
+    assert source.count(old) >= 1, f"mutation target not found in {file}: {old}"
+    (tmp_path / file).write_text(source.replace(old, new, 1))
+    with cuda.kernel_source_override(tmp_path):
+        assert not check(), f"breaking {file} ({old!r} -> {new!r}) went unnoticed"

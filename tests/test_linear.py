@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+import minidl as mdl
+import minidl.functional as F
+from tests import reference
+from tests.helpers import assert_all_close, assert_close, forward_backward, random, torch_forward_backward
+
+
+@pytest.mark.parametrize("n, i, o", [(1, 3, 2), (5, 7, 4), (2, 16, 9)])
+def test_linear(n, i, o):
+    torch = pytest.importorskip("torch")
+    x, w, b = random((n, i)), random((o, i), 1), random((o,), 2)
+    assert_close(F.linear(mdl.tensor(x), mdl.tensor(w), mdl.tensor(b)).numpy(), reference.linear(x, w, b))
+    assert_all_close(forward_backward(F.linear, [x, w, b]),
+                     torch_forward_backward(torch, torch.nn.functional.linear, [x, w, b]))
+    assert mdl.gradcheck(F.linear, [mdl.tensor(a, requires_grad=True) for a in (x, w, b)])
+
+
+def test_linear_on_kernel_device(kernel_device, dtype):
+    arrays = (random((3, 5)), random((4, 5), 1), random((4,), 2))
+    expected = forward_backward(F.linear, arrays, "cpu", dtype)
+    assert_all_close(forward_backward(F.linear, arrays, kernel_device, dtype), expected, dtype)
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"x has 3 features but weight expects 4"):
+        F.linear(mdl.tensor(np.zeros((2, 3))), mdl.tensor(np.zeros((5, 4))))
+    with pytest.raises(ValueError, match="bias has shape"):
+        F.linear(mdl.tensor(np.zeros((2, 4))), mdl.tensor(np.zeros((5, 4))), mdl.tensor(np.zeros(4)))

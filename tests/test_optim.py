@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+
+import minidl as mdl
+from minidl import optim
+from minidl.nn import Parameter
+
+
+def quadratic_grads(params, step):
+    """Deterministic fake gradients, different every step."""
+    for i, p in enumerate(params):
+        g = np.sin(np.arange(p.numel()).reshape(p.shape) + step + i).astype(p.dtype)
+        p.grad = mdl.tensor(g)
+
+
+def run(rule, lr_schedule, device="cpu", dtype=np.float64):
+    mdl.manual_seed(0)
+    params = [Parameter(np.linspace(-1, 1, 12).reshape(3, 4).astype(dtype), device=device)]
+    opt = optim.SGD(params, lr=lr_schedule[0], momentum=0.9, weight_decay=5e-4, rule=rule)
+    for step, lr in enumerate(lr_schedule):
+        opt.lr = lr
+        quadratic_grads(params, step)
+        opt.step()
+    return params[0].numpy()
+
+
+def test_paper_rule_is_exactly_the_papers_update():
+    w0 = np.linspace(-1, 1, 12).reshape(3, 4)
+    w, v = w0.copy(), np.zeros_like(w0)
+    lrs = [0.01] * 3 + [0.001] * 3
+    for step, lr in enumerate(lrs):
+        g = np.sin(np.arange(12).reshape(3, 4) + step)
+        v = 0.9 * v - 0.0005 * lr * w - lr * g  # section 5 of the paper, verbatim
+        w = w + v
+    np.testing.assert_allclose(run("paper", lrs), w, rtol=1e-14)
+
+
+def test_pytorch_rule_matches_torch():
+    torch = pytest.importorskip("torch")
+    lrs = [0.01] * 3 + [0.001] * 3
+    p = torch.tensor(np.linspace(-1, 1, 12).reshape(3, 4), requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for step, lr in enumerate(lrs):
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.tensor(np.sin(np.arange(12).reshape(3, 4) + step))
+        opt.step()
+    np.testing.assert_allclose(run("pytorch", lrs), p.detach().numpy(), rtol=1e-12)
+
+
+def test_rules_agree_with_constant_lr_and_differ_after_a_drop():
+    np.testing.assert_allclose(run("paper", [0.01] * 5), run("pytorch", [0.01] * 5), rtol=1e-12)
+    assert not np.allclose(run("paper", [0.01, 0.001, 0.001]), run("pytorch", [0.01, 0.001, 0.001]))
+
+
+@pytest.mark.parametrize("rule", ["pytorch", "paper"])
+def test_sgd_kernel_matches_numpy(rule, kernel_device, dtype):
+    lrs = [0.01, 0.01, 0.001]
+    expected = run(rule, lrs, "cpu", dtype)
+    np.testing.assert_allclose(run(rule, lrs, kernel_device, dtype), expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_adam_matches_torch():
+    torch = pytest.importorskip("torch")
+    p = torch.tensor(np.linspace(-1, 1, 6), requires_grad=True)
+    ours = Parameter(np.linspace(-1, 1, 6))
+    topt = torch.optim.Adam([p], lr=0.01, weight_decay=0.1)
+    opt = optim.Adam([ours], lr=0.01, weight_decay=0.1)
+    for step in range(5):
+        g = np.cos(np.arange(6) * (step + 1))
+        p.grad = torch.tensor(g)
+        ours.grad = mdl.tensor(g)
+        topt.step()
+        opt.step()
+    np.testing.assert_allclose(ours.numpy(), p.detach().numpy(), rtol=1e-10)
+
+
+def test_schedules():
+    opt = optim.SGD([Parameter(np.zeros(2))], lr=0.01)
+    step = optim.StepLR(opt, step_size=2, gamma=0.1)
+    for _ in range(4):
+        step.step()
+    assert abs(opt.lr - 1e-4) < 1e-12
+    opt.lr = 0.01
+    plateau = optim.ReduceLROnPlateau(opt, mode="max", factor=0.1, patience=1)
+    for accuracy in [0.5, 0.6, 0.6, 0.6]:
+        plateau.step(accuracy)
+    assert abs(opt.lr - 0.001) < 1e-12  # two epochs without improvement (patience 1): lr / 10
+    plateau.step(0.7)
+    assert abs(opt.lr - 0.001) < 1e-12
+
+
+def test_optimizer_state_round_trip():
+    p = Parameter(np.ones(3))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = mdl.tensor(np.ones(3))
+    opt.step()
+    state = opt.state_dict()
+    fresh = optim.SGD([p], lr=0.5, momentum=0.9)
+    fresh.load_state_dict(state)
+    assert fresh.lr == 0.1
+    np.testing.assert_array_equal(fresh.state[0]["velocity"], opt.state[0]["velocity"])
