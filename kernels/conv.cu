@@ -1,12 +1,13 @@
 // conv.cu: the non-GEMM parts of 2-D convolution (minidl/ops/conv.py; docs/conv2d.md).
 //
-//   im2col     x: (N, C, H, W) -> cols: (N, C*kh*kw, OH*OW)
-//              one thread per cols element (n, c, i, j, oy, ox); matches im2col_numpy.
-//   col2im     dcols: (N, C*kh*kw, OH*OW) -> dx: (N, C, H, W)
+//   im2col     x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), rows (c, i, j), columns (n, oy, ox)
+//              one thread per cols element (c, i, j, n, oy, ox); matches im2col_numpy.
+//   col2im     dcols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W)
 //              one thread per input element (n, c, h, w) that GATHERS the cols entries that were
 //              copied from it: deterministic, no atomics; matches col2im_numpy.
-//   bias_add   y: (N, O, plane) += b[o]; one thread per element.
-//   bias_grad  dy: (N, O, plane) -> db: (O,); one block of MINIDL_REDUCE_THREADS per channel o,
+//   bias_add   y: (O, M) += b[o] (M = N*OH*OW, conv output before its transpose to NCHW);
+//              one thread per element.
+//   bias_grad  dy: (O, M) -> db: (O,); one block of MINIDL_REDUCE_THREADS per channel o,
 //              a shared-memory tree reduction; matches dy.sum(axis=(0, 2, 3)).
 //
 // Launch: element-wise kernels take any 1-D grid of 1-D blocks (grid-stride loops); bias_grad
@@ -14,31 +15,33 @@
 #include "common.cuh"
 
 template <typename T>
-__global__ void im2col(const T* x, T* cols, long long total, int C, int H, int W, int kh, int kw,
-                       int sh, int sw, int ph, int pw, int OH, int OW) {
+__global__ void im2col(const T* x, T* cols, long long total, int N, int C, int H, int W, int kh,
+                       int kw, int sh, int sw, int ph, int pw, int OH, int OW) {
     FOR_EACH_INDEX(index, total) {
-        // index = ((((n * C + c) * kh + i) * kw + j) * OH + oy) * OW + ox
+        // index = (((((c * kh + i) * kw + j) * N + n) * OH + oy) * OW + ox
         long long rest = index;
         int ox = rest % OW; rest /= OW;
         int oy = rest % OH; rest /= OH;
+        int n = rest % N; rest /= N;
         int j = rest % kw; rest /= kw;
         int i = rest % kh; rest /= kh;
-        long long nc = rest;  // n * C + c
+        int c = rest;
         int h = oy * sh - ph + i;
         int w = ox * sw - pw + j;
         bool inside = h >= 0 && h < H && w >= 0 && w < W;
-        cols[index] = inside ? x[(nc * H + h) * W + w] : T(0);
+        cols[index] = inside ? x[(((long long)n * C + c) * H + h) * W + w] : T(0);
     }
 }
 
 template <typename T>
-__global__ void col2im(const T* dcols, T* dx, long long total, int C, int H, int W, int kh, int kw,
-                       int sh, int sw, int ph, int pw, int OH, int OW) {
+__global__ void col2im(const T* dcols, T* dx, long long total, int N, int C, int H, int W, int kh,
+                       int kw, int sh, int sw, int ph, int pw, int OH, int OW) {
     FOR_EACH_INDEX(index, total) {
         // index = ((n * C + c) * H + h) * W + w
         int w = index % W;
         int h = (index / W) % H;
-        long long nc = index / ((long long)W * H);
+        int c = (index / ((long long)W * H)) % C;
+        int n = index / ((long long)W * H * C);
         T sum = T(0);
         for (int i = 0; i < kh; ++i) {
             int top = h + ph - i;  // = oy * sh for the window whose row i is this pixel
@@ -48,7 +51,8 @@ __global__ void col2im(const T* dcols, T* dx, long long total, int C, int H, int
                 int left = w + pw - j;
                 if (left < 0 || left % sw != 0 || left / sw >= OW) continue;
                 int ox = left / sw;
-                sum += dcols[(((nc * kh + i) * kw + j) * OH + oy) * OW + ox];
+                long long row = ((long long)c * kh + i) * kw + j;
+                sum += dcols[((row * N + n) * OH + oy) * OW + ox];
             }
         }
         dx[index] = sum;
@@ -56,24 +60,20 @@ __global__ void col2im(const T* dcols, T* dx, long long total, int C, int H, int
 }
 
 template <typename T>
-__global__ void bias_add(T* y, const T* b, long long total, int O, int plane) {
+__global__ void bias_add(T* y, const T* b, long long total, int O, int M) {
     FOR_EACH_INDEX(index, total) {
-        int o = (index / plane) % O;
+        int o = index / M;
         y[index] += b[o];
     }
 }
 
 template <typename T>
-__global__ void bias_grad(const T* dy, T* db, int N, int O, int plane) {
+__global__ void bias_grad(const T* dy, T* db, int O, int M) {
     __shared__ T partial[MINIDL_REDUCE_THREADS];
     int o = blockIdx.x;
-    long long count = (long long)N * plane;
+    const T* row = dy + (long long)o * M;
     T sum = T(0);
-    for (long long e = threadIdx.x; e < count; e += blockDim.x) {
-        long long n = e / plane;
-        long long p = e % plane;
-        sum += dy[(n * O + o) * plane + p];
-    }
+    for (int m = threadIdx.x; m < M; m += blockDim.x) sum += row[m];
     partial[threadIdx.x] = sum;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half /= 2) {  // tree: 256 -> 128 -> ... -> 1

@@ -1,4 +1,4 @@
-"""minidl: a small, readable deep-learning engine (NumPy on the CPU, our own CUDA kernels on the GPU).
+"""minidl: a small, readable deep-learning engine (NumPy on the CPU, our CUDA kernels on the GPU).
 
     import minidl as mdl
     import minidl.functional as F

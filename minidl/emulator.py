@@ -93,7 +93,9 @@ def kernels_with_barriers(source: str) -> set[str]:
     names = cuda.kernel_names(source)
     starts = [source.index(f"void {name}(") for name in names] + [len(source)]
     return {
-        name for name, begin, end in zip(names, starts, starts[1:]) if "__syncthreads" in source[begin:end]
+        name
+        for name, begin, end in zip(names, starts, starts[1:])
+        if "__syncthreads" in source[begin:end]
     }
 
 
@@ -124,8 +126,17 @@ def _compile(unit: str, path: Path, library: Path) -> None:
     compiler = os.environ.get("CXX", "g++")
     flags = shlex.split(os.environ.get("MINIDL_EMU_CFLAGS", "-O2"))
     partial = library.with_suffix(f".{os.getpid()}.tmp")
-    command = [compiler, "-std=c++17", "-shared", "-fPIC", *flags, f"-I{path.parent}",
-               "-o", str(partial), str(cpp)]
+    command = [
+        compiler,
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        *flags,
+        f"-I{path.parent}",
+        "-o",
+        str(partial),
+        str(cpp),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(

@@ -71,8 +71,14 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                 rule: str = "pytorch"):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        rule: str = "pytorch",
+    ):
         super().__init__(params, lr)
         if rule not in ("pytorch", "paper"):
             raise ValueError(f"SGD: rule must be 'pytorch' or 'paper', got {rule!r}")
@@ -100,18 +106,33 @@ class SGD(Optimizer):
 
     def _step_cuda(self, w, g, v) -> None:
         cuda.launch(
-            "sgd", "sgd_step", w.dtype, cuda.grid_for(w.size), (cuda.THREADS,),
-            (w, g, v, cuda.i64(w.size), *cuda.real(w.dtype, self.lr, self.momentum,
-                                                    self.weight_decay),
-             cuda.i32(1 if self.rule == "paper" else 0)),
+            "sgd",
+            "sgd_step",
+            w.dtype,
+            cuda.grid_for(w.size),
+            (cuda.THREADS,),
+            (
+                w,
+                g,
+                v,
+                cuda.i64(w.size),
+                *cuda.real(w.dtype, self.lr, self.momentum, self.weight_decay),
+                cuda.i32(1 if self.rule == "paper" else 0),
+            ),
         )
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction; weight_decay adds wd * w to the gradient."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
@@ -158,8 +179,15 @@ class ReduceLROnPlateau:
     """Divide the learning rate when a metric stops improving (the paper: lr / 10 when the
     validation error stops improving). mode="max" for accuracy, "min" for a loss."""
 
-    def __init__(self, optimizer: Optimizer, mode: str = "max", factor: float = 0.1,
-                 patience: int = 2, threshold: float = 1e-4, min_lr: float = 0.0):
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        mode: str = "max",
+        factor: float = 0.1,
+        patience: int = 2,
+        threshold: float = 1e-4,
+        min_lr: float = 0.0,
+    ):
         if mode not in ("max", "min"):
             raise ValueError(f"ReduceLROnPlateau: mode must be 'max' or 'min', got {mode!r}")
         self.optimizer, self.mode, self.factor = optimizer, mode, factor
@@ -169,7 +197,9 @@ class ReduceLROnPlateau:
 
     def _improved(self, metric: float) -> bool:
         if self.mode == "max":
-            return metric > self.best * (1 + self.threshold) if self.best > 0 else metric > self.best
+            return (
+                metric > self.best * (1 + self.threshold) if self.best > 0 else metric > self.best
+            )
         return metric < self.best * (1 - self.threshold) if self.best > 0 else metric < self.best
 
     def step(self, metric: float) -> None:

@@ -536,7 +536,8 @@ class MatMul(Function):
         if k_a != k_b:
             raise ValueError(
                 f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not match "
-                f"(a's last dimension {k_a} must equal b's {'second-last' if b.ndim > 1 else 'only'}"
+                f"(a's last dimension {k_a} must equal b's "
+                f"{'second-last' if b.ndim > 1 else 'only'}"
                 f" dimension {k_b})"
             )
         ctx.save(a, b)

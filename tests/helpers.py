@@ -20,7 +20,9 @@ def forward_backward(fn, arrays, device="cpu", dtype=np.float64, seed=0):
     """fn(*tensors) on ``device``; returns (y, [d(sum(y * dy))/d input]) as float64 NumPy."""
     mdl.manual_seed(seed)
     tensors = [
-        None if a is None else mdl.tensor(np.asarray(a, dtype=dtype), requires_grad=True, device=device)
+        None
+        if a is None
+        else mdl.tensor(np.asarray(a, dtype=dtype), requires_grad=True, device=device)
         for a in arrays
     ]
     y = fn(*tensors)
@@ -32,8 +34,10 @@ def forward_backward(fn, arrays, device="cpu", dtype=np.float64, seed=0):
 
 def torch_forward_backward(torch, fn, arrays, seed=0):
     """The same with PyTorch in float64, and the same dy."""
-    tensors = [None if a is None else torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
-               for a in arrays]
+    tensors = [
+        None if a is None else torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
+        for a in arrays
+    ]
     y = fn(*tensors)
     dy = np.random.default_rng(seed + 1).standard_normal(tuple(y.shape))
     y.backward(torch.tensor(dy))

@@ -26,4 +26,6 @@ def test_relu_gradcheck(shape):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_relu_kernel_matches_numpy(shape, kernel_device, dtype):
     expected = forward_backward(F.relu, [random(shape)], "cpu", dtype)
-    assert_all_close(forward_backward(F.relu, [random(shape)], kernel_device, dtype), expected, dtype)
+    assert_all_close(
+        forward_backward(F.relu, [random(shape)], kernel_device, dtype), expected, dtype
+    )

@@ -4,7 +4,13 @@ import pytest
 import minidl as mdl
 import minidl.functional as F
 from tests import reference
-from tests.helpers import assert_all_close, assert_close, forward_backward, random, torch_forward_backward
+from tests.helpers import (
+    assert_all_close,
+    assert_close,
+    forward_backward,
+    random,
+    torch_forward_backward,
+)
 
 # (N, C, H, W, O, kh, kw, stride, padding, groups): every branch in an explicit list.
 CASES = [

@@ -66,10 +66,12 @@ def test_bad_p_and_mask_shape_are_errors():
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_kernel_mask_equals_numpy_mask(shape, kernel_device, dtype):
-    """Same seed, same generator: the GPU (or emulated) mask equals the NumPy one, forward and back."""
+    """Same seed, same generator: the GPU (or emulated) mask equals NumPy's, forward and back."""
     fn = lambda x: F.dropout(x, 0.3)  # noqa: E731
     expected = forward_backward(fn, [random(shape)], "cpu", dtype, seed=7)
-    assert_all_close(forward_backward(fn, [random(shape)], kernel_device, dtype, seed=7), expected, dtype)
+    assert_all_close(
+        forward_backward(fn, [random(shape)], kernel_device, dtype, seed=7), expected, dtype
+    )
 
 
 def test_mask_does_not_depend_on_launch_shape(kernel_device):
@@ -81,9 +83,21 @@ def test_mask_does_not_depend_on_launch_shape(kernel_device):
     for grid, block in [((1,), (32,)), ((7,), (64,)), ((40,), (256,))]:
         xs = backend.move(x, "cuda")
         y = backend.xp("cuda").empty_like(xs)
-        cuda.launch("dropout", "dropout_forward", np.float32, grid, block,
-                    (xs, y, cuda.i64(x.size), *_key_args(99), np.uint32(keep_threshold(0.5)),
-                     np.float32(2.0)))
+        cuda.launch(
+            "dropout",
+            "dropout_forward",
+            np.float32,
+            grid,
+            block,
+            (
+                xs,
+                y,
+                cuda.i64(x.size),
+                *_key_args(99),
+                np.uint32(keep_threshold(0.5)),
+                np.float32(2.0),
+            ),
+        )
         outputs.append(backend.to_numpy(y))
     expected = dropout_mask_numpy(99, x.shape, 0.5) * 2.0
     for y in outputs:

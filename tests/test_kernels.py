@@ -15,9 +15,15 @@ KERNEL_FILES = sorted(p.name for p in cuda.kernel_dir().glob("*.cu"))
 
 
 def test_every_op_family_has_a_kernel_file():
-    assert {"conv.cu", "pool.cu", "lrn.cu", "dropout.cu", "activation.cu", "loss.cu", "sgd.cu"} <= set(
-        KERNEL_FILES
-    )
+    assert {
+        "conv.cu",
+        "pool.cu",
+        "lrn.cu",
+        "dropout.cu",
+        "activation.cu",
+        "loss.cu",
+        "sgd.cu",
+    } <= set(KERNEL_FILES)
 
 
 @pytest.mark.parametrize("arch", cuda.ARCHITECTURES)
@@ -48,7 +54,7 @@ def test_nvrtc_compiles(name, arch):
         nvrtc.destroyProgram(program)
 
 
-# ---- break a kernel on purpose ----------------------------------------------------------------------
+# ---- break a kernel on purpose -------------------------------------------------------------------
 def _matches(fn, arrays):
     expected = forward_backward(fn, arrays, "cpu", np.float64)
     got = forward_backward(fn, arrays, "cuda", np.float64)
@@ -102,19 +108,38 @@ def sgd_ok():
 MUTATIONS = [
     ("conv.cu", "int h = oy * sh - ph + i;", "int h = oy * sh - ph + i + 1;", conv_ok),
     ("conv.cu", "int top = h + ph - i;", "int top = h + ph - i + 1;", conv_ok),
-    ("conv.cu", "int o = (index / plane) % O;", "int o = (index / plane + 1) % O;", conv_ok),
-    ("conv.cu", "sum += dy[(n * O + o) * plane + p];", "sum += dy[(n * O + o) * plane + p / 2];", conv_ok),
+    ("conv.cu", "int n = rest % N; rest /= N;", "int n = rest % N; rest /= N + 1;", conv_ok),
+    ("conv.cu", "int o = index / M;", "int o = index / (M + 1);", conv_ok),
+    ("conv.cu", "sum += row[m];", "sum += row[m / 2];", conv_ok),
     ("pool.cu", "int w = ox * sw - pw + j;", "int w = ox * sw - pw + j + 1;", pool_ok),
     ("pool.cu", "if (v > best) {", "if (v >= best) {", pool_ties_ok),
-    ("pool.cu", "int ox_end = min((w + pw) / sw + 1, OW);", "int ox_end = min((w + pw) / sw, OW);", pool_ok),
+    (
+        "pool.cu",
+        "int ox_end = min((w + pw) / sw + 1, OW);",
+        "int ox_end = min((w + pw) / sw, OW);",
+        pool_ok,
+    ),
     ("lrn.cu", "j <= min(C - 1, c + half)", "j < min(C - 1, c + half)", lrn_ok),
     ("lrn.cu", "sum += db[at] * b[at] / s[at];", "sum += db[at] * b[at];", lrn_ok),
     ("dropout.cu", "return (h >> 8) >= threshold;", "return (h >> 7) >= threshold;", dropout_ok),
-    ("dropout.cu", "dx[i] = dropout_keep(key_lo, key_hi, i, threshold)",
-     "dx[i] = dropout_keep(key_lo, key_hi, i + 1, threshold)", dropout_ok),
-    ("activation.cu", "dx[i] = y[i] > T(0) ? dy[i] : T(0);", "dx[i] = y[i] >= T(0) ? dy[i] : T(0);", relu_ok),
-    ("loss.cu", "partial[threadIdx.x] += partial[threadIdx.x + half];",
-     "partial[threadIdx.x] += partial[threadIdx.x + half - 1];", loss_ok),
+    (
+        "dropout.cu",
+        "dx[i] = dropout_keep(key_lo, key_hi, i, threshold)",
+        "dx[i] = dropout_keep(key_lo, key_hi, i + 1, threshold)",
+        dropout_ok,
+    ),
+    (
+        "activation.cu",
+        "dx[i] = y[i] > T(0) ? dy[i] : T(0);",
+        "dx[i] = y[i] >= T(0) ? dy[i] : T(0);",
+        relu_ok,
+    ),
+    (
+        "loss.cu",
+        "partial[threadIdx.x] += partial[threadIdx.x + half];",
+        "partial[threadIdx.x] += partial[threadIdx.x + half - 1];",
+        loss_ok,
+    ),
     ("loss.cu", "long long n = i / K;", "long long n = i / (K + 1);", loss_ok),
     ("sgd.cu", "w[i] -= lr * v[i];", "w[i] -= lr * g[i];", sgd_ok),
 ]

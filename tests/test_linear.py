@@ -4,16 +4,26 @@ import pytest
 import minidl as mdl
 import minidl.functional as F
 from tests import reference
-from tests.helpers import assert_all_close, assert_close, forward_backward, random, torch_forward_backward
+from tests.helpers import (
+    assert_all_close,
+    assert_close,
+    forward_backward,
+    random,
+    torch_forward_backward,
+)
 
 
 @pytest.mark.parametrize("n, i, o", [(1, 3, 2), (5, 7, 4), (2, 16, 9)])
 def test_linear(n, i, o):
     torch = pytest.importorskip("torch")
     x, w, b = random((n, i)), random((o, i), 1), random((o,), 2)
-    assert_close(F.linear(mdl.tensor(x), mdl.tensor(w), mdl.tensor(b)).numpy(), reference.linear(x, w, b))
-    assert_all_close(forward_backward(F.linear, [x, w, b]),
-                     torch_forward_backward(torch, torch.nn.functional.linear, [x, w, b]))
+    assert_close(
+        F.linear(mdl.tensor(x), mdl.tensor(w), mdl.tensor(b)).numpy(), reference.linear(x, w, b)
+    )
+    assert_all_close(
+        forward_backward(F.linear, [x, w, b]),
+        torch_forward_backward(torch, torch.nn.functional.linear, [x, w, b]),
+    )
     assert mdl.gradcheck(F.linear, [mdl.tensor(a, requires_grad=True) for a in (x, w, b)])
 
 
@@ -27,4 +37,6 @@ def test_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"x has 3 features but weight expects 4"):
         F.linear(mdl.tensor(np.zeros((2, 3))), mdl.tensor(np.zeros((5, 4))))
     with pytest.raises(ValueError, match="bias has shape"):
-        F.linear(mdl.tensor(np.zeros((2, 4))), mdl.tensor(np.zeros((5, 4))), mdl.tensor(np.zeros(4)))
+        F.linear(
+            mdl.tensor(np.zeros((2, 4))), mdl.tensor(np.zeros((5, 4))), mdl.tensor(np.zeros(4))
+        )

@@ -4,7 +4,13 @@ import pytest
 import minidl as mdl
 import minidl.functional as F
 from tests import reference
-from tests.helpers import assert_all_close, assert_close, forward_backward, random, torch_forward_backward
+from tests.helpers import (
+    assert_all_close,
+    assert_close,
+    forward_backward,
+    random,
+    torch_forward_backward,
+)
 
 # (shape, size, alpha, beta, k); alpha near 1 so every term of the window sum matters.
 CASES = [
@@ -43,8 +49,12 @@ def test_gradcheck(case):
 def test_matches_torch_with_alpha_times_size(case):
     torch = pytest.importorskip("torch")
     shape, size, alpha, beta, k = case
-    ours = forward_backward(lambda a: F.local_response_norm(a, size, alpha, beta, k), [random(shape)])
-    lrn = torch.nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)  # torch divides by size
+    ours = forward_backward(
+        lambda a: F.local_response_norm(a, size, alpha, beta, k), [random(shape)]
+    )
+    lrn = torch.nn.LocalResponseNorm(
+        size, alpha=alpha * size, beta=beta, k=k
+    )  # torch divides by size
     assert_all_close(ours, torch_forward_backward(torch, lrn, [random(shape)]))
 
 

@@ -8,8 +8,13 @@ from minidl import nn
 
 def small_net():
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.LocalResponseNorm(3, alpha=1e-3),
-        nn.MaxPool2d(3, 2), nn.Dropout(0.5), nn.Flatten(), nn.Linear(8 * 3 * 3, 10),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.LocalResponseNorm(3, alpha=1e-3),
+        nn.MaxPool2d(3, 2),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(8 * 3 * 3, 10),
     )
 
 
@@ -62,7 +67,15 @@ def test_zero_grad_and_summary(capsys):
     net.zero_grad()
     assert all(p.grad is None for p in net.parameters())
     rows = net.summary((3, 8, 8))
-    assert [r[2] for r in rows] == [(8, 8, 8), (8, 8, 8), (8, 8, 8), (8, 3, 3), (8, 3, 3), (72,), (10,)]
+    assert [r[2] for r in rows] == [
+        (8, 8, 8),
+        (8, 8, 8),
+        (8, 8, 8),
+        (8, 3, 3),
+        (8, 3, 3),
+        (72,),
+        (10,),
+    ]
     assert rows[0][3] == 8 * 3 * 9 + 8
     printed = capsys.readouterr().out
     assert "total parameters: 954" in printed and "Conv2d" in printed

@@ -56,7 +56,9 @@ def test_rules_agree_with_constant_lr_and_differ_after_a_drop():
 def test_sgd_kernel_matches_numpy(rule, kernel_device, dtype):
     lrs = [0.01, 0.01, 0.001]
     expected = run(rule, lrs, "cpu", dtype)
-    np.testing.assert_allclose(run(rule, lrs, kernel_device, dtype), expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(
+        run(rule, lrs, kernel_device, dtype), expected, rtol=1e-5 if dtype == np.float32 else 1e-12
+    )
 
 
 def test_adam_matches_torch():

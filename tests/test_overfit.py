@@ -13,8 +13,13 @@ def test_small_convnet_overfits_a_fixed_batch():
     x = mdl.tensor(rng.standard_normal((32, 3, 12, 12)).astype(np.float32))
     y = rng.integers(0, 10, 32)
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.LocalResponseNorm(5, alpha=1e-4),
-        nn.MaxPool2d(3, 2), nn.Dropout(0.1), nn.Flatten(), nn.Linear(16 * 5 * 5, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.LocalResponseNorm(5, alpha=1e-4),
+        nn.MaxPool2d(3, 2),
+        nn.Dropout(0.1),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 10),
     )
     opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     first = None

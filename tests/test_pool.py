@@ -4,7 +4,13 @@ import pytest
 import minidl as mdl
 import minidl.functional as F
 from tests import reference
-from tests.helpers import assert_all_close, assert_close, distinct, forward_backward, torch_forward_backward
+from tests.helpers import (
+    assert_all_close,
+    assert_close,
+    distinct,
+    forward_backward,
+    torch_forward_backward,
+)
 
 # (N, C, H, W, kernel, stride, padding, ceil_mode)
 CASES = [
@@ -36,7 +42,11 @@ def test_forward_and_argmax_match_naive_reference(case):
     x = make(case)
     kw = kwargs(case)
     y_ref, arg_ref = reference.max_pool2d(
-        x, as_pair(kw["kernel_size"]), as_pair(kw["stride"]), as_pair(kw["padding"]), kw["ceil_mode"]
+        x,
+        as_pair(kw["kernel_size"]),
+        as_pair(kw["stride"]),
+        as_pair(kw["padding"]),
+        kw["ceil_mode"],
     )
     y = F.max_pool2d(mdl.tensor(x), **kw)
     assert_close(y.numpy(), y_ref)
@@ -60,7 +70,9 @@ def test_matches_torch(case):
     torch = pytest.importorskip("torch")
     kw = kwargs(case)
     ours = forward_backward(lambda x: F.max_pool2d(x, **kw), [make(case)])
-    theirs = torch_forward_backward(torch, lambda x: torch.nn.functional.max_pool2d(x, **kw), [make(case)])
+    theirs = torch_forward_backward(
+        torch, lambda x: torch.nn.functional.max_pool2d(x, **kw), [make(case)]
+    )
     assert_all_close(ours, theirs)
 
 

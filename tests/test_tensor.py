@@ -76,7 +76,9 @@ OPS = [
     pytest.param(lambda a, b: (a * b).exp().log() ** 2, id="exp-log-pow"),
     pytest.param(lambda a, b: a.sum(axis=1, keepdims=True) * b.mean(axis=0), id="sum-mean"),
     pytest.param(lambda a, b: a.max() * b + b.max(), id="max"),
-    pytest.param(lambda a, b: a.reshape(4, 3).transpose(0, 1) @ b.reshape(4, 3), id="reshape-T-matmul"),
+    pytest.param(
+        lambda a, b: a.reshape(4, 3).transpose(0, 1) @ b.reshape(4, 3), id="reshape-T-matmul"
+    ),
     pytest.param(lambda a, b: a.permute(1, 0)[1:3] * b.T[::2], id="permute-getitem"),
     pytest.param(lambda a, b: a[[0, 0, 2]] * b[1], id="fancy-index-repeated"),
     pytest.param(lambda a, b: a @ b.T, id="matmul"),

@@ -12,8 +12,17 @@ from minidl.nn.module import Module, Parameter
 class Conv2d(Module):
     """weight: (out_channels, in_channels // groups, kh, kw), bias: (out_channels,)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 groups: int = 1, bias: bool = True, dtype=np.float32):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        groups: int = 1,
+        bias: bool = True,
+        dtype=np.float32,
+    ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(
@@ -36,8 +45,10 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, groups={self.groups}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, groups={self.groups}"
+        )
 
 
 class Linear(Module):
@@ -65,7 +76,11 @@ class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
         super().__init__()
         self.kernel_size, self.stride, self.padding, self.ceil_mode = (
-            kernel_size, stride, padding, ceil_mode)
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,
+        )
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
@@ -80,7 +95,9 @@ class LocalResponseNorm(Module):
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
         super().__init__()
         if not isinstance(size, int) or size < 1 or size % 2 == 0:
-            raise ValueError(f"LocalResponseNorm: size must be a positive odd integer, got {size!r}")
+            raise ValueError(
+                f"LocalResponseNorm: size must be a positive odd integer, got {size!r}"
+            )
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x):

@@ -19,7 +19,7 @@ class Parameter(Tensor):
 
 
 class Module:
-    """Base class of layers and models, with PyTorch's names (parameters, state_dict, train, ...)."""
+    """Base class of layers and models, with PyTorch's names (parameters, state_dict, ...)."""
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -101,7 +101,7 @@ class Module:
         for name, p in own.items():
             p.data = backend.move(np.array(state[name], dtype=p.dtype), p.device)
 
-    # ---- mode, device, dtype -----------------------------------------------------------------------
+    # ---- mode, device, dtype ---------------------------------------------------------------------
     def train(self, mode: bool = True):
         for m in self.modules():
             object.__setattr__(m, "training", mode)
@@ -194,10 +194,14 @@ _recording: list | None = None  # set while summary() runs: (leaf module, output
 
 
 def format_summary(rows, total: int, input_shape) -> str:
-    header = f"{'layer':<16}{'type':<20}{'output shape':<22}{'params':>12}"
-    lines = [header, "-" * len(header), f"{'input':<16}{'':<20}{str(tuple(input_shape)):<22}{'':>12}"]
+    header = f"{'layer':<20}{'type':<20}{'output shape':<22}{'params':>12}"
+    lines = [
+        header,
+        "-" * len(header),
+        f"{'input':<20}{'':<20}{str(tuple(input_shape)):<22}{'':>12}",
+    ]
     for name, kind, shape, count in rows:
-        lines.append(f"{name:<16}{kind:<20}{str(shape):<22}{count:>12,}")
+        lines.append(f"{name:<20}{kind:<20}{str(shape):<22}{count:>12,}")
     lines += ["-" * len(header), f"total parameters: {total:,}"]
     return "\n".join(lines)
 

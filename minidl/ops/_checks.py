@@ -1,4 +1,4 @@
-"""Argument checks shared by the ops: each error names the op, the argument and what was expected."""
+"""Argument checks shared by the ops: each error names the op, the argument and what it expected."""
 
 from __future__ import annotations
 

@@ -19,11 +19,15 @@ def relu_backward_numpy(dy, y):
     return dy * (y > 0)
 
 
-# ---- CUDA (kernels/activation.cu) ------------------------------------------------------------------
+# ---- CUDA (kernels/activation.cu) ----------------------------------------------------------------
 def relu_forward_cuda(x):
     y = backend.xp("cuda").empty_like(x)
     cuda.launch(
-        "activation", "relu_forward", x.dtype, cuda.grid_for(x.size), (cuda.THREADS,),
+        "activation",
+        "relu_forward",
+        x.dtype,
+        cuda.grid_for(x.size),
+        (cuda.THREADS,),
         (x, y, cuda.i64(x.size)),
     )
     return y
@@ -32,7 +36,11 @@ def relu_forward_cuda(x):
 def relu_backward_cuda(dy, y):
     dx = backend.xp("cuda").empty_like(dy)
     cuda.launch(
-        "activation", "relu_backward", dy.dtype, cuda.grid_for(dy.size), (cuda.THREADS,),
+        "activation",
+        "relu_backward",
+        dy.dtype,
+        cuda.grid_for(dy.size),
+        (cuda.THREADS,),
         (dy, y, dx, cuda.i64(dy.size)),
     )
     return dx

@@ -1,22 +1,24 @@
-"""2-D convolution (cross-correlation, as every framework computes it), with stride, padding, groups.
+"""2-D convolution (cross-correlation, as every framework computes it): stride, padding, groups.
 
-    y[n, o, oy, ox] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * xpad[n, c, oy*sh + i, ox*sw + j]
+    y[n, o, oy, ox] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * xpad[n, c, oy*sh+i, ox*sw+j]
 
-Both paths lower it to a GEMM through im2col (Krizhevsky et al. 2012, section 3, trained the
-same layers with cuda-convnet; Chellapilla et al. 2006 for im2col):
+Both paths lower it to GEMMs through im2col (Chellapilla et al. 2006). The columns are laid out
+channels-first and batch-second, so that one GEMM per group covers the whole batch (large,
+BLAS-friendly products instead of N small ones):
 
-    cols[n, (c, i, j), (oy, ox)] = xpad[n, c, oy*sh + i, ox*sw + j]        im2col
-    y[n, g] = w[g] @ cols[n, g]             (per group g: (Og, K) @ (K, L), K = Cg*kh*kw, L = OH*OW)
+    cols[(c, i, j), (n, oy, ox)] = xpad[n, c, oy*sh + i, ox*sw + j]         im2col, (C*kh*kw, N*L)
+    y[g] = w[g] @ cols[g]        per group g: (Og, K) @ (K, N*L), K = Cg*kh*kw, L = OH*OW
 
-and backward is three products:
+and backward is three products, with dy in the same (O, N*L) layout:
 
-    db[o]     = sum_{n, oy, ox} dy[n, o, oy, ox]
-    dw[g]     = sum_n dy[n, g] @ cols[n, g]^T
-    dcols[n,g] = w[g]^T @ dy[n, g],    dx = col2im(dcols)  (each cols entry adds back to its pixel)
+    db[o]  = sum_{n, oy, ox} dy[o, (n, oy, ox)]
+    dw[g]  = dy[g] @ cols[g]^T
+    dcols[g] = w[g]^T @ dy[g],   dx = col2im(dcols)   (each cols entry adds back to its pixel)
 
-The NumPy path builds cols with a loop over the kh*kw window offsets (each a strided slice of the
-whole batch); the CUDA path runs ``kernels/conv.cu`` (im2col, col2im as a gather, bias add, bias
-gradient). The GEMMs go to BLAS / cuBLAS through ``xp.matmul`` on both.
+The NumPy path builds cols with a loop over the kh*kw window offsets (each one strided slice of
+the whole batch); the CUDA path runs ``kernels/conv.cu`` (im2col, col2im as a gather, bias add,
+bias gradient). The GEMMs and the (N, O) <-> (O, N) transposes are BLAS / cuBLAS and array glue
+through ``xp`` on both.
 """
 
 from __future__ import annotations
@@ -30,70 +32,83 @@ from minidl.ops._checks import pair, require_tensor
 
 # ---- NumPy ---------------------------------------------------------------------------------------
 def im2col_numpy(x, kh, kw, sh, sw, ph, pw, oh, ow):
-    """x: (N, C, H, W) -> cols: (N, C*kh*kw, OH*OW), rows ordered (c, i, j) like w.reshape."""
+    """x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), rows (c, i, j), columns (n, oy, ox)."""
     n, c = x.shape[:2]
-    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-    cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W): each window offset is then one block of rows
+    if ph or pw:
+        xt = np.pad(xt, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = xpad[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
-    return cols.reshape(n, c * kh * kw, oh * ow)
+            cols[:, i, j] = xt[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+    return cols.reshape(c * kh * kw, n * oh * ow)
 
 
 def col2im_numpy(dcols, x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
-    """dcols: (N, C*kh*kw, OH*OW) -> dx: (N, C, H, W); overlapping windows add up."""
+    """dcols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W); overlapping windows add up."""
     n, c, h, w = x_shape
-    dcols = dcols.reshape(n, c, kh, kw, oh, ow)
-    dxpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
+    dcols = dcols.reshape(c, kh, kw, n, oh, ow)
+    dxt = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dxpad[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw] += dcols[:, :, i, j]
-    return dxpad[:, :, ph : ph + h, pw : pw + w]
+            dxt[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw] += dcols[
+                :, i, j
+            ]
+    return dxt[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
 
 
-# ---- CUDA (kernels/conv.cu) ------------------------------------------------------------------------
+# ---- CUDA (kernels/conv.cu) ----------------------------------------------------------------------
 def im2col_cuda(x, kh, kw, sh, sw, ph, pw, oh, ow):
     n, c, h, w = x.shape
-    xp = backend.xp("cuda")
-    cols = xp.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
-    total = cols.size
+    cols = backend.xp("cuda").empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
     cuda.launch(
-        "conv", "im2col", x.dtype, cuda.grid_for(total), (cuda.THREADS,),
-        (x, cols, cuda.i64(total), *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
+        "conv",
+        "im2col",
+        x.dtype,
+        cuda.grid_for(cols.size),
+        (cuda.THREADS,),
+        (x, cols, cuda.i64(cols.size), *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
     )
     return cols
 
 
 def col2im_cuda(dcols, x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
     n, c, h, w = x_shape
-    xp = backend.xp("cuda")
-    dx = xp.empty(x_shape, dtype=dcols.dtype)
-    total = dx.size
+    dx = backend.xp("cuda").empty(x_shape, dtype=dcols.dtype)
     cuda.launch(
-        "conv", "col2im", dx.dtype, cuda.grid_for(total), (cuda.THREADS,),
-        (dcols, dx, cuda.i64(total), *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
+        "conv",
+        "col2im",
+        dx.dtype,
+        cuda.grid_for(dx.size),
+        (cuda.THREADS,),
+        (dcols, dx, cuda.i64(dx.size), *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
     )
     return dx
 
 
 def bias_add_cuda(y, b):
-    """In place: y[n, o, :, :] += b[o]."""
-    n, o = y.shape[:2]
-    plane = int(np.prod(y.shape[2:]))
+    """In place: y[o, :] += b[o] for y: (O, M)."""
     cuda.launch(
-        "conv", "bias_add", y.dtype, cuda.grid_for(y.size), (cuda.THREADS,),
-        (y, b, cuda.i64(y.size), *cuda.i32(o, plane)),
+        "conv",
+        "bias_add",
+        y.dtype,
+        cuda.grid_for(y.size),
+        (cuda.THREADS,),
+        (y, b, cuda.i64(y.size), *cuda.i32(y.shape[0], y.shape[1])),
     )
 
 
 def bias_grad_cuda(dy):
-    """dy: (N, O, ...) -> db: (O,), one block per channel, a shared-memory tree reduction."""
-    n, o = dy.shape[:2]
-    plane = int(np.prod(dy.shape[2:]))
+    """dy: (O, M) -> db: (O,), one block per channel, a shared-memory tree reduction."""
+    o, m = dy.shape
     db = backend.xp("cuda").empty((o,), dtype=dy.dtype)
     cuda.launch(
-        "conv", "bias_grad", dy.dtype, (o,), (cuda.REDUCE_THREADS,),
-        (dy, db, *cuda.i32(n, o, plane)),
+        "conv",
+        "bias_grad",
+        dy.dtype,
+        (o,),
+        (cuda.REDUCE_THREADS,),
+        (dy, db, *cuda.i32(o, m)),
     )
     return db
 
@@ -111,17 +126,20 @@ class Conv2d(Function):
         oh = (h + 2 * ph - kh) // sh + 1
         ow = (wd + 2 * pw - kw) // sw + 1
         geometry = (kh, kw, sh, sw, ph, pw, oh, ow)
-        x = xp.ascontiguousarray(x)
-        cols = im2col_cuda(x, *geometry) if on_gpu else im2col_numpy(x, *geometry)
+        if on_gpu:
+            cols = im2col_cuda(xp.ascontiguousarray(x), *geometry)
+        else:
+            cols = im2col_numpy(x, *geometry)
         k = cg * kh * kw
-        cols_g = cols.reshape(n, groups, k, oh * ow)
+        cols_g = cols.reshape(groups, k, n * oh * ow)
         w_g = w.reshape(groups, o // groups, k)
-        y = xp.matmul(w_g, cols_g).reshape(n, o, oh, ow)  # (N, G, Og, L) is (N, O, OH, OW)
+        y = xp.matmul(w_g, cols_g).reshape(o, n * oh * ow)  # (G, Og, N*L) is (O, N*L)
         if b is not None:
             if on_gpu:
                 bias_add_cuda(y, b)
             else:
-                y += b.reshape(1, o, 1, 1)
+                y += b[:, None]
+        y = xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
         ctx.save(x.shape, w, cols_g, geometry, groups, b is not None)
         return y
 
@@ -131,23 +149,22 @@ class Conv2d(Function):
         on_gpu = ctx.device == "cuda"
         xp = backend.xp(ctx.device)
         n, o, oh, ow = dy.shape
-        k = cols_g.shape[2]
-        dy = xp.ascontiguousarray(dy)
-        dy_g = dy.reshape(n, groups, o // groups, oh * ow)
+        k = cols_g.shape[1]
+        dy_t = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, n * oh * ow)
+        dy_g = dy_t.reshape(groups, o // groups, n * oh * ow)
         dx = dw = db = None
         if ctx.needs_input_grad[1]:
-            # dw[g] = sum_n dy[n, g] @ cols[n, g]^T
-            dw = xp.matmul(dy_g, cols_g.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
+            dw = xp.matmul(dy_g, cols_g.transpose(0, 2, 1)).reshape(w.shape)  # dy[g] @ cols[g]^T
         if has_bias and ctx.needs_input_grad[2]:
-            db = bias_grad_cuda(dy) if on_gpu else dy.sum(axis=(0, 2, 3))
+            db = bias_grad_cuda(dy_t) if on_gpu else dy_t.sum(axis=1)
         if ctx.needs_input_grad[0]:
             w_g = w.reshape(groups, o // groups, k)
-            dcols = xp.matmul(w_g.transpose(0, 2, 1), dy_g)  # (N, G, K, L)
-            dcols = dcols.reshape(n, groups * k, oh * ow)
+            dcols = xp.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, N*L)
+            dcols = dcols.reshape(groups * k, n * oh * ow)
             if on_gpu:
                 dx = col2im_cuda(dcols, x_shape, *geometry)
             else:
-                dx = col2im_numpy(dcols, x_shape, *geometry)
+                dx = np.ascontiguousarray(col2im_numpy(dcols, x_shape, *geometry))
         return dx, dw, db
 
 

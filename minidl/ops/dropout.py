@@ -32,7 +32,7 @@ _GOLDEN = np.uint32(0x9E3779B9)
 
 # ---- NumPy ---------------------------------------------------------------------------------------
 def _fmix32(h):
-    """MurmurHash3's finalizer: a bijection on uint32 in which every input bit flips ~half the output."""
+    """MurmurHash3's finalizer: a bijection on uint32; an input bit flips ~half the output."""
     h = h ^ (h >> np.uint32(16))
     h = h * _M1
     h = h ^ (h >> np.uint32(13))
@@ -60,7 +60,7 @@ def dropout_mask_numpy(key: int, shape, p: float) -> np.ndarray:
     return ((bits >> np.uint32(8)) >= keep_threshold(p)).reshape(shape)
 
 
-# ---- CUDA (kernels/dropout.cu) ---------------------------------------------------------------------
+# ---- CUDA (kernels/dropout.cu) -------------------------------------------------------------------
 def _key_args(key: int):
     return np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
 
@@ -68,9 +68,19 @@ def _key_args(key: int):
 def dropout_forward_cuda(x, key, p):
     y = backend.xp("cuda").empty_like(x)
     cuda.launch(
-        "dropout", "dropout_forward", x.dtype, cuda.grid_for(x.size), (cuda.THREADS,),
-        (x, y, cuda.i64(x.size), *_key_args(key), np.uint32(keep_threshold(p)),
-         *cuda.real(x.dtype, 1.0 / (1.0 - p))),
+        "dropout",
+        "dropout_forward",
+        x.dtype,
+        cuda.grid_for(x.size),
+        (cuda.THREADS,),
+        (
+            x,
+            y,
+            cuda.i64(x.size),
+            *_key_args(key),
+            np.uint32(keep_threshold(p)),
+            *cuda.real(x.dtype, 1.0 / (1.0 - p)),
+        ),
     )
     return y
 
@@ -78,9 +88,19 @@ def dropout_forward_cuda(x, key, p):
 def dropout_backward_cuda(dy, key, p):
     dx = backend.xp("cuda").empty_like(dy)
     cuda.launch(
-        "dropout", "dropout_backward", dy.dtype, cuda.grid_for(dy.size), (cuda.THREADS,),
-        (dy, dx, cuda.i64(dy.size), *_key_args(key), np.uint32(keep_threshold(p)),
-         *cuda.real(dy.dtype, 1.0 / (1.0 - p))),
+        "dropout",
+        "dropout_backward",
+        dy.dtype,
+        cuda.grid_for(dy.size),
+        (cuda.THREADS,),
+        (
+            dy,
+            dx,
+            cuda.i64(dy.size),
+            *_key_args(key),
+            np.uint32(keep_threshold(p)),
+            *cuda.real(dy.dtype, 1.0 / (1.0 - p)),
+        ),
     )
     return dx
 
@@ -133,4 +153,3 @@ def dropout(x, p: float = 0.5, training: bool = True, mask=None):
             raise ValueError(f"dropout: mask has shape {tuple(mask.shape)}, expected {x.shape}")
         return Dropout.apply(x, p=float(p), key=None, mask=mask)
     return Dropout.apply(x, p=float(p), key=mdl_random.next_key(), mask=None)
-

@@ -41,14 +41,18 @@ def cross_entropy_backward_numpy(dloss, z, t, lse):
     return dz * (dloss / n)
 
 
-# ---- CUDA (kernels/loss.cu) ------------------------------------------------------------------------
+# ---- CUDA (kernels/loss.cu) ----------------------------------------------------------------------
 def cross_entropy_forward_cuda(z, t):
     n, k = z.shape
     xp = backend.xp("cuda")
     losses = xp.empty((n,), dtype=z.dtype)
     lse = xp.empty((n,), dtype=z.dtype)
     cuda.launch(
-        "loss", "cross_entropy_forward", z.dtype, (n,), (cuda.REDUCE_THREADS,),
+        "loss",
+        "cross_entropy_forward",
+        z.dtype,
+        (n,),
+        (cuda.REDUCE_THREADS,),
         (z, t, losses, lse, *cuda.i32(n, k)),
     )
     return losses, lse
@@ -58,7 +62,11 @@ def cross_entropy_backward_cuda(dloss, z, t, lse):
     n, k = z.shape
     dz = backend.xp("cuda").empty_like(z)
     cuda.launch(
-        "loss", "cross_entropy_backward", z.dtype, cuda.grid_for(z.size), (cuda.THREADS,),
+        "loss",
+        "cross_entropy_backward",
+        z.dtype,
+        cuda.grid_for(z.size),
+        (cuda.THREADS,),
         (z, t, lse, dz, cuda.i64(z.size), cuda.i32(k), *cuda.real(z.dtype, float(dloss) / n)),
     )
     return dz

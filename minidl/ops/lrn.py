@@ -10,7 +10,7 @@ window is centred.
 
 Backward (the window is symmetric, so "the windows that contain j" is the window around j):
 
-    da[j] = db[j] * s[j]^(-beta) - 2 * alpha * beta * a[j] * sum_{c in window(j)} db[c] * b[c] / s[c]
+    da[j] = db[j] * s[j]^(-beta) - 2 alpha beta a[j] * sum_{c in window(j)} db[c] * b[c] / s[c]
 
 The NumPy path computes the window sum with n - 1 shifted in-place adds; ``kernels/lrn.cu`` runs
 one thread per element (n, c, h, w) that sums its own channel window.
@@ -44,7 +44,7 @@ def local_response_norm_backward_numpy(db, a, b, s, size, alpha, beta):
     return db * s**-beta - (2 * alpha * beta) * a * channel_window_sum(db * b / s, size)
 
 
-# ---- CUDA (kernels/lrn.cu) -------------------------------------------------------------------------
+# ---- CUDA (kernels/lrn.cu) -----------------------------------------------------------------------
 def local_response_norm_forward_cuda(a, size, alpha, beta, k):
     n, c = a.shape[:2]
     plane = a.size // (n * c)
@@ -52,7 +52,11 @@ def local_response_norm_forward_cuda(a, size, alpha, beta, k):
     b = xp.empty_like(a)
     s = xp.empty_like(a)
     cuda.launch(
-        "lrn", "lrn_forward", a.dtype, cuda.grid_for(a.size), (cuda.THREADS,),
+        "lrn",
+        "lrn_forward",
+        a.dtype,
+        cuda.grid_for(a.size),
+        (cuda.THREADS,),
         (a, b, s, cuda.i64(a.size), *cuda.i32(c, plane, size), *cuda.real(a.dtype, alpha, beta, k)),
     )
     return b, s
@@ -63,9 +67,21 @@ def local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta):
     plane = a.size // (n * c)
     da = backend.xp("cuda").empty_like(a)
     cuda.launch(
-        "lrn", "lrn_backward", a.dtype, cuda.grid_for(a.size), (cuda.THREADS,),
-        (db, a, b, s, da, cuda.i64(a.size), *cuda.i32(c, plane, size),
-         *cuda.real(a.dtype, alpha, beta)),
+        "lrn",
+        "lrn_backward",
+        a.dtype,
+        cuda.grid_for(a.size),
+        (cuda.THREADS,),
+        (
+            db,
+            a,
+            b,
+            s,
+            da,
+            cuda.i64(a.size),
+            *cuda.i32(c, plane, size),
+            *cuda.real(a.dtype, alpha, beta),
+        ),
     )
     return da
 
@@ -101,8 +117,7 @@ def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
         )
     if not isinstance(size, int) or size < 1 or size % 2 == 0:
         raise ValueError(
-            f"local_response_norm: size must be a positive odd integer (a centred window), got {size!r}"
+            "local_response_norm: size must be a positive odd integer (a centred window), "
+            f"got {size!r}"
         )
-    return LocalResponseNorm.apply(
-        x, size=size, alpha=float(alpha), beta=float(beta), k=float(k)
-    )
+    return LocalResponseNorm.apply(x, size=size, alpha=float(alpha), beta=float(beta), k=float(k))

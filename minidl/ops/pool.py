@@ -71,14 +71,18 @@ def max_pool2d_backward_numpy(dy, argmax, x_shape):
     return dx.astype(dy.dtype).reshape(x_shape)
 
 
-# ---- CUDA (kernels/pool.cu) ------------------------------------------------------------------------
+# ---- CUDA (kernels/pool.cu) ----------------------------------------------------------------------
 def max_pool2d_forward_cuda(x, kh, kw, sh, sw, ph, pw, oh, ow):
     n, c, h, w = x.shape
     xp = backend.xp("cuda")
     y = xp.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = xp.empty((n, c, oh, ow), dtype=np.int32)
     cuda.launch(
-        "pool", "max_pool2d_forward", x.dtype, cuda.grid_for(y.size), (cuda.THREADS,),
+        "pool",
+        "max_pool2d_forward",
+        x.dtype,
+        cuda.grid_for(y.size),
+        (cuda.THREADS,),
         (x, y, argmax, cuda.i64(y.size), *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
     )
     return y, argmax
@@ -88,7 +92,11 @@ def max_pool2d_backward_cuda(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, oh, ow
     n, c, h, w = x_shape
     dx = backend.xp("cuda").empty(x_shape, dtype=dy.dtype)
     cuda.launch(
-        "pool", "max_pool2d_backward", dy.dtype, cuda.grid_for(dx.size), (cuda.THREADS,),
+        "pool",
+        "max_pool2d_backward",
+        dy.dtype,
+        cuda.grid_for(dx.size),
+        (cuda.THREADS,),
         (dy, argmax, dx, cuda.i64(dx.size), *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
     )
     return dx
@@ -122,7 +130,7 @@ class MaxPool2d(Function):
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
-    """Max-pooling over (H, W). x: (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size."""
+    """Max-pooling over (H, W): x (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size."""
     require_tensor("max_pool2d", "x", x, ndim=4, layout="(N, C, H, W)")
     kernel_size = pair("max_pool2d", "kernel_size", kernel_size, minimum=1)
     stride = kernel_size if stride is None else pair("max_pool2d", "stride", stride, minimum=1)

@@ -1,0 +1,150 @@
+"""AlexNet as Krizhevsky, Sutskever and Hinton (2012) describe it, and a small twin for 28x28.
+
+    layer  paper (227x227x3 input)                      output
+    conv1  96 x 11x11, stride 4      ReLU, LRN, pool    96 x 55 x 55 -> 27
+    conv2  256 x 5x5, pad 2, 2 groups ReLU, LRN, pool   256 x 27 x 27 -> 13
+    conv3  384 x 3x3, pad 1           ReLU              384 x 13 x 13
+    conv4  384 x 3x3, pad 1, 2 groups ReLU              384 x 13 x 13
+    conv5  256 x 3x3, pad 1, 2 groups ReLU, pool        256 x 13 x 13 -> 6
+    fc6    4096  (dropout 0.5 before)  ReLU
+    fc7    4096  (dropout 0.5 before)  ReLU
+    fc8    num_classes                  (softmax cross-entropy in the loss)
+
+LRN: n=5, k=2, alpha=1e-4, beta=0.75 (section 3.3); pooling 3x3 stride 2, overlapping (3.4);
+groups=2 are the two GPU towers (3.2). 60,965,224 parameters with groups, 62,378,344 without.
+"""
+
+from __future__ import annotations
+
+from minidl import nn
+from minidl.nn import init as mdl_init
+
+INITS = ("paper", "caffe", "kaiming")
+
+
+class AlexNet(nn.Module):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        groups: int = 2,
+        in_channels: int = 3,
+        input_size: int = 227,
+        init: str = "paper",
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(f"AlexNet: init must be one of {INITS}, got {init!r}")
+        side = feature_size(input_size)
+        if side < 1:
+            raise ValueError(f"AlexNet: input_size {input_size} is too small (needs at least 63)")
+        self.features = nn.Sequential(
+            conv1=nn.Conv2d(in_channels, 96, 11, stride=4),
+            relu1=nn.ReLU(),
+            norm1=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            pool1=nn.MaxPool2d(3, 2),
+            conv2=nn.Conv2d(96, 256, 5, padding=2, groups=groups),
+            relu2=nn.ReLU(),
+            norm2=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            pool2=nn.MaxPool2d(3, 2),
+            conv3=nn.Conv2d(256, 384, 3, padding=1),
+            relu3=nn.ReLU(),
+            conv4=nn.Conv2d(384, 384, 3, padding=1, groups=groups),
+            relu4=nn.ReLU(),
+            conv5=nn.Conv2d(384, 256, 3, padding=1, groups=groups),
+            relu5=nn.ReLU(),
+            pool5=nn.MaxPool2d(3, 2),
+        )
+        self.classifier = nn.Sequential(
+            flatten=nn.Flatten(),
+            drop6=nn.Dropout(dropout),
+            fc6=nn.Linear(256 * side * side, 4096),
+            relu6=nn.ReLU(),
+            drop7=nn.Dropout(dropout),
+            fc7=nn.Linear(4096, 4096),
+            relu7=nn.ReLU(),
+            fc8=nn.Linear(4096, num_classes),
+        )
+        initialize(self, init, ones=("conv2", "conv4", "conv5", "fc6", "fc7"))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def feature_size(input_size: int) -> int:
+    """Side of conv5's pooled output: 6 for 227, 5 for 224."""
+    side = (input_size - 11) // 4 + 1  # conv1
+    side = (side - 3) // 2 + 1  # pool1 (conv2 keeps the size)
+    side = (side - 3) // 2 + 1  # pool2 (conv3-5 keep it)
+    return (side - 3) // 2 + 1  # pool5
+
+
+class SmallAlexNet(nn.Module):
+    """AlexNet's layer kinds at 28x28 (conv, ReLU, LRN, overlapping pool, grouped convs, dropout,
+    three fully connected layers), small enough to train on Fashion-MNIST in minutes on a CPU.
+
+        conv1 32 x 5x5 pad 2            -> 28, pool 3/2 -> 13
+        conv2 64 x 5x5 pad 2, 2 groups  -> 13, pool 3/2 -> 6
+        conv3 96 x 3x3 pad 1, conv4 96 x 3x3 pad 1 (2 groups), conv5 64 x 3x3 pad 1 (2 groups)
+                                        -> 6, pool 3/2 -> 2
+        fc6 256 -> 512, fc7 512 -> 512, fc8 512 -> classes (dropout before fc6 and fc7)
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        groups: int = 2,
+        init: str = "kaiming",
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv1=nn.Conv2d(in_channels, 32, 5, padding=2),
+            relu1=nn.ReLU(),
+            norm1=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            pool1=nn.MaxPool2d(3, 2),
+            conv2=nn.Conv2d(32, 64, 5, padding=2, groups=groups),
+            relu2=nn.ReLU(),
+            norm2=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            pool2=nn.MaxPool2d(3, 2),
+            conv3=nn.Conv2d(64, 96, 3, padding=1),
+            relu3=nn.ReLU(),
+            conv4=nn.Conv2d(96, 96, 3, padding=1, groups=groups),
+            relu4=nn.ReLU(),
+            conv5=nn.Conv2d(96, 64, 3, padding=1, groups=groups),
+            relu5=nn.ReLU(),
+            pool5=nn.MaxPool2d(3, 2),
+        )
+        self.classifier = nn.Sequential(
+            flatten=nn.Flatten(),
+            drop6=nn.Dropout(dropout),
+            fc6=nn.Linear(64 * 2 * 2, 512),
+            relu6=nn.ReLU(),
+            drop7=nn.Dropout(dropout),
+            fc7=nn.Linear(512, 512),
+            relu7=nn.ReLU(),
+            fc8=nn.Linear(512, num_classes),
+        )
+        initialize(self, init, ones=("conv2", "conv4", "conv5", "fc6", "fc7"))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def initialize(model: nn.Module, scheme: str, ones: tuple[str, ...]) -> None:
+    """ "paper": weights N(0, 0.01), biases 1 in ``ones`` (conv2, conv4, conv5, fc6, fc7) and 0
+    elsewhere (section 5). "caffe" (bvlc_alexnet): biases 0.1 instead of 1, fc6/fc7 weights
+    N(0, 0.005); it trains more reliably from scratch. "kaiming": He-normal weights, zero biases."""
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            continue
+        short = name.rsplit(".", 1)[-1]
+        if scheme == "kaiming":
+            mdl_init.kaiming_normal_(layer.weight)
+            mdl_init.zeros_(layer.bias)
+            continue
+        std = 0.005 if scheme == "caffe" and short in ("fc6", "fc7") else 0.01
+        mdl_init.normal_(layer.weight, 0.0, std)
+        bias = (1.0 if scheme == "paper" else 0.1) if short in ones else 0.0
+        mdl_init.constant_(layer.bias, bias)

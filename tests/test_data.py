@@ -1,0 +1,161 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minidl import data
+from minidl.data import transforms as T
+
+
+def write_idx(path, array, compress=True):
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trip(tmp_path, compress):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / ("x.gz" if compress else "x")
+    write_idx(path, images, compress)
+    assert np.array_equal(data.read_idx(path), images)
+    ints = np.array([1, -2, 70000], dtype=">i4")
+    write_idx(tmp_path / "i.gz", ints)
+    assert data.read_idx(tmp_path / "i.gz").tolist() == [1, -2, 70000]
+
+
+def test_corrupt_and_truncated_idx_name_the_file(tmp_path):
+    bad = tmp_path / "bad-images.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x12\x34\x56\x78rest")
+    with pytest.raises(ValueError, match="bad-images.gz: not an idx file"):
+        data.read_idx(bad)
+    short = tmp_path / "short.gz"
+    with gzip.open(short, "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"abc")
+    with pytest.raises(ValueError, match="short.gz: idx header says shape"):
+        data.read_idx(short)
+    broken = tmp_path / "broken.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="broken.gz: cannot read"):
+        data.read_idx(broken)
+
+
+def test_missing_fashion_mnist_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.datasets, "DEBIAN_FOLDER", tmp_path / "nowhere")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINIDL_DATA", raising=False)
+    with pytest.raises(FileNotFoundError) as info:
+        data.find_fashion_mnist(tmp_path / "explicit", download=False)
+    message = str(info.value)
+    assert (
+        str(tmp_path / "explicit") in message and "apt-get install dataset-fashion-mnist" in message
+    )
+
+
+def test_fashion_mnist_from_an_explicit_folder(tmp_path):
+    for prefix, n in (("train", 6), ("t10k", 3)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", np.full((n, 28, 28), 255, np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8))
+    ds = data.fashion_mnist("test", tmp_path)
+    x, y = ds.batch(np.array([0, 2]))
+    assert x.shape == (2, 1, 28, 28) and x.dtype == np.float32 and np.all(x == 1.0)
+    assert y.tolist() == [0, 2]
+
+
+def test_the_real_fashion_mnist_when_installed():
+    try:
+        folder = data.find_fashion_mnist(download=False)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    images, labels = data.load_fashion_mnist("test", folder, download=False)
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+    assert np.bincount(labels).tolist() == [1000] * 10
+
+
+def make_folder(root, sizes=((40, 30), (32, 48))):
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    (root / "cat" / "notes.txt").write_text("not an image")
+
+
+def test_image_folder(tmp_path):
+    make_folder(tmp_path)
+    ds = data.ImageFolder(tmp_path, T.Compose([T.ResizeShorter(36), T.CenterCrop(32), T.ToCHW()]))
+    assert ds.classes == ["cat", "dog"] and len(ds) == 4
+    x, y = ds.batch(np.arange(4))
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 0, 1, 1]
+    png = np.asarray(Image.open(tmp_path / "cat" / "1.png"))
+    assert np.array_equal(data.ImageFolder(tmp_path).load(1), png)  # PNG is lossless
+
+
+def test_image_folder_errors_name_the_file(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "dog" / "2.jpg").write_bytes(b"\xff\xd8 corrupt")
+    ds = data.ImageFolder(tmp_path)
+    with pytest.raises(ValueError, match="2.jpg"):
+        ds[len(ds) - 1]
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        data.ImageFolder(tmp_path / "missing")
+
+
+def test_crops_flips_and_ten_crop_return_the_expected_pixels():
+    image = np.arange(6 * 8 * 3).reshape(6, 8, 3)
+    assert np.array_equal(T.CenterCrop(4)(image), image[1:5, 2:6])
+    crop = T.RandomCrop(4)(image, np.random.default_rng(0))
+    positions = [(t, s) for t in range(3) for s in range(5)]
+    assert any(np.array_equal(crop, image[t : t + 4, s : s + 4]) for t, s in positions)
+    flipped = T.RandomHorizontalFlip(p=1.0)(image, np.random.default_rng(0))
+    assert np.array_equal(flipped, image[:, ::-1])
+    crops = T.TenCrop(4)(image)
+    expected = [image[:4, :4], image[:4, 4:], image[2:, :4], image[2:, 4:], image[1:5, 2:6]]
+    assert crops.shape == (10, 4, 4, 3)
+    for i, e in enumerate(expected):
+        assert np.array_equal(crops[i], e)
+        assert np.array_equal(crops[i + 5], e[:, ::-1])
+
+
+def test_resize_shorter_and_mean_subtraction():
+    image = np.zeros((50, 100, 3), np.uint8)
+    assert T.ResizeShorter(25)(image).shape == (25, 50, 3)
+    out = T.SubtractMean([1.0, 2.0, 3.0])(np.full((2, 2, 3), 10, np.uint8))
+    assert out.dtype == np.float32 and out[0, 0].tolist() == [9.0, 8.0, 7.0]
+
+
+def test_pca_noise_has_the_expected_covariance():
+    rng = np.random.default_rng(0)
+    pixels = rng.multivariate_normal(
+        [120, 110, 100], [[400, 150, 50], [150, 300, 80], [50, 80, 200]], size=(1, 20000)
+    )
+    mean, values, vectors = T.rgb_statistics([pixels])
+    np.testing.assert_allclose(mean, pixels.reshape(-1, 3).mean(0))
+    assert values[0] >= values[1] >= values[2]
+    noise = T.PCAColorNoise(values, vectors, std=0.1)
+    shifts = np.array([noise.shift(rng) for _ in range(20000)])
+    expected = vectors @ np.diag((0.1 * values) ** 2) @ vectors.T
+    np.testing.assert_allclose(np.cov(shifts.T), expected, rtol=0.1, atol=0.02 * expected.max())
+    image = np.zeros((4, 4, 3), np.float32)
+    out = noise(image, np.random.default_rng(1))
+    assert np.allclose(out - out[0, 0], 0)  # one shift per image, the same for every pixel
+
+
+def test_loader_order_is_seeded_and_independent_of_threads():
+    ds = data.ArrayDataset(np.arange(50 * 4, dtype=np.uint8).reshape(50, 2, 2), np.arange(50))
+    one = data.DataLoader(ds, 8, shuffle=True, seed=3, workers=0)
+    two = data.DataLoader(ds, 8, shuffle=True, seed=3, workers=2)
+    first = [y.tolist() for _, y in one]
+    assert first == [y.tolist() for _, y in two]
+    assert sorted(sum(first, [])) == list(range(50))
+    assert [y.tolist() for _, y in one] != first  # the next epoch is shuffled differently
+    assert len(data.DataLoader(ds, 8, drop_last=True)) == 6
+    assert all(len(y) == 8 for _, y in data.DataLoader(ds, 8, drop_last=True))
