@@ -6,13 +6,15 @@
 See docs/ for the math of each op and README.md for the tour.
 """
 
-from minidl import functional, nn, optim
+from minidl import functional, memory, nn, optim
 from minidl.autograd import no_grad
 from minidl.gradcheck import gradcheck
 from minidl.random import manual_seed
 from minidl.tensor import Tensor, tensor
 
 __version__ = "0.1.0"
+
+memory.keep_freed_memory()
 
 float32 = "float32"
 float64 = "float64"

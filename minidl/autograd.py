@@ -9,12 +9,40 @@ records a ``Node`` on the output. ``backward`` walks those nodes in reverse topo
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import defaultdict
 
 _grad_enabled = True
+_profile: dict | None = (
+    None  # op name -> [forward seconds, backward seconds, calls] while profiling
+)
 
 
 def is_grad_enabled() -> bool:
     return _grad_enabled
+
+
+@contextlib.contextmanager
+def profile(synchronize=None):
+    """Time every op's forward and backward while the block runs; yields the table
+    {op name: [forward seconds, backward seconds, calls]}. ``synchronize`` (e.g. waiting for the
+    GPU) runs before each clock read, so asynchronous launches are charged to the right op."""
+    global _profile, _sync
+    previous = _profile, _sync
+    _profile, _sync = defaultdict(lambda: [0.0, 0.0, 0]), synchronize
+    try:
+        yield _profile
+    finally:
+        _profile, _sync = previous
+
+
+_sync = None
+
+
+def _clock() -> float:
+    if _sync is not None:
+        _sync()
+    return time.perf_counter()
 
 
 @contextlib.contextmanager
@@ -71,7 +99,14 @@ class Function:
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = Context(device, needs)
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
-        out = cls.forward(ctx, *arrays, **params)
+        if _profile is None:
+            out = cls.forward(ctx, *arrays, **params)
+        else:
+            start = _clock()
+            out = cls.forward(ctx, *arrays, **params)
+            entry = _profile[cls.__name__]
+            entry[0] += _clock() - start
+            entry[2] += 1
         requires_grad = _grad_enabled and any(needs)
         result = Tensor._wrap(out, device, requires_grad)
         if requires_grad:
@@ -127,7 +162,12 @@ def backward(root, grad) -> None:
             else:
                 tensor.grad = Tensor._wrap(tensor.grad.data + dy, tensor.device, False)
             continue
-        input_grads = node.fn.backward(node.ctx, dy)
+        if _profile is None:
+            input_grads = node.fn.backward(node.ctx, dy)
+        else:
+            start = _clock()
+            input_grads = node.fn.backward(node.ctx, dy)
+            _profile[node.fn.__name__][1] += _clock() - start
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
         for parent, dx in zip(node.inputs, input_grads):

@@ -95,14 +95,19 @@ class SGD(Optimizer):
 
     def _step_numpy(self, w, g, v) -> None:
         lr, mu, wd = (w.dtype.type(x) for x in (self.lr, self.momentum, self.weight_decay))
-        if self.rule == "paper":
-            v *= mu
-            v -= wd * lr * w + lr * g
-            w += v
-        else:
-            v *= mu
-            v += g + wd * w
-            w -= lr * v
+        w, g, v = w.reshape(-1), g.reshape(-1), v.reshape(-1)
+        # In blocks of 64K elements: the temporaries stay in cache instead of making several
+        # passes over fc6's 150 MB.
+        for start in range(0, w.size, 1 << 16):
+            block = slice(start, start + (1 << 16))
+            wb, gb, vb = w[block], g[block], v[block]
+            vb *= mu
+            if self.rule == "paper":
+                vb -= wd * lr * wb + lr * gb
+                wb += vb
+            else:
+                vb += gb + wd * wb
+                wb -= lr * vb
 
     def _step_cuda(self, w, g, v) -> None:
         cuda.launch(

@@ -44,20 +44,28 @@ def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, oh, ow):
     # -inf padding on every side; ceil_mode windows may reach past the right/bottom padding.
     extra_h = max(0, (oh - 1) * sh + kh - (h + 2 * ph))
     extra_w = max(0, (ow - 1) * sw + kw - (w + 2 * pw))
-    xpad = np.pad(
-        x, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)), constant_values=-np.inf
-    )
+    xpad = x
+    if ph or pw or extra_h or extra_w:
+        padding = ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w))
+        xpad = np.pad(x, padding, constant_values=-np.inf)
+
+    def window(i, j):  # the (i, j) cell of every window: (N, C, OH, OW)
+        return xpad[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+
+    # Pass 1: the maximum, in place. Pass 2: which offset k = i * kw + j holds it, scanning k
+    # backwards so that the first maximum in row-major order is the one that stays.
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
-    argmax = np.full((n, c, oh, ow), -1, dtype=np.int32)
-    rows = np.arange(oh) * sh - ph  # top input row of each window
-    cols = np.arange(ow) * sw - pw
     for i in range(kh):
         for j in range(kw):
-            v = xpad[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
-            better = v > y  # strict: the first maximum in row-major order keeps the win
-            y = np.where(better, v, y)
-            index = ((rows + i)[:, None] * w + (cols + j)[None, :]).astype(np.int32)
-            argmax = np.where(better, index, argmax)
+            np.maximum(y, window(i, j), out=y)
+    best = np.full((n, c, oh, ow), -1, dtype=np.int32)
+    for k in reversed(range(kh * kw)):
+        np.copyto(best, k, where=window(*divmod(k, kw)) == y)
+    # Offset k of window (oy, ox) is input pixel (oy*sh - ph + k // kw, ox*sw - pw + k % kw).
+    top = (np.arange(oh, dtype=np.int32) * sh - ph)[:, None]
+    left = (np.arange(ow, dtype=np.int32) * sw - pw)[None, :]
+    argmax = (top + best // kw) * w + (left + best % kw)
+    argmax[y == -np.inf] = -1  # a window holding only -inf (padding, or -inf inputs) has no winner
     return y, argmax
 
 
