@@ -19,15 +19,27 @@ import numpy as np
 
 FASHION_MNIST_FILES = {
     # file name: SHA-256 of the original .gz (the same bytes Debian's dataset-fashion-mnist ships)
-    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "train-images-idx3-ubyte.gz": (
+        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"
+    ),
     "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
     "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 
@@ -58,7 +70,11 @@ def read_idx(path) -> np.ndarray:
             f"{path}: idx header says shape {shape} ({expected} bytes) but the file holds "
             f"{len(data) - header} bytes of data"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(data, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def fashion_mnist_folders(root=None) -> list[Path]:
@@ -67,7 +83,10 @@ def fashion_mnist_folders(root=None) -> list[Path]:
     if root is not None:
         folders.append(Path(root))
     if os.environ.get("MINIDL_DATA"):
-        folders += [Path(os.environ["MINIDL_DATA"]), Path(os.environ["MINIDL_DATA"]) / "fashion-mnist"]
+        folders += [
+            Path(os.environ["MINIDL_DATA"]),
+            Path(os.environ["MINIDL_DATA"]) / "fashion-mnist",
+        ]
     folders += [DEBIAN_FOLDER, user_cache() / "fashion-mnist"]
     return folders
 
@@ -121,7 +140,7 @@ def _sha256(path: Path) -> str:
 
 
 def load_fashion_mnist(split: str = "train", root=None, download: bool = True):
-    """(images uint8 (N, 28, 28), labels int64 (N,)) for split "train" (60,000) or "test" (10,000)."""
+    """(images uint8 (N, 28, 28), labels int64 (N,)); "train" has 60,000, "test" 10,000."""
     if split not in ("train", "test"):
         raise ValueError(f"load_fashion_mnist: split must be 'train' or 'test', got {split!r}")
     folder = find_fashion_mnist(root, download)
@@ -129,7 +148,9 @@ def load_fashion_mnist(split: str = "train", root=None, download: bool = True):
     images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
     if images.ndim != 3 or len(images) != len(labels):
-        raise ValueError(f"{folder}: {split} images {images.shape} and labels {labels.shape} disagree")
+        raise ValueError(
+            f"{folder}: {split} images {images.shape} and labels {labels.shape} disagree"
+        )
     return images, labels
 
 
@@ -159,7 +180,9 @@ class ArrayDataset:
         return x[0], y[0]
 
 
-def fashion_mnist(split: str = "train", root=None, transform=None, download: bool = True) -> ArrayDataset:
+def fashion_mnist(
+    split: str = "train", root=None, transform=None, download: bool = True
+) -> ArrayDataset:
     """Fashion-MNIST as an ArrayDataset of (1, 28, 28) float32 images scaled to [0, 1];
     ``transform(x, rng)`` then sees each scaled batch."""
     images, labels = load_fashion_mnist(split, root, download)

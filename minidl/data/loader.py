@@ -16,8 +16,16 @@ import numpy as np
 
 
 class DataLoader:
-    def __init__(self, dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, workers: int = 2, prefetch: int = 4):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        workers: int = 2,
+        prefetch: int = 4,
+    ):
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
@@ -30,7 +38,11 @@ class DataLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         n = len(self.dataset)
-        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        return (
+            np.random.default_rng([self.seed, epoch]).permutation(n)
+            if self.shuffle
+            else np.arange(n)
+        )
 
     def __iter__(self):
         epoch = self.epoch

@@ -38,7 +38,9 @@ class ResizeShorter:
         new = (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
         if (w, h) == new:
             return image
-        pil = Image.fromarray(image if image.dtype == np.uint8 else image.astype(np.float32).squeeze())
+        pil = Image.fromarray(
+            image if image.dtype == np.uint8 else image.astype(np.float32).squeeze()
+        )
         return np.asarray(pil.resize(new, Image.BILINEAR)).reshape(new[1], new[0], *image.shape[2:])
 
 
@@ -54,7 +56,9 @@ class Resize:
         if image.shape[:2] == (self.size, self.size):
             return image
         channels = image.shape[2:]
-        pil = Image.fromarray(image.squeeze() if image.dtype == np.uint8 else image.astype(np.float32).squeeze())
+        pil = Image.fromarray(
+            image.squeeze() if image.dtype == np.uint8 else image.astype(np.float32).squeeze()
+        )
         out = np.asarray(pil.resize((self.size, self.size), Image.BILINEAR))
         return out.reshape(self.size, self.size, *channels)
 
@@ -82,7 +86,12 @@ class RandomCrop:
     def __call__(self, image, rng):
         h, w = image.shape[:2]
         _check_fits(image, self.size)
-        return crop(image, int(rng.integers(0, h - self.size + 1)), int(rng.integers(0, w - self.size + 1)), self.size)
+        return crop(
+            image,
+            int(rng.integers(0, h - self.size + 1)),
+            int(rng.integers(0, w - self.size + 1)),
+            self.size,
+        )
 
 
 class RandomHorizontalFlip:

@@ -5,6 +5,8 @@ The GPU path is ``kernels/activation.cu`` (one thread per element).
 
 from __future__ import annotations
 
+import numpy as np
+
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
@@ -12,7 +14,7 @@ from minidl.ops._checks import require_tensor
 
 # ---- NumPy ---------------------------------------------------------------------------------------
 def relu_forward_numpy(x):
-    return x * (x > 0)
+    return np.maximum(x, x.dtype.type(0))
 
 
 def relu_backward_numpy(dy, y):

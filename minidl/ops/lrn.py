@@ -18,6 +18,8 @@ one thread per element (n, c, h, w) that sums its own channel window.
 
 from __future__ import annotations
 
+import numpy as np
+
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
@@ -33,15 +35,25 @@ def channel_window_sum(a, size: int):
     return out
 
 
+def inverse_power(s, beta: float):
+    """s ** -beta. For the paper's beta = 0.75 as 1 / (sqrt(s) * sqrt(sqrt(s))): the same to about
+    an ulp and about three times faster than np.power, which dominated LRN's time."""
+    if beta == 0.75:
+        r = np.sqrt(s)
+        r *= np.sqrt(r)
+        return np.reciprocal(r, out=r)
+    return s**-beta
+
+
 def local_response_norm_forward_numpy(a, size, alpha, beta, k):
-    """a: (N, C, H, W) -> b: (N, C, H, W), s: (N, C, H, W) (the scale, saved for backward)."""
+    """a: (N, C, H, W) -> b, and for backward s (the scale) and p = s^-beta, all (N, C, H, W)."""
     s = k + alpha * channel_window_sum(a * a, size)
-    b = a * s**-beta
-    return b, s
+    p = inverse_power(s, beta)
+    return a * p, s, p
 
 
-def local_response_norm_backward_numpy(db, a, b, s, size, alpha, beta):
-    return db * s**-beta - (2 * alpha * beta) * a * channel_window_sum(db * b / s, size)
+def local_response_norm_backward_numpy(db, a, b, s, p, size, alpha, beta):
+    return db * p - (2 * alpha * beta) * a * channel_window_sum(db * b / s, size)
 
 
 # ---- CUDA (kernels/lrn.cu) -----------------------------------------------------------------------
@@ -94,18 +106,19 @@ class LocalResponseNorm(Function):
         if ctx.device == "cuda":
             a = backend.xp("cuda").ascontiguousarray(a)
             b, s = local_response_norm_forward_cuda(a, size, alpha, beta, k)
+            p = None  # the kernel recomputes s^-beta
         else:
-            b, s = local_response_norm_forward_numpy(a, size, alpha, beta, k)
-        ctx.save(a, b, s, size, alpha, beta)
+            b, s, p = local_response_norm_forward_numpy(a, size, alpha, beta, k)
+        ctx.save(a, b, s, p, size, alpha, beta)
         return b
 
     @staticmethod
     def backward(ctx, db):
-        a, b, s, size, alpha, beta = ctx.saved
+        a, b, s, p, size, alpha, beta = ctx.saved
         if ctx.device == "cuda":
             db = backend.xp("cuda").ascontiguousarray(db)
             return local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta)
-        return local_response_norm_backward_numpy(db, a, b, s, size, alpha, beta)
+        return local_response_norm_backward_numpy(db, a, b, s, p, size, alpha, beta)
 
 
 def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):

@@ -52,15 +52,20 @@ def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, oh, ow):
     def window(i, j):  # the (i, j) cell of every window: (N, C, OH, OW)
         return xpad[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
 
-    # Pass 1: the maximum, in place. Pass 2: which offset k = i * kw + j holds it, scanning k
-    # backwards so that the first maximum in row-major order is the one that stays.
+    # Pass 1: the maximum, in place.
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             np.maximum(y, window(i, j), out=y)
-    best = np.full((n, c, oh, ow), -1, dtype=np.int32)
-    for k in reversed(range(kh * kw)):
-        np.copyto(best, k, where=window(*divmod(k, kw)) == y)
+    # Pass 2: the first offset k = i * kw + j (row-major) whose cell holds the maximum, as the
+    # minimum over k of (k where the cell equals y, else a sentinel). Arithmetic on the hit mask
+    # is about three times faster than np.copyto(..., where=hit).
+    sentinel = np.int16(kh * kw)
+    first = np.full((n, c, oh, ow), sentinel, dtype=np.int16)
+    for k in range(kh * kw):
+        hit = window(*divmod(k, kw)) == y
+        np.minimum(first, hit * np.int16(k - sentinel) + sentinel, out=first)
+    best = first.astype(np.int32)
     # Offset k of window (oy, ox) is input pixel (oy*sh - ph + k // kw, ox*sw - pw + k % kw).
     top = (np.arange(oh, dtype=np.int32) * sh - ph)[:, None]
     left = (np.arange(ow, dtype=np.int32) * sw - pw)[None, :]
