@@ -1,6 +1,6 @@
 """The functional API (``import minidl.functional as F``), with PyTorch's names and layouts."""
 
-from minidl.ops.activation import relu
+from minidl.ops.activation import bias_relu, relu
 from minidl.ops.conv import conv2d
 from minidl.ops.dropout import dropout
 from minidl.ops.linear import linear
@@ -15,6 +15,7 @@ def flatten(x, start_dim: int = 1):
 
 
 __all__ = [
+    "bias_relu",
     "conv2d",
     "cross_entropy",
     "dropout",

@@ -88,6 +88,10 @@ def relu_ok():
     return _matches(F.relu, [random((3, 50))])
 
 
+def bias_relu_ok():
+    return _matches(F.bias_relu, [random((3, 5, 4, 4)), random((5,), 1)])
+
+
 def loss_ok():
     t = np.array([3, 0, 9, 299])
     return _matches(lambda z: F.cross_entropy(z, t), [random((4, 300))])

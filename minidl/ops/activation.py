@@ -1,6 +1,12 @@
-"""ReLU, the paper's non-linearity (section 3.1): y = max(x, 0), dx = dy * [y > 0].
+"""ReLU, the paper's non-linearity (section 3.1): y = max(x, 0), dx = dy * [y > 0]; and the
+fused bias + ReLU that follows a convolution or a linear layer:
 
-The GPU path is ``kernels/activation.cu`` (one thread per element).
+    y[n, c, ...] = max(x[n, c, ...] + b[c], 0)
+    dx = dy * [y > 0],    db[c] = sum over n and the pixels of dx[n, c, ...]
+
+Fusing saves one pass over the activation: ``bias_relu(conv2d(x, w), b)`` equals
+``relu(conv2d(x, w, b))``. The GPU path is ``kernels/activation.cu`` (one thread per element;
+db is a per-channel block reduction).
 """
 
 from __future__ import annotations
@@ -19,6 +25,16 @@ def relu_forward_numpy(x):
 
 def relu_backward_numpy(dy, y):
     return dy * (y > 0)
+
+
+def bias_relu_forward_numpy(x, b):
+    """x: (N, C, ...), b: (C,) -> y: (N, C, ...)."""
+    return np.maximum(x + b.reshape((1, -1) + (1,) * (x.ndim - 2)), x.dtype.type(0))
+
+
+def bias_relu_backward_numpy(dy, y):
+    dx = dy * (y > 0)
+    return dx, dx.sum(axis=(0, *range(2, dx.ndim)))
 
 
 # ---- CUDA (kernels/activation.cu) ----------------------------------------------------------------
@@ -48,6 +64,35 @@ def relu_backward_cuda(dy, y):
     return dx
 
 
+def bias_relu_forward_cuda(x, b):
+    n, c = x.shape[:2]
+    y = backend.xp("cuda").empty_like(x)
+    cuda.launch(
+        "activation",
+        "bias_relu_forward",
+        x.dtype,
+        cuda.grid_for(x.size),
+        (cuda.THREADS,),
+        (x, b, y, cuda.i64(x.size), *cuda.i32(c, x.size // (n * c))),
+    )
+    return y
+
+
+def bias_relu_backward_cuda(dy, y):
+    dx = relu_backward_cuda(dy, y)
+    n, c = dx.shape[:2]
+    db = backend.xp("cuda").empty((c,), dtype=dx.dtype)
+    cuda.launch(
+        "activation",
+        "channel_sum",
+        dx.dtype,
+        (c,),
+        (cuda.REDUCE_THREADS,),
+        (dx, db, *cuda.i32(n, c, dx.size // (n * c))),
+    )
+    return dx, db
+
+
 # ---- autograd ------------------------------------------------------------------------------------
 class ReLU(Function):
     @staticmethod
@@ -71,3 +116,35 @@ def relu(x):
     """max(x, 0), element-wise."""
     require_tensor("relu", "x", x)
     return ReLU.apply(x)
+
+
+class BiasReLU(Function):
+    @staticmethod
+    def forward(ctx, x, b):
+        # x: (N, C, ...), b: (C,) -> y: (N, C, ...)
+        if ctx.device == "cuda":
+            y = bias_relu_forward_cuda(backend.xp("cuda").ascontiguousarray(x), b)
+        else:
+            y = bias_relu_forward_numpy(x, b)
+        ctx.save(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        if ctx.device == "cuda":
+            return bias_relu_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), y)
+        return bias_relu_backward_numpy(dy, y)
+
+
+def bias_relu(x, bias):
+    """max(x + bias[c], 0) in one pass, for x: (N, C, ...) and bias: (C,)."""
+    require_tensor("bias_relu", "x", x)
+    require_tensor("bias_relu", "bias", bias, ndim=1, layout="(C,)")
+    channels = x.shape[1] if x.ndim > 1 else None
+    if bias.shape[0] != channels:
+        raise ValueError(
+            f"bias_relu: bias has shape {bias.shape}, expected ({channels},) for x of shape "
+            f"{x.shape} (one bias per channel, dimension 1)"
+        )
+    return BiasReLU.apply(x, bias)
