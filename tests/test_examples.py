@@ -36,7 +36,10 @@ def test_train_fashion_mnist_on_a_small_copy(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 640), ("t10k", 100)):
         labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = (labels[:, None, None] * 25 + rng.integers(0, 20, (n, 28, 28))).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for image, label in zip(images, labels):  # a bright block whose place is the class
+            top, left = 2 + 12 * (label // 5), 1 + 5 * (label % 5)
+            image[top : top + 10, left : left + 5] = 230
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
     accuracy = load("train_fashion_mnist").main(
@@ -56,7 +59,7 @@ def test_train_fashion_mnist_on_a_small_copy(tmp_path, capsys):
     )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"test accuracy: {accuracy:.4f}"
-    assert accuracy > 0.3  # brightness tells the classes apart; chance is 0.1
+    assert accuracy > 0.5  # chance is 0.1
     assert (tmp_path / "run" / "checkpoint.npz").is_file()
 
 
