@@ -9,9 +9,9 @@ from minidl.ops.lrn import local_response_norm
 from minidl.ops.pool import max_pool2d
 
 
-def flatten(x, start_dim: int = 1):
-    """Merge every dimension from ``start_dim`` on: (N, C, H, W) -> (N, C*H*W)."""
-    return x.flatten(start_dim)
+def flatten(x, start_dim: int = 1, end_dim: int = -1):
+    """Merge dimensions start_dim..end_dim: (N, C, H, W) -> (N, C*H*W) by default."""
+    return x.flatten(start_dim, end_dim)
 
 
 __all__ = [

@@ -233,19 +233,25 @@ class Tensor:
     def log(self):
         return Log.apply(self)
 
-    def sum(self, axis=None, keepdims: bool = False):
+    # Reductions take NumPy's (axis, keepdims) or PyTorch's (dim, keepdim) names.
+    def sum(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        axis, keepdims = _reduction_args(axis, keepdims, dim, keepdim)
         return Sum.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims: bool = False):
+    def mean(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        axis, keepdims = _reduction_args(axis, keepdims, dim, keepdim)
         axes = _axes(axis, self.ndim)
-        count = int(np.prod([self.shape[a] for a in axes])) if axes else 1
+        count = self.numel() if axes is None else int(np.prod([self.shape[a] for a in axes]))
         return self.sum(axis, keepdims) * (1.0 / count)
 
-    def max(self, axis=None, keepdims: bool = False):
+    def max(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        """The maximum values (ties share the gradient); unlike torch.max(dim), no indices."""
+        axis, keepdims = _reduction_args(axis, keepdims, dim, keepdim)
         return Max.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
 
-    def argmax(self, axis=None) -> Tensor:
+    def argmax(self, axis=None, *, dim=None) -> Tensor:
         xp = backend.xp(self.device)
+        axis = dim if dim is not None else axis
         return Tensor._wrap(xp.argmax(self.data, axis=axis), self.device, False)
 
     def reshape(self, *shape):
@@ -255,8 +261,9 @@ class Tensor:
 
     view = reshape
 
-    def flatten(self, start_dim: int = 0):
-        return self.reshape(self.shape[:start_dim] + (-1,))
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        start, end = start_dim % self.ndim, end_dim % self.ndim
+        return self.reshape(self.shape[:start] + (-1,) + self.shape[end + 1 :])
 
     def permute(self, *dims):
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
@@ -273,6 +280,10 @@ class Tensor:
     @property
     def T(self):
         return Permute.apply(self, dims=tuple(reversed(range(self.ndim))))
+
+
+def _reduction_args(axis, keepdims, dim, keepdim):
+    return (dim if dim is not None else axis), (keepdim if keepdim is not None else keepdims)
 
 
 def _axes(axis, ndim: int) -> tuple[int, ...] | None:

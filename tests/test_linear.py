@@ -27,6 +27,15 @@ def test_linear(n, i, o):
     assert mdl.gradcheck(F.linear, [mdl.tensor(a, requires_grad=True) for a in (x, w, b)])
 
 
+def test_linear_with_extra_leading_dimensions():
+    torch = pytest.importorskip("torch")
+    x, w, b = random((2, 3, 5)), random((4, 5), 1), random((4,), 2)
+    assert_all_close(
+        forward_backward(F.linear, [x, w, b]),
+        torch_forward_backward(torch, torch.nn.functional.linear, [x, w, b]),
+    )
+
+
 def test_linear_on_kernel_device(kernel_device, dtype):
     arrays = (random((3, 5)), random((4, 5), 1), random((4,), 2))
     expected = forward_backward(F.linear, arrays, "cpu", dtype)

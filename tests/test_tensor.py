@@ -107,6 +107,18 @@ def test_math_matches_torch(fn):
     np.testing.assert_allclose(mb.grad.numpy(), tb.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
+def test_mean_and_pytorch_reduction_names():
+    x = mdl.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    assert x.mean().item() == 2.5
+    x.mean().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.full((2, 3), 1 / 6))
+    assert x.sum(dim=1, keepdim=True).shape == (2, 1)
+    np.testing.assert_allclose(x.mean(dim=0).numpy(), [1.5, 2.5, 3.5])
+    assert x.max(dim=1).numpy().tolist() == [2.0, 5.0]
+    assert x.argmax(dim=1).numpy().tolist() == [2, 2]
+    assert mdl.tensor(np.zeros((2, 3, 4, 5))).flatten(1, 2).shape == (2, 12, 5)
+
+
 def test_max_along_an_axis():
     a = mdl.tensor(random((3, 4)), requires_grad=True)
     assert mdl.gradcheck(lambda a: a.max(axis=1) * 2.0, [a])

@@ -15,7 +15,7 @@ from minidl.ops._checks import require_tensor
 class Linear(Function):
     @staticmethod
     def forward(ctx, x, w, b):
-        # x: (N, in), w: (out, in), b: (out,) -> y: (N, out)
+        # x: (N, in) or (N, ..., in), w: (out, in), b: (out,) -> y: (N, out) or (N, ..., out)
         y = x @ w.T
         if b is not None:
             y += b
@@ -26,21 +26,25 @@ class Linear(Function):
     def backward(ctx, dy):
         x, w, has_bias = ctx.saved
         xp = backend.xp(ctx.device)
+        rows_x = x.reshape(-1, x.shape[-1])  # every leading dimension is a batch dimension
+        rows_dy = dy.reshape(-1, dy.shape[-1])
         dx = dy @ w if ctx.needs_input_grad[0] else None
-        dw = dy.T @ x if ctx.needs_input_grad[1] else None
-        db = dy.sum(axis=0) if has_bias and ctx.needs_input_grad[2] else None
+        dw = rows_dy.T @ rows_x if ctx.needs_input_grad[1] else None
+        db = rows_dy.sum(axis=0) if has_bias and ctx.needs_input_grad[2] else None
         if dw is not None:
             dw = xp.ascontiguousarray(dw)
         return dx, dw, db
 
 
 def linear(x, weight, bias=None):
-    """y = x @ weight^T + bias. x: (N, in), weight: (out, in), bias: (out,)."""
-    require_tensor("linear", "x", x, ndim=2, layout="(N, in_features)")
+    """y = x @ weight^T + bias. x: (N, in) or (N, ..., in), weight: (out, in), bias: (out,)."""
+    require_tensor("linear", "x", x)
+    if x.ndim < 1:
+        raise ValueError("linear: x must have a last dimension of in_features, got a scalar")
     require_tensor("linear", "weight", weight, ndim=2, layout="(out_features, in_features)")
-    if x.shape[1] != weight.shape[1]:
+    if x.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"linear: x has {x.shape[1]} features but weight expects {weight.shape[1]} "
+            f"linear: x has {x.shape[-1]} features but weight expects {weight.shape[1]} "
             f"(x: {x.shape}, weight: {weight.shape})"
         )
     if bias is not None:
