@@ -33,6 +33,9 @@ import minidl.functional as F  # noqa: E402
 from minidl import cuda, optim  # noqa: E402
 from models.alexnet import AlexNet  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_twin import torch_alexnet  # noqa: E402
+
 # name: (kind, input shape without the batch, parameters)
 OPS = {
     "conv1": ("conv", (3, 227, 227), dict(out=96, k=11, stride=4, padding=0, groups=1)),
@@ -79,7 +82,18 @@ def compare(ours: dict, theirs: dict | None) -> dict:
 
 
 # ---- the two frameworks --------------------------------------------------------------------------
-class Ours:
+class Framework:
+    """What both sides share: the same calls for a backward pass and for clearing gradients."""
+
+    def backward(self, y, dy):
+        y.backward(dy)
+
+    def zero(self, tensors):
+        for t in tensors:
+            t.grad = None
+
+
+class Ours(Framework):
     name = "minidl"
 
     def __init__(self, device: str):
@@ -119,15 +133,8 @@ class Ours:
             "dropout": lambda x: F.dropout(x, 0.5),
         }[kind]
 
-    def backward(self, y, dy):
-        y.backward(dy)
 
-    def zero(self, tensors):
-        for t in tensors:
-            t.grad = None
-
-
-class Theirs:
+class Theirs(Framework):
     name = "pytorch"
 
     def __init__(self, torch, device: str, tf32: bool):
@@ -145,37 +152,8 @@ class Theirs:
         return self.torch.tensor(array, device=self.device, requires_grad=requires_grad)
 
     def model(self, seed=0):
-        nn = self.torch.nn
         self.torch.manual_seed(seed)
-
-        def lrn():  # torch divides alpha by size; the paper's alpha=1e-4 is torch's 5e-4
-            return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
-
-        return nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4),
-            nn.ReLU(),
-            lrn(),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(96, 256, 5, padding=2, groups=2),
-            nn.ReLU(),
-            lrn(),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(256, 384, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(384, 384, 3, padding=1, groups=2),
-            nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1, groups=2),
-            nn.ReLU(),
-            nn.MaxPool2d(3, 2),
-            nn.Flatten(),
-            nn.Dropout(0.5),
-            nn.Linear(9216, 4096),
-            nn.ReLU(),
-            nn.Dropout(0.5),
-            nn.Linear(4096, 4096),
-            nn.ReLU(),
-            nn.Linear(4096, 1000),
-        ).to(self.device)
+        return torch_alexnet(self.torch, num_classes=1000).to(self.device)
 
     def sgd(self, model):
         return self.torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -200,13 +178,6 @@ class Theirs:
             "pool": lambda x: tf.max_pool2d(x, 3, 2),
             "dropout": lambda x: tf.dropout(x, 0.5),
         }[kind]
-
-    def backward(self, y, dy):
-        y.backward(dy)
-
-    def zero(self, tensors):
-        for t in tensors:
-            t.grad = None
 
 
 # ---- what is timed -------------------------------------------------------------------------------

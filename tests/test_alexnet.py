@@ -1,9 +1,15 @@
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import minidl as mdl
 import minidl.functional as F
 from models.alexnet import AlexNet, SmallAlexNet, feature_size
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from torch_twin import copy_weights, torch_alexnet  # noqa: E402
 
 
 def test_parameter_counts_match_the_paper():
@@ -45,36 +51,9 @@ def test_paper_and_caffe_inits():
 
 
 def torch_twin(torch, net, groups):
-    """The same network in PyTorch, float64, with our weights; torch's LRN alpha = ours * size."""
-    nn = torch.nn
-    twin = nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4),
-        nn.ReLU(),
-        nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0),
-        nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2, groups=groups),
-        nn.ReLU(),
-        nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0),
-        nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(384, 384, 3, padding=1, groups=groups),
-        nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1, groups=groups),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2),
-        nn.Flatten(),
-        nn.Dropout(0.5),
-        nn.Linear(9216, 4096),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Linear(4096, 4096),
-        nn.ReLU(),
-        nn.Linear(4096, 10),
-    ).double()
-    with torch.no_grad():
-        for p, (_, q) in zip(twin.parameters(), net.named_parameters()):
-            p.copy_(torch.tensor(q.numpy()))
+    """The same network in PyTorch (benchmarks/torch_twin.py), float64, with our weights."""
+    twin = torch_alexnet(torch, num_classes=10, groups=groups).double()
+    copy_weights(torch, twin, net)
     return twin
 
 
