@@ -11,11 +11,16 @@ db is a per-channel block reduction).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
+
+if TYPE_CHECKING:
+    from minidl.tensor import Tensor
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
@@ -112,7 +117,7 @@ class ReLU(Function):
         return relu_backward_numpy(dy, y)
 
 
-def relu(x):
+def relu(x: Tensor) -> Tensor:
     """max(x, 0), element-wise."""
     require_tensor("relu", "x", x)
     return ReLU.apply(x)
@@ -137,7 +142,7 @@ class BiasReLU(Function):
         return bias_relu_backward_numpy(dy, y)
 
 
-def bias_relu(x, bias):
+def bias_relu(x: Tensor, bias: Tensor) -> Tensor:
     """max(x + bias[c], 0) in one pass, for x: (N, C, ...) and bias: (C,)."""
     require_tensor("bias_relu", "x", x)
     require_tensor("bias_relu", "bias", bias, ndim=1, layout="(C,)")

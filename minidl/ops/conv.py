@@ -23,11 +23,16 @@ through ``xp`` on both.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
+
+if TYPE_CHECKING:
+    from minidl.tensor import Tensor
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
@@ -168,7 +173,14 @@ class Conv2d(Function):
         return dx, dw, db
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1):
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+) -> Tensor:
     """2-D convolution. x: (N, C, H, W), weight: (O, C // groups, kh, kw), bias: (O,).
 
     ``stride`` and ``padding`` are an int or an (h, w) pair. Returns (N, O, OH, OW) with

@@ -18,6 +18,8 @@ also be injected (``mask=``) for gradient checks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from minidl import backend, cuda
@@ -28,6 +30,9 @@ from minidl.ops._checks import require_tensor
 _M1 = np.uint32(0x85EBCA6B)
 _M2 = np.uint32(0xC2B2AE35)
 _GOLDEN = np.uint32(0x9E3779B9)
+
+if TYPE_CHECKING:
+    from minidl.tensor import Tensor
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
@@ -131,7 +136,7 @@ class Dropout(Function):
         return dropout_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p)
 
 
-def dropout(x, p: float = 0.5, training: bool = True, mask=None):
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None) -> Tensor:
     """Inverted dropout: zero each element with probability p and scale the rest by 1 / (1 - p).
 
     Identity when ``training`` is False or p == 0. ``mask`` (same shape as x, 1 = keep) replaces

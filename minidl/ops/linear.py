@@ -7,9 +7,14 @@ A plain GEMM: BLAS through NumPy on the CPU, cuBLAS through CuPy on the GPU.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from minidl import backend
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
+
+if TYPE_CHECKING:
+    from minidl.tensor import Tensor
 
 
 class Linear(Function):
@@ -36,7 +41,7 @@ class Linear(Function):
         return dx, dw, db
 
 
-def linear(x, weight, bias=None):
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x @ weight^T + bias. x: (N, in) or (N, ..., in), weight: (out, in), bias: (out,)."""
     require_tensor("linear", "x", x)
     if x.ndim < 1:

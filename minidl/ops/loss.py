@@ -11,11 +11,16 @@ the sum); softmax and log_softmax are plain array math on both devices.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
+
+if TYPE_CHECKING:
+    from minidl.tensor import Tensor
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
@@ -93,7 +98,7 @@ class CrossEntropy(Function):
         return cross_entropy_backward_numpy(dloss, z, t, lse), None
 
 
-def cross_entropy(logits, target):
+def cross_entropy(logits: Tensor, target) -> Tensor:
     """Mean softmax cross-entropy. logits: (N, K) float; target: (N,) integer classes in [0, K)."""
     from minidl.tensor import Tensor
 
@@ -149,11 +154,11 @@ class Softmax(Function):
         return y * (dy - (dy * y).sum(axis=dim, keepdims=True))
 
 
-def log_softmax(x, dim: int = -1):
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     require_tensor("log_softmax", "x", x)
     return LogSoftmax.apply(x, dim=dim % x.ndim)
 
 
-def softmax(x, dim: int = -1):
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
     require_tensor("softmax", "x", x)
     return Softmax.apply(x, dim=dim % x.ndim)

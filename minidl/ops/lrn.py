@@ -18,11 +18,16 @@ one thread per element (n, c, h, w) that sums its own channel window.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
+
+if TYPE_CHECKING:
+    from minidl.tensor import Tensor
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
@@ -121,7 +126,9 @@ class LocalResponseNorm(Function):
         return local_response_norm_backward_numpy(db, a, b, s, p, size, alpha, beta)
 
 
-def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+def local_response_norm(
+    x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+) -> Tensor:
     """The paper's LRN over channels of x: (N, C, ...); alpha is not divided by size (see above)."""
     require_tensor("local_response_norm", "x", x)
     if x.ndim < 3:

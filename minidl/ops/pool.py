@@ -22,11 +22,16 @@ dropping a last window that would start past the input and its left padding.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
+
+if TYPE_CHECKING:
+    from minidl.tensor import Tensor
 
 
 def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
@@ -142,7 +147,13 @@ class MaxPool2d(Function):
         return max_pool2d_backward_numpy(dy, argmax, x_shape)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
+def max_pool2d(
+    x: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+) -> Tensor:
     """Max-pooling over (H, W): x (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size."""
     require_tensor("max_pool2d", "x", x, ndim=4, layout="(N, C, H, W)")
     kernel_size = pair("max_pool2d", "kernel_size", kernel_size, minimum=1)
