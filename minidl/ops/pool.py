@@ -75,7 +75,8 @@ def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, oh, ow):
     top = (np.arange(oh, dtype=np.int32) * sh - ph)[:, None]
     left = (np.arange(ow, dtype=np.int32) * sw - pw)[None, :]
     argmax = (top + best // kw) * w + (left + best % kw)
-    argmax[y == -np.inf] = -1  # a window holding only -inf (padding, or -inf inputs) has no winner
+    # No winner: a window holding only -inf (padding, or -inf inputs), or a NaN maximum.
+    argmax[(y == -np.inf) | (first == sentinel)] = -1
     return y, argmax
 
 
