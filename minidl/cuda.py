@@ -13,6 +13,7 @@ Arguments are arrays (device pointers) and NumPy scalars whose dtype fixes the C
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from pathlib import Path
 
@@ -66,7 +67,10 @@ def name_expressions(source: str) -> list[str]:
 
 
 def compile_options(folder: Path) -> tuple[str, ...]:
-    return ("-std=c++14", f"-I{folder}")
+    """NVRTC options: C++14, the folder for ``#include "common.cuh"``, and a define holding the
+    headers' hash, so CuPy's on-disk cache (keyed by source and options) notices a header edit."""
+    digest = hashlib.sha256(b"".join(h.read_bytes() for h in sorted(folder.glob("*.cuh"))))
+    return ("-std=c++14", f"-I{folder}", f"-DMINIDL_HEADERS={digest.hexdigest()[:16]}")
 
 
 # ---- CuPy and the GPU ----------------------------------------------------------------------------
