@@ -159,3 +159,22 @@ def test_loader_order_is_seeded_and_independent_of_threads():
     assert [y.tolist() for _, y in one] != first  # the next epoch is shuffled differently
     assert len(data.DataLoader(ds, 8, drop_last=True)) == 6
     assert all(len(y) == 8 for _, y in data.DataLoader(ds, 8, drop_last=True))
+
+
+def test_random_transforms_repeat_with_the_seed_whatever_the_threads():
+    images = np.arange(40 * 8 * 8, dtype=np.uint8).reshape(40, 8, 8)
+    crop = T.RandomCrop(5)
+
+    def transform(x, rng):  # a random 5x5 crop of each image of the batch
+        return np.stack([crop(image.transpose(1, 2, 0), rng).transpose(2, 0, 1) for image in x])
+
+    ds = data.ArrayDataset(images, np.arange(40), transform)
+
+    def batches(workers):
+        loader = data.DataLoader(ds, 8, shuffle=True, seed=5, workers=workers)
+        return [x for x, _ in loader]
+
+    first, again, threaded = batches(0), batches(0), batches(2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first, threaded))
+    assert len({a.tobytes() for a in first}) == len(first)
