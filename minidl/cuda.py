@@ -29,21 +29,26 @@ CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 ARCHITECTURES = ("compute_75", "compute_80", "compute_90")
 
 _override_dir: Path | None = None
+_default_dir: Path | None = None
 _modules: dict = {}
 
 
 # ---- where the sources are -----------------------------------------------------------------------
 def kernel_dir() -> Path:
     """The folder of ``.cu`` files: the repo's ``kernels/``, or ``minidl/kernels`` in a wheel."""
+    global _default_dir
     if _override_dir is not None:
         return _override_dir
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "kernels", here / "kernels"):
-        if (candidate / "common.cuh").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"minidl: CUDA kernel sources not found in {here.parent / 'kernels'} or {here / 'kernels'}"
-    )
+    if _default_dir is None:
+        here = Path(__file__).resolve().parent
+        candidates = (here.parent / "kernels", here / "kernels")
+        found = [c for c in candidates if (c / "common.cuh").is_file()]
+        if not found:
+            raise FileNotFoundError(
+                f"minidl: CUDA kernel sources not found in {candidates[0]} or {candidates[1]}"
+            )
+        _default_dir = found[0]
+    return _default_dir
 
 
 @contextlib.contextmanager
@@ -129,21 +134,25 @@ def real(dtype, *values):
 
 
 def _module(file: str):
+    """The compiled ``kernels/<file>.cu``, cached per folder, device and source version: a launch
+    costs two stat calls here, and an edited kernel (or common.cuh) is compiled again."""
     folder = kernel_dir()
     path = folder / f"{file}.cu"
-    if backend.emulating():
-        from minidl import emulator
-
-        return emulator.load(path)
-    cp = cupy()
-    key = (str(path), cp.cuda.runtime.getDevice(), path.stat().st_mtime_ns)
+    device = "emulator" if backend.emulating() else cupy().cuda.runtime.getDevice()
+    version = (path.stat().st_mtime_ns, (folder / "common.cuh").stat().st_mtime_ns)
+    key = (str(path), device, version)
     if key not in _modules:
-        source = path.read_text()
-        _modules[key] = cp.RawModule(
-            code=source,
-            options=compile_options(folder),
-            name_expressions=name_expressions(source),
-        )
+        if device == "emulator":
+            from minidl import emulator
+
+            _modules[key] = emulator.load(path)
+        else:
+            source = path.read_text()
+            _modules[key] = cupy().RawModule(
+                code=source,
+                options=compile_options(folder),
+                name_expressions=name_expressions(source),
+            )
     return _modules[key]
 
 

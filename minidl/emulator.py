@@ -35,7 +35,6 @@ _SCALARS = {
     np.dtype(np.float32): ctypes.c_float,
     np.dtype(np.float64): ctypes.c_double,
 }
-_loaded: dict[str, EmulatedModule] = {}
 
 
 def cache_dir() -> Path:
@@ -100,7 +99,8 @@ def kernels_with_barriers(source: str) -> set[str]:
 
 
 def load(path) -> EmulatedModule:
-    """Compile (or reuse) ``path`` for the emulator."""
+    """Compile ``path`` for the emulator, or reuse the library built from the same sources
+    (minidl.cuda keeps the loaded module, so this runs once per file and version)."""
     path = Path(path).resolve()
     source = path.read_text()
     unit, symbols = translation_unit(path, source)
@@ -109,15 +109,10 @@ def load(path) -> EmulatedModule:
         digest.update(text.encode())
     for header in sorted(path.parent.glob("*.cuh")) + [path]:
         digest.update(header.read_bytes())
-    key = digest.hexdigest()[:20]
-    if key in _loaded:
-        return _loaded[key]
-    library = cache_dir() / f"{path.stem}-{key}.so"
+    library = cache_dir() / f"{path.stem}-{digest.hexdigest()[:20]}.so"
     if not library.exists():
         _compile(unit, path, library)
-    module = EmulatedModule(ctypes.CDLL(str(library)), symbols)
-    _loaded[key] = module
-    return module
+    return EmulatedModule(ctypes.CDLL(str(library)), symbols)
 
 
 def _compile(unit: str, path: Path, library: Path) -> None:
