@@ -13,9 +13,10 @@ import time
 from collections import defaultdict
 
 _grad_enabled = True
-_profile: dict | None = (
-    None  # op name -> [forward seconds, backward seconds, calls] while profiling
-)
+# While profile() runs: op name -> [forward seconds, backward seconds, calls], and what to call
+# before each clock read (waiting for the GPU).
+_profile: dict | None = None
+_sync = None
 
 
 def is_grad_enabled() -> bool:
@@ -34,9 +35,6 @@ def profile(synchronize=None):
         yield _profile
     finally:
         _profile, _sync = previous
-
-
-_sync = None
 
 
 def _clock() -> float:

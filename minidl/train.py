@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import minidl.functional as F
-from minidl import backend, cuda
+from minidl import backend
 from minidl import random as mdl_random
 from minidl.autograd import no_grad
 from minidl.tensor import Tensor
@@ -29,11 +29,6 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _synchronize(device: str) -> None:
-    if device == "cuda":
-        cuda.synchronize()
 
 
 def train_epoch(
@@ -58,7 +53,6 @@ def train_epoch(
         if progress:
             rate = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{batch_loss:.4f}", img_s=f"{rate:.0f}")
-    _synchronize(device)
     seconds = time.perf_counter() - start
     return {
         "loss": total_loss / seen,

@@ -162,3 +162,15 @@ def test_to_device_is_differentiable(monkeypatch):
     assert y.device == "cuda"
     (y * y).to("cpu").sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), [0.0, 2.0, 4.0])
+
+
+def test_profile_counts_each_op_forward_and_backward():
+    from minidl.autograd import profile
+
+    x = mdl.tensor(random((2, 3)), requires_grad=True)
+    with profile() as table:
+        (x.exp() * 2.0).sum().backward()
+    assert table["Exp"][2] == 1 and table["Mul"][2] == 1
+    assert table["Exp"][0] > 0 and table["Exp"][1] > 0
+    x.exp()
+    assert table["Exp"][2] == 1  # nothing is recorded after the block

@@ -7,6 +7,7 @@ import numpy as np
 from minidl import functional as F
 from minidl.nn import init
 from minidl.nn.module import Module, Parameter
+from minidl.ops.lrn import check_size
 
 
 class Conv2d(Module):
@@ -94,10 +95,7 @@ class LocalResponseNorm(Module):
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
         super().__init__()
-        if not isinstance(size, int) or size < 1 or size % 2 == 0:
-            raise ValueError(
-                f"LocalResponseNorm: size must be a positive odd integer, got {size!r}"
-            )
+        check_size("LocalResponseNorm", size)  # at construction, not at the first call
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x):

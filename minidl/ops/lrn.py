@@ -126,6 +126,13 @@ class LocalResponseNorm(Function):
         return local_response_norm_backward_numpy(db, a, b, s, p, size, alpha, beta)
 
 
+def check_size(op: str, size) -> None:
+    if not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise ValueError(
+            f"{op}: size must be a positive odd integer (a centred window), got {size!r}"
+        )
+
+
 def local_response_norm(
     x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
 ) -> Tensor:
@@ -135,9 +142,5 @@ def local_response_norm(
         raise ValueError(
             f"local_response_norm: x must be (N, C, ...) with at least 3 dimensions, got {x.shape}"
         )
-    if not isinstance(size, int) or size < 1 or size % 2 == 0:
-        raise ValueError(
-            "local_response_norm: size must be a positive odd integer (a centred window), "
-            f"got {size!r}"
-        )
+    check_size("local_response_norm", size)
     return LocalResponseNorm.apply(x, size=size, alpha=float(alpha), beta=float(beta), k=float(k))
