@@ -181,13 +181,26 @@ class Theirs(Framework):
 
 
 # ---- what is timed -------------------------------------------------------------------------------
-def bench_model(fw, batch: int, warmup: int, steps: int) -> dict:
+def training_setup(fw, batch: int):
+    """AlexNet, its SGD, a batch and a training-step function, for one framework."""
     rng = np.random.default_rng(0)
     x = fw.tensor(rng.standard_normal((batch, 3, 227, 227)).astype(np.float32))
     target_np = rng.integers(0, 1000, batch)
     target = target_np if fw.name == "minidl" else fw.torch.tensor(target_np, device=fw.device)
     model = fw.model()
     opt = fw.sgd(model)
+
+    def train_step():
+        loss = fw.loss(model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return model, opt, x, target, train_step
+
+
+def bench_model(fw, batch: int, warmup: int, steps: int) -> dict:
+    model, opt, x, target, train_step = training_setup(fw, batch)
 
     def forward():
         with fw.no_grad():
@@ -196,12 +209,6 @@ def bench_model(fw, batch: int, warmup: int, steps: int) -> dict:
     def forward_backward():
         fw.loss(model(x), target).backward()
         opt.zero_grad()
-
-    def train_step():
-        loss = fw.loss(model(x), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
     model.eval()
     result = {"forward": timed(forward, warmup, steps, fw.sync)}
@@ -249,26 +256,16 @@ def bench_op(fw, name: str, batch: int, warmup: int, steps: int) -> dict:
 
 def _peak_memory_child(framework: str, device: str, batch: int, queue) -> None:
     """In a fresh process: build the model, run two training steps, report the peak RSS."""
-    import torch  # noqa: F401  (imported in both children, so both carry its weight)
-
+    try:
+        import torch  # imported in both children when it is there, so both carry its weight
+    except ImportError:
+        torch = None
     fw = Ours(device) if framework == "minidl" else Theirs(torch, device, False)
-    bench_model_steps(fw, batch)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-def bench_model_steps(fw, batch):
-    rng = np.random.default_rng(0)
-    x = fw.tensor(rng.standard_normal((batch, 3, 227, 227)).astype(np.float32))
-    t = rng.integers(0, 1000, batch)
-    target = t if fw.name == "minidl" else fw.torch.tensor(t, device=fw.device)
-    model = fw.model()
-    opt = fw.sgd(model)
+    train_step = training_setup(fw, batch)[-1]
     for _ in range(2):
-        loss = fw.loss(model(x), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step()
     fw.sync()
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def peak_memory(device: str, batch: int, have_torch: bool) -> dict:
