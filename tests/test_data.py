@@ -128,6 +128,8 @@ def test_crops_flips_and_ten_crop_return_the_expected_pixels():
 def test_resize_shorter_and_mean_subtraction():
     image = np.zeros((50, 100, 3), np.uint8)
     assert T.ResizeShorter(25)(image).shape == (25, 50, 3)
+    assert T.ResizeShorter(10)(np.zeros((20, 30, 1), np.uint8)).shape == (10, 15, 1)
+    assert T.Resize(56)(np.ones((28, 28, 1), np.float32)).shape == (56, 56, 1)
     out = T.SubtractMean([1.0, 2.0, 3.0])(np.full((2, 2, 3), 10, np.uint8))
     assert out.dtype == np.float32 and out[0, 0].tolist() == [9.0, 8.0, 7.0]
 

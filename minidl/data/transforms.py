@@ -24,6 +24,24 @@ class Compose:
         return image
 
 
+def resize(image, width: int, height: int):
+    """Bilinear resize through Pillow of an (H, W, C) array: uint8 RGB as it is, and one channel
+    (uint8 or float) as a 2-D image. Returns (height, width, C)."""
+    from PIL import Image
+
+    channels = image.shape[2:]
+    if image.dtype == np.uint8 and channels == (3,):
+        pil = Image.fromarray(image)
+    elif channels in ((), (1,)):
+        plane = image.reshape(image.shape[:2])
+        pil = Image.fromarray(plane if plane.dtype == np.uint8 else plane.astype(np.float32))
+    else:
+        raise ValueError(
+            f"resize: expected uint8 RGB or one channel, got {image.shape} {image.dtype}"
+        )
+    return np.asarray(pil.resize((width, height), Image.BILINEAR)).reshape(height, width, *channels)
+
+
 class ResizeShorter:
     """Scale so the shorter side is ``size`` (bilinear, through Pillow)."""
 
@@ -31,17 +49,10 @@ class ResizeShorter:
         self.size = size
 
     def __call__(self, image, rng=None):
-        from PIL import Image
-
         h, w = image.shape[:2]
         scale = self.size / min(h, w)
-        new = (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
-        if (w, h) == new:
-            return image
-        pil = Image.fromarray(
-            image if image.dtype == np.uint8 else image.astype(np.float32).squeeze()
-        )
-        return np.asarray(pil.resize(new, Image.BILINEAR)).reshape(new[1], new[0], *image.shape[2:])
+        width, height = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        return image if (width, height) == (w, h) else resize(image, width, height)
 
 
 class Resize:
@@ -51,16 +62,9 @@ class Resize:
         self.size = size
 
     def __call__(self, image, rng=None):
-        from PIL import Image
-
         if image.shape[:2] == (self.size, self.size):
             return image
-        channels = image.shape[2:]
-        pil = Image.fromarray(
-            image.squeeze() if image.dtype == np.uint8 else image.astype(np.float32).squeeze()
-        )
-        out = np.asarray(pil.resize((self.size, self.size), Image.BILINEAR))
-        return out.reshape(self.size, self.size, *channels)
+        return resize(image, self.size, self.size)
 
 
 def crop(image, top: int, left: int, size: int):
