@@ -1,4 +1,4 @@
-// conv.cu: the non-GEMM parts of 2-D convolution (minidl/ops/conv.py; docs/conv2d.md).
+// conv.cu: the non-GEMM parts of 2-D convolution (minidl/ops/conv.py; docs/conv.md).
 //
 //   im2col     x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), rows (c, i, j), columns (n, oy, ox)
 //              one thread per cols element (c, i, j, n, oy, ox); matches im2col_numpy.
@@ -7,11 +7,9 @@
 //              copied from it: deterministic, no atomics; matches col2im_numpy.
 //   bias_add   y: (O, M) += b[o] (M = N*OH*OW, conv output before its transpose to NCHW);
 //              one thread per element.
-//   bias_grad  dy: (O, M) -> db: (O,); one block of MINIDL_REDUCE_THREADS per channel o,
-//              a shared-memory tree reduction; matches dy.sum(axis=(0, 2, 3)).
 //
-// Launch: element-wise kernels take any 1-D grid of 1-D blocks (grid-stride loops); bias_grad
-// takes grid (O,) and block (MINIDL_REDUCE_THREADS,). The GEMMs in between are cuBLAS (cupy.matmul).
+// Launch: any 1-D grid of 1-D blocks (grid-stride loops). The GEMMs in between are cuBLAS
+// (cupy.matmul); the bias gradient is kernels/reduce.cu's channel_sum.
 #include "common.cuh"
 
 template <typename T>
@@ -65,20 +63,4 @@ __global__ void bias_add(T* y, const T* b, long long total, int O, int M) {
         int o = index / M;
         y[index] += b[o];
     }
-}
-
-template <typename T>
-__global__ void bias_grad(const T* dy, T* db, int O, int M) {
-    __shared__ T partial[MINIDL_REDUCE_THREADS];
-    int o = blockIdx.x;
-    const T* row = dy + (long long)o * M;
-    T sum = T(0);
-    for (int m = threadIdx.x; m < M; m += blockDim.x) sum += row[m];
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {  // tree: 256 -> 128 -> ... -> 1
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) db[o] = partial[0];
 }

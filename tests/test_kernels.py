@@ -24,6 +24,7 @@ def test_every_op_family_has_a_kernel_file():
         "activation.cu",
         "loss.cu",
         "sgd.cu",
+        "reduce.cu",
     } <= set(KERNEL_FILES)
 
 
@@ -124,7 +125,6 @@ MUTATIONS = [
     ("conv.cu", "int top = h + ph - i;", "int top = h + ph - i + 1;", conv_ok),
     ("conv.cu", "int n = rest % N; rest /= N;", "int n = rest % N; rest /= N + 1;", conv_ok),
     ("conv.cu", "int o = index / M;", "int o = index / (M + 1);", conv_ok),
-    ("conv.cu", "sum += row[m];", "sum += row[m / 2];", conv_ok),
     ("pool.cu", "int w = ox * sw - pw + j;", "int w = ox * sw - pw + j + 1;", pool_ok),
     ("pool.cu", "if (v > best) {", "if (v >= best) {", pool_ties_ok),
     (
@@ -156,6 +156,19 @@ MUTATIONS = [
     ),
     ("loss.cu", "long long n = i / K;", "long long n = i / (K + 1);", loss_ok),
     ("sgd.cu", "w[i] -= lr * v[i];", "w[i] -= lr * g[i];", sgd_ok),
+    (
+        "activation.cu",
+        "T v = x[i] + b[(i / plane) % C];",
+        "T v = x[i] + b[(i / plane + 1) % C];",
+        bias_relu_ok,
+    ),
+    ("reduce.cu", "sum += x[(n * C + c) * plane + p];", "sum += x[(n * C + c) * plane];", conv_ok),
+    (
+        "reduce.cu",
+        "partial[threadIdx.x] += partial[threadIdx.x + half];",
+        "partial[threadIdx.x] += partial[threadIdx.x + half / 2];",
+        bias_relu_ok,
+    ),
 ]
 
 

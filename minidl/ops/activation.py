@@ -6,7 +6,7 @@ fused bias + ReLU that follows a convolution or a linear layer:
 
 Fusing saves one pass over the activation: ``bias_relu(conv2d(x, w), b)`` equals
 ``relu(conv2d(x, w, b))``. The GPU path is ``kernels/activation.cu`` (one thread per element;
-db is a per-channel block reduction).
+db is ``kernels/reduce.cu``'s per-channel block reduction).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
+from minidl.ops.reduce import channel_sum_cuda
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
@@ -85,17 +86,7 @@ def bias_relu_forward_cuda(x, b):
 
 def bias_relu_backward_cuda(dy, y):
     dx = relu_backward_cuda(dy, y)
-    n, c = dx.shape[:2]
-    db = backend.xp("cuda").empty((c,), dtype=dx.dtype)
-    cuda.launch(
-        "activation",
-        "channel_sum",
-        dx.dtype,
-        (c,),
-        (cuda.REDUCE_THREADS,),
-        (dx, db, *cuda.i32(n, c, dx.size // (n * c))),
-    )
-    return dx, db
+    return dx, channel_sum_cuda(dx)
 
 
 # ---- autograd ------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
+from minidl.ops.reduce import channel_sum_cuda
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
@@ -103,21 +104,6 @@ def bias_add_cuda(y, b):
     )
 
 
-def bias_grad_cuda(dy):
-    """dy: (O, M) -> db: (O,), one block per channel, a shared-memory tree reduction."""
-    o, m = dy.shape
-    db = backend.xp("cuda").empty((o,), dtype=dy.dtype)
-    cuda.launch(
-        "conv",
-        "bias_grad",
-        dy.dtype,
-        (o,),
-        (cuda.REDUCE_THREADS,),
-        (dy, db, *cuda.i32(o, m)),
-    )
-    return db
-
-
 # ---- autograd ------------------------------------------------------------------------------------
 class Conv2d(Function):
     @staticmethod
@@ -161,7 +147,7 @@ class Conv2d(Function):
         if ctx.needs_input_grad[1]:
             dw = xp.matmul(dy_g, cols_g.transpose(0, 2, 1)).reshape(w.shape)  # dy[g] @ cols[g]^T
         if has_bias and ctx.needs_input_grad[2]:
-            db = bias_grad_cuda(dy_t) if on_gpu else dy_t.sum(axis=1)
+            db = channel_sum_cuda(dy_t[None]) if on_gpu else dy_t.sum(axis=1)
         if ctx.needs_input_grad[0]:
             w_g = w.reshape(groups, o // groups, k)
             dcols = xp.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, N*L)
