@@ -91,7 +91,15 @@ def cupy():
     return cp
 
 
+_gpu_checked = False
+
+
 def require_gpu() -> None:
+    """Fail clearly without CuPy or a GPU; asked once per process (every tensor creation on
+    "cuda" calls this)."""
+    global _gpu_checked
+    if _gpu_checked:
+        return
     cp = cupy()
     try:
         count = cp.cuda.runtime.getDeviceCount()
@@ -102,6 +110,7 @@ def require_gpu() -> None:
         ) from None
     if count < 1:
         raise RuntimeError("device='cuda': CuPy sees no GPU; MINIDL_CUDA_EMULATE=1 emulates one")
+    _gpu_checked = True
 
 
 def gpu_available() -> bool:
