@@ -36,7 +36,7 @@ class Tensor:
         self.data = array
         self.device = device
         self.requires_grad = bool(requires_grad)
-        self.grad: Tensor | None = None
+        self._grad: Tensor | None = None
         self._node = None
 
     @classmethod
@@ -46,9 +46,32 @@ class Tensor:
         t.data = array
         t.device = device
         t.requires_grad = requires_grad
-        t.grad = None
+        t._grad = None
         t._node = None
         return t
+
+    @property
+    def grad(self) -> Tensor | None:
+        """d(loss)/d(self), summed over every backward() since it was last cleared; None before."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        # An optimizer reads grad beside data, so a grad that does not match the tensor would
+        # fail deep inside it (or broadcast silently): refuse it here, naming what is expected.
+        if value is not None:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"grad must be a Tensor or None, got {type(value).__name__}")
+            if value.shape != self.shape:
+                raise ValueError(f"grad has shape {value.shape}, expected the tensor's {self.shape}")
+            if value.dtype != self.dtype:
+                raise TypeError(f"grad is {value.dtype}, expected the tensor's {self.dtype}")
+            if value.device != self.device:
+                raise ValueError(
+                    f"grad is on {value.device!r}, expected the tensor's device {self.device!r} "
+                    f"(use grad.to({self.device!r}))"
+                )
+        self._grad = value
 
     # ---- information -------------------------------------------------------------------------
     @property

@@ -10,7 +10,7 @@ def quadratic_grads(params, step):
     """Deterministic fake gradients, different every step."""
     for i, p in enumerate(params):
         g = np.sin(np.arange(p.numel()).reshape(p.shape) + step + i).astype(p.dtype)
-        p.grad = mdl.tensor(g)
+        p.grad = mdl.tensor(g, device=p.device)
 
 
 def run(rule, lr_schedule, device="cpu", dtype=np.float64):

@@ -164,6 +164,22 @@ def test_to_device_is_differentiable(monkeypatch):
     np.testing.assert_allclose(x.grad.numpy(), [0.0, 2.0, 4.0])
 
 
+def test_grad_must_match_the_tensor(monkeypatch):
+    x = mdl.tensor(np.zeros((2, 3)), requires_grad=True)
+    x.grad = mdl.tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"grad has shape \(3, 2\), expected the tensor's \(2, 3\)"):
+        x.grad = mdl.tensor(np.ones((3, 2)))
+    with pytest.raises(TypeError, match="grad is float32, expected the tensor's float64"):
+        x.grad = mdl.tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match="grad must be a Tensor or None, got ndarray"):
+        x.grad = np.ones((2, 3))
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    with pytest.raises(ValueError, match="grad is on 'cuda', expected the tensor's device 'cpu'"):
+        x.grad = mdl.tensor(np.ones((2, 3)), device="cuda")
+    x.grad = None
+    assert x.grad is None
+
+
 def test_profile_counts_each_op_forward_and_backward():
     from minidl.autograd import profile
 
