@@ -63,7 +63,7 @@ class Tensor:
             if not isinstance(value, Tensor):
                 raise TypeError(f"grad must be a Tensor or None, got {type(value).__name__}")
             if value.shape != self.shape:
-                raise ValueError(f"grad has shape {value.shape}, expected the tensor's {self.shape}")
+                raise ValueError(f"grad has shape {value.shape}, expected {self.shape}")
             if value.dtype != self.dtype:
                 raise TypeError(f"grad is {value.dtype}, expected the tensor's {self.dtype}")
             if value.device != self.device:

@@ -167,7 +167,7 @@ def test_to_device_is_differentiable(monkeypatch):
 def test_grad_must_match_the_tensor(monkeypatch):
     x = mdl.tensor(np.zeros((2, 3)), requires_grad=True)
     x.grad = mdl.tensor(np.ones((2, 3)))
-    with pytest.raises(ValueError, match=r"grad has shape \(3, 2\), expected the tensor's \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"grad has shape \(3, 2\), expected \(2, 3\)"):
         x.grad = mdl.tensor(np.ones((3, 2)))
     with pytest.raises(TypeError, match="grad is float32, expected the tensor's float64"):
         x.grad = mdl.tensor(np.ones((2, 3), np.float32))
