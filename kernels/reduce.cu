@@ -2,22 +2,21 @@
 //
 //   channel_sum   x: (N, C, plane) -> out: (C,),  out[c] = sum_{n, p} x[n, c, p]
 //
-// One block of MINIDL_REDUCE_THREADS per channel c: each thread adds a strided share of the
-// N * plane values, then a shared-memory tree halves the partial sums down to one. The order of
-// additions is fixed, so the result is the same bits every run (no atomics).
+// One block of MINIDL_REDUCE_THREADS per channel c: for each n in turn, the block's threads add
+// strided shares of the contiguous plane x[n, c, :] (coalesced, no index division), then a
+// shared-memory tree halves the partial sums down to one. The order of additions is fixed, so
+// the result is the same bits every run (no atomics).
 // Launch: grid (C,), block (MINIDL_REDUCE_THREADS,). Matches x.sum(axis=(0, 2)).
 #include "common.cuh"
 
 template <typename T>
-__global__ void channel_sum(const T* x, T* out, int N, int C, int plane) {
+__global__ void channel_sum(const T* x, T* out, int N, int C, long long plane) {
     __shared__ T partial[MINIDL_REDUCE_THREADS];
     int c = blockIdx.x;
-    long long count = (long long)N * plane;
     T sum = T(0);
-    for (long long e = threadIdx.x; e < count; e += blockDim.x) {
-        long long n = e / plane;
-        long long p = e % plane;
-        sum += x[(n * C + c) * plane + p];
+    for (int n = 0; n < N; ++n) {
+        const T* row = x + ((long long)n * C + c) * plane;
+        for (long long p = threadIdx.x; p < plane; p += blockDim.x) sum += row[p];
     }
     partial[threadIdx.x] = sum;
     __syncthreads();

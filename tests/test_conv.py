@@ -71,7 +71,12 @@ def test_without_bias():
     assert mdl.gradcheck(lambda x, w: F.conv2d(x, w, None, **kw), inputs)
 
 
-@pytest.mark.parametrize("case", CASES)
+# N*OH*OW = 4495 is long enough for the GPU to split the weight gradient's inner dimension
+# (cuda.matmul_nt_split_k): two slices, the last one longer, in each of two groups.
+SPLIT_K_CASE = pytest.param((5, 2, 31, 29, 4, 3, 3, 1, 1, 2), id="split-k-g2")
+
+
+@pytest.mark.parametrize("case", CASES + [SPLIT_K_CASE])
 def test_kernel_matches_numpy(case, kernel_device, dtype):
     arrays, kw = make(case)
     fn = lambda x, w, b: F.conv2d(x, w, b, **kw)  # noqa: E731
@@ -116,3 +121,28 @@ def test_mixing_devices_is_an_error(monkeypatch):
     w = mdl.tensor(np.zeros((2, 3, 3, 3)))
     with pytest.raises(RuntimeError, match="one device"):
         F.conv2d(x, w)
+
+
+def test_split_k_bounds_cover_the_inner_dimension_in_order():
+    from minidl.cuda import MIN_SLICE, split_k_bounds
+
+    cases = [(100, 1), (2 * MIN_SLICE, 1), (4495, 1), (387200, 3), (21632, 54), (9, 999)]
+    for inner, tiles in cases:
+        bounds = split_k_bounds(inner, tiles, multiprocessors=132)
+        assert bounds[0][0] == 0 and bounds[-1][1] == inner
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(hi - lo >= min(inner, MIN_SLICE) for lo, hi in bounds)
+    assert len(split_k_bounds(387200, 3, 132)) == 88  # AlexNet conv1 at batch 128: 3 tiles
+    assert len(split_k_bounds(21632, 10_000, 132)) == 1  # enough tiles: no split
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5000), (2, 7, 9001), (3, 130, 100)])
+def test_matmul_nt_split_k(shape, kernel_device, dtype):
+    from minidl import backend, cuda
+
+    g, p, m = shape
+    a, b = random((g, p, m), 0).astype(dtype), random((g, 5, m), 1).astype(dtype)
+    xp = backend.xp("cuda")
+    out = backend.to_numpy(cuda.matmul_nt_split_k(xp.asarray(a), xp.asarray(b)))
+    assert out.shape == (g, p, 5)
+    assert_close(out, np.matmul(a, b.transpose(0, 2, 1)), dtype)

@@ -123,7 +123,7 @@ def sgd_ok():
 MUTATIONS = [
     ("conv.cu", "int h = oy * sh - ph + i;", "int h = oy * sh - ph + i + 1;", conv_ok),
     ("conv.cu", "int top = h + ph - i;", "int top = h + ph - i + 1;", conv_ok),
-    ("conv.cu", "int n = rest % N; rest /= N;", "int n = rest % N; rest /= N + 1;", conv_ok),
+    ("conv.cu", "int n = col / (OW * OH);", "int n = col / (OW * OH + 1);", conv_ok),
     ("conv.cu", "int o = index / M;", "int o = index / (M + 1);", conv_ok),
     ("pool.cu", "int w = ox * sw - pw + j;", "int w = ox * sw - pw + j + 1;", pool_ok),
     ("pool.cu", "if (v > best) {", "if (v >= best) {", pool_ties_ok),
@@ -162,7 +162,8 @@ MUTATIONS = [
         "T v = x[i] + b[(i / plane + 1) % C];",
         bias_relu_ok,
     ),
-    ("reduce.cu", "sum += x[(n * C + c) * plane + p];", "sum += x[(n * C + c) * plane];", conv_ok),
+    ("reduce.cu", "sum += row[p];", "sum += row[0];", conv_ok),
+    ("reduce.cu", "for (int n = 0; n < N; ++n)", "for (int n = 1; n < N; ++n)", bias_relu_ok),
     (
         "reduce.cu",
         "partial[threadIdx.x] += partial[threadIdx.x + half];",

@@ -66,6 +66,8 @@ def col2im_numpy(dcols, x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
 # ---- CUDA (kernels/conv.cu) ----------------------------------------------------------------------
 def im2col_cuda(x, kh, kw, sh, sw, ph, pw, oh, ow):
     n, c, h, w = x.shape
+    if n * oh * ow >= 2**31:  # the kernels index a row of cols with 32-bit integers
+        raise ValueError(f"conv2d: N*OH*OW = {n * oh * ow} is too large for the GPU kernels")
     cols = backend.xp("cuda").empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
     cuda.launch(
         "conv",
@@ -145,7 +147,12 @@ class Conv2d(Function):
         dy_g = dy_t.reshape(groups, o // groups, n * oh * ow)
         dx = dw = db = None
         if ctx.needs_input_grad[1]:
-            dw = xp.matmul(dy_g, cols_g.transpose(0, 2, 1)).reshape(w.shape)  # dy[g] @ cols[g]^T
+            # dw[g] = dy[g] @ cols[g]^T: a long inner dimension N*L and a small output, which the
+            # GPU computes in slices of N*L (split-K) to keep every multiprocessor busy
+            if on_gpu:
+                dw = cuda.matmul_nt_split_k(dy_g, cols_g).reshape(w.shape)
+            else:
+                dw = np.matmul(dy_g, cols_g.transpose(0, 2, 1)).reshape(w.shape)
         if has_bias and ctx.needs_input_grad[2]:
             db = channel_sum_cuda(dy_t[None]) if on_gpu else dy_t.sum(axis=1)
         if ctx.needs_input_grad[0]:

@@ -21,6 +21,6 @@ def channel_sum_cuda(x):
         x.dtype,
         (c,),
         (cuda.REDUCE_THREADS,),
-        (x, out, *cuda.i32(n, c, x.size // max(1, n * c))),
+        (x, out, *cuda.i32(n, c), cuda.i64(x.size // max(1, n * c))),
     )
     return out
