@@ -1,10 +1,12 @@
 // conv.cu: the non-GEMM parts of 2-D convolution (minidl/ops/conv.py; docs/conv.md).
 //
 //   im2col     x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), rows (c, i, j), columns (n, oy, ox)
-//              one thread per cols element (c, i, j, n, oy, ox); matches im2col_numpy.
+//              one thread per (c, n, oy, ox) copying that window's kh*kw cells; matches
+//              im2col_numpy.
 //   col2im     dcols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W)
 //              one thread per input element (n, c, h, w) that GATHERS the cols entries that were
-//              copied from it: deterministic, no atomics; matches col2im_numpy.
+//              copied from it, visiting only the windows that contain it: deterministic, no
+//              atomics; matches col2im_numpy.
 //   bias_add   y: (O, M) += b[o] (M = N*OH*OW, conv output before its transpose to NCHW);
 //              one thread per element.
 //
@@ -15,22 +17,29 @@
 template <typename T>
 __global__ void im2col(const T* x, T* cols, long long total, int N, int C, int H, int W, int kh,
                        int kw, int sh, int sw, int ph, int pw, int OH, int OW) {
-    const int M = N * OH * OW;  // columns per row; fits an int (the launcher checks)
+    const int M = N * OH * OW;  // columns of cols; fits an int (the launcher checks)
     FOR_EACH_INDEX(index, total) {
-        // index = row * M + col, row = (c * kh + i) * kw + j, col = (n * OH + oy) * OW + ox.
-        // One 64-bit division, the rest in 32 bits: 64-bit division is many times slower.
-        int row = index / M;
-        int col = index - (long long)row * M;
+        // index = c * M + col, col = (n * OH + oy) * OW + ox: this thread copies the window of
+        // output pixel (n, oy, ox) in channel c, the kh*kw rows (c, i, j) of column col. Adjacent
+        // threads write adjacent columns (coalesced), and the index divisions are paid once per
+        // window rather than once per element.
+        int c = index / M;
+        int col = index - (long long)c * M;
         int ox = col % OW;
         int oy = (col / OW) % OH;
         int n = col / (OW * OH);
-        int j = row % kw;
-        int i = (row / kw) % kh;
-        int c = row / (kw * kh);
-        int h = oy * sh - ph + i;
-        int w = ox * sw - pw + j;
-        bool inside = h >= 0 && h < H && w >= 0 && w < W;
-        cols[index] = inside ? x[(((long long)n * C + c) * H + h) * W + w] : T(0);
+        const T* plane = x + ((long long)n * C + c) * H * W;
+        T* out = cols + (long long)c * kh * kw * M + col;
+        int top = oy * sh - ph;
+        int left = ox * sw - pw;
+        for (int i = 0; i < kh; ++i) {
+            int h = top + i;
+            for (int j = 0; j < kw; ++j) {
+                int w = left + j;
+                bool inside = h >= 0 && h < H && w >= 0 && w < W;
+                out[(long long)(i * kw + j) * M] = inside ? plane[h * W + w] : T(0);
+            }
+        }
     }
 }
 
@@ -46,15 +55,20 @@ __global__ void col2im(const T* dcols, T* dx, long long total, int N, int C, int
         int h = pixel / W;
         int c = plane % C;
         int n = plane / C;
+        // Padded pixel (hp, wp) is cell (i, j) = (hp - oy*sh, wp - ox*sw) of window (oy, ox)
+        // exactly when 0 <= i < kh: oy from ceil((hp - kh + 1) / sh) to floor(hp / sh), clipped
+        // to the output; the same for ox. Only those windows are visited.
+        int hp = h + ph;
+        int wp = w + pw;
+        int oy_lo = hp < kh ? 0 : (hp - kh) / sh + 1;
+        int oy_hi = min(hp / sh, OH - 1);
+        int ox_lo = wp < kw ? 0 : (wp - kw) / sw + 1;
+        int ox_hi = min(wp / sw, OW - 1);
         T sum = T(0);
-        for (int i = 0; i < kh; ++i) {
-            int top = h + ph - i;  // = oy * sh for the window whose row i is this pixel
-            if (top < 0 || top % sh != 0 || top / sh >= OH) continue;
-            int oy = top / sh;
-            for (int j = 0; j < kw; ++j) {
-                int left = w + pw - j;
-                if (left < 0 || left % sw != 0 || left / sw >= OW) continue;
-                int ox = left / sw;
+        for (int oy = oy_lo; oy <= oy_hi; ++oy) {
+            int i = hp - oy * sh;
+            for (int ox = ox_lo; ox <= ox_hi; ++ox) {
+                int j = wp - ox * sw;
                 long long row = ((long long)c * kh + i) * kw + j;
                 sum += dcols[((row * N + n) * OH + oy) * OW + ox];
             }

@@ -121,8 +121,14 @@ def sgd_ok():
 
 
 MUTATIONS = [
-    ("conv.cu", "int h = oy * sh - ph + i;", "int h = oy * sh - ph + i + 1;", conv_ok),
-    ("conv.cu", "int top = h + ph - i;", "int top = h + ph - i + 1;", conv_ok),
+    ("conv.cu", "int h = top + i;", "int h = top + i + 1;", conv_ok),
+    ("conv.cu", "int oy_hi = min(hp / sh, OH - 1);", "int oy_hi = min(hp / sh, OH - 2);", conv_ok),
+    (
+        "conv.cu",
+        "int ox_lo = wp < kw ? 0 : (wp - kw) / sw + 1;",
+        "int ox_lo = wp < kw ? 0 : (wp - kw) / sw + 2;",
+        conv_ok,
+    ),
     ("conv.cu", "int n = col / (OW * OH);", "int n = col / (OW * OH + 1);", conv_ok),
     ("conv.cu", "int o = index / M;", "int o = index / (M + 1);", conv_ok),
     ("pool.cu", "int w = ox * sw - pw + j;", "int w = ox * sw - pw + j + 1;", pool_ok),

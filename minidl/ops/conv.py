@@ -69,13 +69,14 @@ def im2col_cuda(x, kh, kw, sh, sw, ph, pw, oh, ow):
     if n * oh * ow >= 2**31:  # the kernels index a row of cols with 32-bit integers
         raise ValueError(f"conv2d: N*OH*OW = {n * oh * ow} is too large for the GPU kernels")
     cols = backend.xp("cuda").empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
+    windows = c * n * oh * ow  # one thread per (channel, output pixel)
     cuda.launch(
         "conv",
         "im2col",
         x.dtype,
-        cuda.grid_for(cols.size),
+        cuda.grid_for(windows),
         (cuda.THREADS,),
-        (x, cols, cuda.i64(cols.size), *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
+        (x, cols, cuda.i64(windows), *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
     )
     return cols
 
