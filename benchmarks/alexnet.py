@@ -265,7 +265,21 @@ def _peak_memory_child(framework: str, device: str, batch: int, queue) -> None:
     for _ in range(2):
         train_step()
     fw.sync()
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put(peak_rss_mb())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's ``ru_maxrss`` survives exec, so a spawned
+    child would report its parent's peak when that is higher: read VmHWM (the peak of this
+    process's own address space) where there is one."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, kB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def peak_memory(device: str, batch: int, have_torch: bool) -> dict:

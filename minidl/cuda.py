@@ -209,7 +209,7 @@ def multiprocessor_count() -> int:
 
 
 def matmul_nt_split_k(a, b):
-    """``a @ b^T`` per group for a: (G, P, M) and b: (G, Q, M), both C-contiguous: (G, P, Q).
+    """``a @ b^T`` per group for a: (G, P, M) and b: (G, Q, M): (G, P, Q).
 
     A product with a long inner dimension M and a small output, such as a convolution's weight
     gradient dy (O, N*L) @ cols^T (N*L, K), has too few output tiles to occupy a GPU (AlexNet's
@@ -221,11 +221,12 @@ def matmul_nt_split_k(a, b):
 
     Under the emulator the same slices are multiplied with NumPy.
     """
+    xp = backend.xp("cuda")
+    a, b = xp.ascontiguousarray(a), xp.ascontiguousarray(b)  # the strides below assume it
     g, p, m = a.shape
     q = b.shape[1]
     tiles = g * -(-p // GEMM_TILE) * -(-q // GEMM_TILE)
     bounds = split_k_bounds(m, tiles, multiprocessor_count())
-    xp = backend.xp("cuda")
     partial = xp.empty((len(bounds), g, p, q), dtype=a.dtype)
     if backend.emulating():
         for s, (lo, hi) in enumerate(bounds):

@@ -141,8 +141,10 @@ def test_matmul_nt_split_k(shape, kernel_device, dtype):
     from minidl import backend, cuda
 
     g, p, m = shape
-    a, b = random((g, p, m), 0).astype(dtype), random((g, 5, m), 1).astype(dtype)
+    a, b_t = random((g, p, m), 0).astype(dtype), random((g, m, 5), 1).astype(dtype)
+    b = b_t.transpose(0, 2, 1)
     xp = backend.xp("cuda")
-    out = backend.to_numpy(cuda.matmul_nt_split_k(xp.asarray(a), xp.asarray(b)))
+    b_view = xp.asarray(b_t).transpose(0, 2, 1)  # not contiguous
+    out = backend.to_numpy(cuda.matmul_nt_split_k(xp.asarray(a), b_view))
     assert out.shape == (g, p, 5)
     assert_close(out, np.matmul(a, b.transpose(0, 2, 1)), dtype)
