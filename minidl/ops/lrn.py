@@ -52,13 +52,21 @@ def inverse_power(s, beta: float):
 
 def local_response_norm_forward_numpy(a, size, alpha, beta, k):
     """a: (N, C, H, W) -> b, and for backward s (the scale) and p = s^-beta, all (N, C, H, W)."""
-    s = k + alpha * channel_window_sum(a * a, size)
+    s = channel_window_sum(a * a, size)
+    s *= alpha  # in place: s = k + alpha * window sum, without two more temporaries
+    s += k
     p = inverse_power(s, beta)
     return a * p, s, p
 
 
 def local_response_norm_backward_numpy(db, a, b, s, p, size, alpha, beta):
-    return db * p - (2 * alpha * beta) * a * channel_window_sum(db * b / s, size)
+    ratio = db * b
+    ratio /= s
+    da = channel_window_sum(ratio, size)  # sum over the window of db * b / s
+    da *= a
+    da *= -2 * alpha * beta
+    da += db * p
+    return da
 
 
 # ---- CUDA (kernels/lrn.cu) -----------------------------------------------------------------------
