@@ -227,6 +227,8 @@ def matmul_nt_split_k(a, b):
     q = b.shape[1]
     tiles = g * -(-p // GEMM_TILE) * -(-q // GEMM_TILE)
     bounds = split_k_bounds(m, tiles, multiprocessor_count())
+    if len(bounds) == 1:  # enough tiles already: a plain (batched) GEMM
+        return xp.matmul(a, b.transpose(0, 2, 1))
     partial = xp.empty((len(bounds), g, p, q), dtype=a.dtype)
     if backend.emulating():
         for s, (lo, hi) in enumerate(bounds):
@@ -237,15 +239,15 @@ def matmul_nt_split_k(a, b):
     # (Q, P) = b_s (Q, Mc) @ a_s^T (Mc, P): b transposed ("T"), a as it is ("N").
     from cupy_backends.cuda.libs import cublas
 
-    gemm = cublas.sgemmStridedBatched if a.dtype == np.float32 else cublas.dgemmStridedBatched
+    gemm = {np.float32: cublas.sgemmStridedBatched, np.float64: cublas.dgemmStridedBatched}[
+        a.dtype.type
+    ]
     op_n, op_t = 0, 1  # cublasOperation_t: CUBLAS_OP_N, CUBLAS_OP_T
     one, zero = np.ones(1, a.dtype), np.zeros(1, a.dtype)
     handle = cupy().cuda.device.get_cublas_handle()
     size = bounds[0][1] - bounds[0][0]
     runs = [(0, len(bounds) - 1, size), (len(bounds) - 1, 1, bounds[-1][1] - bounds[-1][0])]
     for first, count, k in runs:  # the equal slices in one call, then the last (longer) one
-        if count == 0:
-            continue
         for group in range(g):
             offset = first * size * a.itemsize
             gemm(
