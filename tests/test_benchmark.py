@@ -43,3 +43,25 @@ def test_whole_network_at_ci_size(tmp_path):
     )
     assert results["train_step_ratio"] > 0
     assert results["alexnet"]["train_step"]["ours"]["images_per_second"] > 0
+
+
+def _report_peak(queue):
+    queue.put(bench.peak_rss_mb())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_fresh_process_reports_its_own_peak_memory():
+    """Linux carries ru_maxrss across exec: a spawned child must not report its parent's peak."""
+    import multiprocessing
+
+    import numpy as np
+
+    parent_big = np.ones(400 * 2**20 // 8)  # 400 MB resident in the parent
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_report_peak, args=(queue,))
+    child.start()
+    child_mb = queue.get(timeout=120)
+    child.join()
+    assert 0 < child_mb < bench.peak_rss_mb() - 300
+    del parent_big
