@@ -121,7 +121,8 @@ class Conv2d(Function):
         ow = (wd + 2 * pw - kw) // sw + 1
         geometry = (kh, kw, sh, sw, ph, pw, oh, ow)
         if on_gpu:
-            cols = im2col_cuda(xp.ascontiguousarray(x), *geometry)
+            x = xp.ascontiguousarray(x)
+            cols = im2col_cuda(x, *geometry)
         else:
             cols = im2col_numpy(x, *geometry)
         k = cg * kh * kw
@@ -134,16 +135,19 @@ class Conv2d(Function):
             else:
                 y += b[:, None]
         y = xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
-        ctx.save(x.shape, w, cols_g, geometry, groups, b is not None)
+        # dw needs the columns again. The CPU keeps them (rebuilding them would add about a tenth
+        # to AlexNet's step); the GPU keeps x and rebuilds them in backward, as Caffe does: on an
+        # H100 at batch 128, AlexNet's step took 0.5 ms longer (23.4 ms) and 1.2 GB less memory.
+        ctx.save(x.shape, w, x if on_gpu else cols_g, geometry, groups, b is not None)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x_shape, w, cols_g, geometry, groups, has_bias = ctx.saved
+        x_shape, w, x_or_cols, geometry, groups, has_bias = ctx.saved
         on_gpu = ctx.device == "cuda"
         xp = backend.xp(ctx.device)
         n, o, oh, ow = dy.shape
-        k = cols_g.shape[1]
+        k = w.shape[1] * w.shape[2] * w.shape[3]  # C/G * kh * kw
         dy_t = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, n * oh * ow)
         dy_g = dy_t.reshape(groups, o // groups, n * oh * ow)
         dx = dw = db = None
@@ -151,9 +155,10 @@ class Conv2d(Function):
             # dw[g] = dy[g] @ cols[g]^T: a long inner dimension N*L and a small output, which the
             # GPU computes in slices of N*L (split-K) to keep every multiprocessor busy
             if on_gpu:
+                cols_g = im2col_cuda(x_or_cols, *geometry).reshape(groups, k, n * oh * ow)
                 dw = cuda.matmul_nt_split_k(dy_g, cols_g).reshape(w.shape)
             else:
-                dw = np.matmul(dy_g, cols_g.transpose(0, 2, 1)).reshape(w.shape)
+                dw = np.matmul(dy_g, x_or_cols.transpose(0, 2, 1)).reshape(w.shape)
         if has_bias and ctx.needs_input_grad[2]:
             db = channel_sum_cuda(dy_t[None]) if on_gpu else dy_t.sum(axis=1)
         if ctx.needs_input_grad[0]:
