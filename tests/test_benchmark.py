@@ -35,6 +35,14 @@ def test_one_op_at_ci_size(tmp_path):
         assert entry["ratio"] > 0 and entry["theirs"]["median_ms"] > 0
 
 
+def test_runs_without_pytorch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" now raises ImportError
+    results = bench.main(["--batch", "2", "--ops", "relu1", "--no-model", "--steps", "1"])
+    assert results["torch"] is None
+    entry = results["ops"]["relu1"]["forward"]
+    assert entry["ours"]["median_ms"] > 0 and entry["theirs"] is None and entry["ratio"] is None
+
+
 @pytest.mark.slow
 def test_whole_network_at_ci_size(tmp_path):
     pytest.importorskip("torch")
