@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import minidl as mdl  # noqa: E402
@@ -62,13 +60,12 @@ def parse_args(argv=None):
 
 
 def resize_batch(size: int):
-    """Bilinear resize of a (B, 1, 28, 28) batch to size x size (D2L's 224 recipe)."""
-    resize = data.transforms.Resize(size)
+    """Bilinear resize of a (B, 1, 28, 28) batch to size x size (D2L's 224 recipe), as two
+    matrix products for the whole batch (Pillow's bilinear filter, about 6x faster than Pillow
+    image by image: the loader keeps up with a GPU)."""
 
     def transform(x, rng):
-        return np.stack(
-            [resize(image.transpose(1, 2, 0), rng).reshape(1, size, size) for image in x]
-        )
+        return data.transforms.resize_batch(x, size, size)
 
     return transform
 

@@ -134,6 +134,22 @@ def test_resize_shorter_and_mean_subtraction():
     assert out.dtype == np.float32 and out[0, 0].tolist() == [9.0, 8.0, 7.0]
 
 
+@pytest.mark.parametrize(
+    "size, out",
+    [((28, 28), (224, 224)), ((28, 28), (10, 10)), ((30, 20), (13, 41)), ((1, 9), (4, 3))],
+)
+def test_resize_batch_matches_pillow_image_by_image(size, out):
+    images = np.random.default_rng(0).random((3, 2, *size)).astype(np.float32)
+    batch = T.resize_batch(images, *out)
+    assert batch.shape == (3, 2, *out) and batch.dtype == np.float32
+    for image, resized in zip(images.reshape(-1, *size), batch.reshape(-1, *out)):
+        one = T.resize(image[:, :, None], out[1], out[0])[:, :, 0]
+        np.testing.assert_allclose(resized, one, atol=1e-6)
+    rows = T.bilinear_matrix(28, 10)
+    np.testing.assert_allclose(rows.sum(axis=1), 1.0)  # each output is a weighted mean
+    assert np.count_nonzero(rows[0]) > 2  # shrinking widens the filter: no input pixel skipped
+
+
 def test_pca_noise_has_the_expected_covariance():
     rng = np.random.default_rng(0)
     pixels = rng.multivariate_normal(

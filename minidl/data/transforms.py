@@ -11,6 +11,8 @@ the centre crop, or the mean of the softmax over ten crops (``TenCrop``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -40,6 +42,45 @@ def resize(image, width: int, height: int):
             f"resize: expected uint8 RGB or one channel, got {image.shape} {image.dtype}"
         )
     return np.asarray(pil.resize((width, height), Image.BILINEAR)).reshape(height, width, *channels)
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """The (out_size, in_size) matrix of Pillow's bilinear resize along one axis.
+
+    Resizing is linear, and bilinear resizing is separable, so an image resizes as
+    ``R_h @ image @ R_w.T``. Output pixel ``o`` is centred at ``(o + 0.5) * scale`` in input
+    coordinates (scale = in / out); its weights are the triangle filter ``1 - |d|`` over the input
+    pixel centres, widened by the scale when shrinking (so every input pixel counts: antialiasing),
+    and normalized to sum to 1. This is Pillow's ``precompute_coeffs``, so the result matches
+    ``Image.resize(..., BILINEAR)`` on float images.
+    """
+    scale = in_size / out_size
+    width = max(scale, 1.0)  # the filter's half-width in input pixels
+    weights = np.zeros((out_size, in_size))
+    for o in range(out_size):
+        centre = (o + 0.5) * scale
+        first = max(int(centre - width + 0.5), 0)
+        last = min(int(centre + width + 0.5), in_size)
+        d = (np.arange(first, last) + 0.5 - centre) / width
+        w = np.clip(1.0 - np.abs(d), 0.0, None)
+        weights[o, first:last] = w / w.sum()
+    weights.flags.writeable = False  # cached and shared between calls
+    return weights
+
+
+def resize_batch(images, height: int, width: int):
+    """Bilinear resize of a (..., H, W) float batch, e.g. (B, C, H, W), as two matrix products:
+    the same as resizing each image with Pillow (``resize``), and about ten times faster
+    (Fashion-MNIST's 28x28 to 224x224 for 128 images: 3 ms instead of 32)."""
+    h, w = images.shape[-2:]
+    rows = bilinear_matrix(h, height).astype(images.dtype)
+    cols = bilinear_matrix(w, width).astype(images.dtype)
+    # rows @ image @ cols.T for every image; einsum picks the order of the products and turns
+    # them into a few large GEMMs (about 4x faster than broadcasting matmul over the batch)
+    flat = images.reshape(-1, h, w)
+    out = np.einsum("ph,bhw,qw->bpq", rows, flat, cols, optimize=True)
+    return out.reshape(*images.shape[:-2], height, width)
 
 
 class ResizeShorter:
