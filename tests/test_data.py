@@ -145,6 +145,10 @@ def test_resize_batch_matches_pillow_image_by_image(size, out):
     for image, resized in zip(images.reshape(-1, *size), batch.reshape(-1, *out)):
         one = T.resize(image[:, :, None], out[1], out[0])[:, :, 0]
         np.testing.assert_allclose(resized, one, atol=1e-6)
+    pixels = (images * 255).astype(np.uint8)
+    as_uint8 = T.resize_batch(pixels, *out)
+    assert as_uint8.dtype == np.float32
+    np.testing.assert_array_equal(as_uint8, T.resize_batch(pixels.astype(np.float32), *out))
     rows = T.bilinear_matrix(28, 10)
     np.testing.assert_allclose(rows.sum(axis=1), 1.0)  # each output is a weighted mean
     assert np.count_nonzero(rows[0]) > 2  # shrinking widens the filter: no input pixel skipped
