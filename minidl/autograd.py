@@ -155,10 +155,11 @@ def backward(root, grad) -> None:
             continue
         node = tensor._node
         if node is None:  # a leaf: accumulate (never in place: dy may be shared), as PyTorch does
-            if tensor.grad is None:
-                tensor.grad = Tensor._wrap(dy, tensor.device, False)
-            else:
-                tensor.grad = Tensor._wrap(tensor.grad.data + dy, tensor.device, False)
+            # dy has the leaf's shape, dtype and device by construction, so this skips the checks
+            # the public ``grad`` setter makes for gradients assigned by hand
+            previous = tensor._grad
+            total = dy if previous is None else previous.data + dy
+            tensor._grad = Tensor._wrap(total, tensor.device, False)
             continue
         if _profile is None:
             input_grads = node.fn.backward(node.ctx, dy)
