@@ -1,8 +1,9 @@
 """The Tensor: an array, its device, and its place in the autograd graph.
 
-Element-wise and shape ops are defined here, each as a small ``Function`` whose backward sits
-right under its forward. They are written with ``xp`` (NumPy or CuPy, picked by the device), so
-one definition serves both devices; the layers with CUDA kernels of our own live in ``minidl/ops``.
+This is the user's face of the engine: construction, conversion, ``backward()`` and the Python
+operators. Each operator calls a small ``Function`` (forward and backward side by side) in
+``minidl/ops/tensor_ops.py``; the layers with CUDA kernels of our own live beside it in
+``minidl/ops``. ``docs/autograd.md`` traces one expression through the graph.
 """
 
 from __future__ import annotations
@@ -12,7 +13,25 @@ import numbers
 import numpy as np
 
 from minidl import backend
-from minidl.autograd import Function, backward
+from minidl.autograd import backward
+from minidl.ops.tensor_ops import (
+    Add,
+    Cast,
+    Div,
+    Exp,
+    GetItem,
+    Log,
+    MatMul,
+    Max,
+    Mul,
+    Neg,
+    Permute,
+    Pow,
+    Reshape,
+    Sub,
+    Sum,
+    ToDevice,
+)
 
 DEFAULT_DTYPE = np.float32
 
@@ -320,277 +339,3 @@ def _axes(axis, ndim: int) -> tuple[int, ...] | None:
 def tensor(data, requires_grad: bool = False, dtype=None, device: str = "cpu") -> Tensor:
     """Make a tensor. Floating data becomes float32 unless it is float64 or ``dtype`` says."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
-
-
-def unbroadcast(grad, shape: tuple[int, ...]):
-    """Sum a broadcast gradient back down to ``shape`` (the input's shape)."""
-    while grad.ndim > len(shape):
-        grad = grad.sum(axis=0)
-    for axis, size in enumerate(shape):
-        if size == 1 and grad.shape[axis] != 1:
-            grad = grad.sum(axis=axis, keepdims=True)
-    return grad
-
-
-def _broadcast_shape(op: str, a, b) -> None:
-    try:
-        np.broadcast_shapes(a.shape, b.shape)
-    except ValueError:
-        raise ValueError(
-            f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast together"
-        ) from None
-
-
-# ---- element-wise ------------------------------------------------------------------------------
-class Add(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        _broadcast_shape("add", a, b)
-        ctx.save(a.shape, b.shape)
-        return a + b
-
-    @staticmethod
-    def backward(ctx, dy):
-        a_shape, b_shape = ctx.saved
-        return unbroadcast(dy, a_shape), unbroadcast(dy, b_shape)
-
-
-class Sub(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        _broadcast_shape("sub", a, b)
-        ctx.save(a.shape, b.shape)
-        return a - b
-
-    @staticmethod
-    def backward(ctx, dy):
-        a_shape, b_shape = ctx.saved
-        return unbroadcast(dy, a_shape), unbroadcast(-dy, b_shape)
-
-
-class Mul(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        _broadcast_shape("mul", a, b)
-        ctx.save(a, b)
-        return a * b
-
-    @staticmethod
-    def backward(ctx, dy):
-        a, b = ctx.saved
-        return unbroadcast(dy * b, a.shape), unbroadcast(dy * a, b.shape)
-
-
-class Div(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        _broadcast_shape("div", a, b)
-        ctx.save(a, b)
-        return a / b
-
-    @staticmethod
-    def backward(ctx, dy):
-        a, b = ctx.saved
-        # y = a / b: dy/da = 1 / b, dy/db = -a / b^2
-        return unbroadcast(dy / b, a.shape), unbroadcast(-dy * a / (b * b), b.shape)
-
-
-class Neg(Function):
-    @staticmethod
-    def forward(ctx, a):
-        return -a
-
-    @staticmethod
-    def backward(ctx, dy):
-        return -dy
-
-
-class Pow(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        _broadcast_shape("pow", a, b)
-        y = a**b
-        ctx.save(a, b, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        a, b, y = ctx.saved
-        xp = backend.xp(ctx.device)
-        da = unbroadcast(dy * b * a ** (b - 1), a.shape)
-        db = None
-        if ctx.needs_input_grad[1]:
-            # y = a^b: dy/db = a^b log a (only defined for a > 0; 0 where a == 0, as PyTorch)
-            log_a = xp.log(xp.where(a > 0, a, 1))
-            db = unbroadcast(dy * y * log_a, b.shape)
-        return da, db
-
-
-class Exp(Function):
-    @staticmethod
-    def forward(ctx, a):
-        y = backend.xp(ctx.device).exp(a)
-        ctx.save(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        (y,) = ctx.saved
-        return dy * y
-
-
-class Log(Function):
-    @staticmethod
-    def forward(ctx, a):
-        ctx.save(a)
-        return backend.xp(ctx.device).log(a)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (a,) = ctx.saved
-        return dy / a
-
-
-class Cast(Function):
-    @staticmethod
-    def forward(ctx, a, dtype):
-        ctx.save(a.dtype)
-        return a.astype(dtype)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (dtype,) = ctx.saved
-        return dy.astype(dtype)
-
-
-class ToDevice(Function):
-    @staticmethod
-    def forward(ctx, a, device):
-        ctx.save(ctx.device)
-        ctx.device = device  # the output lives on the new device
-        return backend.move(a, device)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (source,) = ctx.saved
-        return backend.move(dy, source)
-
-    @classmethod
-    def apply(cls, a, device):
-        # The output's device differs from the input's, so set it after the generic apply.
-        out = super().apply(a, device=device)
-        out.device = device
-        return out
-
-
-# ---- reductions --------------------------------------------------------------------------------
-class Sum(Function):
-    @staticmethod
-    def forward(ctx, a, axis, keepdims):
-        ctx.save(a.shape, axis, keepdims)
-        return a.sum(axis=axis, keepdims=keepdims)
-
-    @staticmethod
-    def backward(ctx, dy):
-        shape, axis, keepdims = ctx.saved
-        xp = backend.xp(ctx.device)
-        if not keepdims and axis is not None:
-            dy = xp.expand_dims(dy, axis)
-        return xp.broadcast_to(dy, shape).copy()
-
-
-class Max(Function):
-    @staticmethod
-    def forward(ctx, a, axis, keepdims):
-        y = a.max(axis=axis, keepdims=True)
-        ctx.save(a, y, axis, keepdims)
-        return y if keepdims else (y.squeeze(axis) if axis is not None else y.reshape(()))
-
-    @staticmethod
-    def backward(ctx, dy):
-        a, y, axis, keepdims = ctx.saved
-        xp = backend.xp(ctx.device)
-        if not keepdims:
-            dy = xp.expand_dims(dy, axis) if axis is not None else dy.reshape(y.shape)
-        # Ties share the gradient equally (NumPy's amax has no single "index" to prefer).
-        hit = (a == y).astype(a.dtype)
-        return hit * dy / hit.sum(axis=axis, keepdims=True)
-
-
-# ---- shape -------------------------------------------------------------------------------------
-class Reshape(Function):
-    @staticmethod
-    def forward(ctx, a, shape):
-        ctx.save(a.shape)
-        try:
-            return a.reshape(shape)
-        except ValueError:
-            raise ValueError(f"reshape: cannot view shape {tuple(a.shape)} as {shape}") from None
-
-    @staticmethod
-    def backward(ctx, dy):
-        (shape,) = ctx.saved
-        return dy.reshape(shape)
-
-
-class Permute(Function):
-    @staticmethod
-    def forward(ctx, a, dims):
-        ctx.save(dims)
-        return a.transpose(dims)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (dims,) = ctx.saved
-        return dy.transpose(np.argsort(dims))
-
-
-class GetItem(Function):
-    @staticmethod
-    def forward(ctx, a, index):
-        ctx.save(a.shape, a.dtype, index)
-        return a[index]
-
-    @staticmethod
-    def backward(ctx, dy):
-        shape, dtype, index = ctx.saved
-        xp = backend.xp(ctx.device)
-        dx = xp.zeros(shape, dtype=dtype)
-        xp.add.at(dx, index, dy)  # add.at: repeated indices each get their share
-        return dx
-
-
-class MatMul(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        if a.ndim == 0 or b.ndim == 0:
-            raise ValueError("matmul: both operands need at least one dimension")
-        k_a = a.shape[-1]
-        k_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
-        if k_a != k_b:
-            raise ValueError(
-                f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not match "
-                f"(a's last dimension {k_a} must equal b's "
-                f"{'second-last' if b.ndim > 1 else 'only'}"
-                f" dimension {k_b})"
-            )
-        ctx.save(a, b)
-        return a @ b
-
-    @staticmethod
-    def backward(ctx, dy):
-        a, b = ctx.saved
-        xp = backend.xp(ctx.device)
-        # Treat vectors as matrices (a row for a, a column for b), as matmul does.
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
-        dy2 = dy
-        if a.ndim == 1:
-            dy2 = xp.expand_dims(dy2, -2)
-        if b.ndim == 1:
-            dy2 = xp.expand_dims(dy2, -1)
-        da = dy2 @ xp.swapaxes(b2, -1, -2)
-        db = xp.swapaxes(a2, -1, -2) @ dy2
-        da = unbroadcast(da, a2.shape).reshape(a.shape)
-        db = unbroadcast(db, b2.shape).reshape(b.shape)
-        return da, db

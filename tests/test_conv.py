@@ -72,7 +72,7 @@ def test_without_bias():
 
 
 # N*OH*OW = 4495 is long enough for the GPU to split the weight gradient's inner dimension
-# (cuda.matmul_nt_split_k): two slices, the last one longer, in each of two groups.
+# (gemm.matmul_nt_split_k): two slices, the last one longer, in each of two groups.
 SPLIT_K_CASE = pytest.param((5, 2, 31, 29, 4, 3, 3, 1, 1, 2), id="split-k-g2")
 
 
@@ -124,7 +124,7 @@ def test_mixing_devices_is_an_error(monkeypatch):
 
 
 def test_split_k_bounds_cover_the_inner_dimension_in_order():
-    from minidl.cuda import MIN_SLICE, split_k_bounds
+    from minidl.gemm import MIN_SLICE, split_k_bounds
 
     cases = [(100, 1), (2 * MIN_SLICE, 1), (4495, 1), (387200, 3), (21632, 54), (9, 999)]
     for inner, tiles in cases:
@@ -138,13 +138,13 @@ def test_split_k_bounds_cover_the_inner_dimension_in_order():
 
 @pytest.mark.parametrize("shape", [(1, 3, 5000), (2, 7, 9001), (3, 130, 100)])
 def test_matmul_nt_split_k(shape, kernel_device, dtype):
-    from minidl import backend, cuda
+    from minidl import backend, gemm
 
     g, p, m = shape
     a, b_t = random((g, p, m), 0).astype(dtype), random((g, m, 5), 1).astype(dtype)
     b = b_t.transpose(0, 2, 1)
     xp = backend.xp("cuda")
     b_view = xp.asarray(b_t).transpose(0, 2, 1)  # not contiguous
-    out = backend.to_numpy(cuda.matmul_nt_split_k(xp.asarray(a), b_view))
+    out = backend.to_numpy(gemm.matmul_nt_split_k(xp.asarray(a), b_view))
     assert out.shape == (g, p, 5)
     assert_close(out, np.matmul(a, b.transpose(0, 2, 1)), dtype)

@@ -90,7 +90,7 @@ def bias_relu_backward_cuda(dy, y):
 
 
 # ---- autograd ------------------------------------------------------------------------------------
-class ReLU(Function):
+class ReLUFunction(Function):
     @staticmethod
     def forward(ctx, x):
         if ctx.device == "cuda":
@@ -111,10 +111,10 @@ class ReLU(Function):
 def relu(x: Tensor) -> Tensor:
     """max(x, 0), element-wise."""
     require_tensor("relu", "x", x)
-    return ReLU.apply(x)
+    return ReLUFunction.apply(x)
 
 
-class BiasReLU(Function):
+class BiasReLUFunction(Function):
     @staticmethod
     def forward(ctx, x, b):
         # x: (N, C, ...), b: (C,) -> y: (N, C, ...)
@@ -143,4 +143,4 @@ def bias_relu(x: Tensor, bias: Tensor) -> Tensor:
             f"bias_relu: bias has shape {bias.shape}, expected ({channels},) for x of shape "
             f"{x.shape} (one bias per channel, dimension 1)"
         )
-    return BiasReLU.apply(x, bias)
+    return BiasReLUFunction.apply(x, bias)

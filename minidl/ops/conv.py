@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, gemm
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
 from minidl.ops.reduce import channel_sum_cuda
@@ -108,7 +108,7 @@ def bias_add_cuda(y, b):
 
 
 # ---- autograd ------------------------------------------------------------------------------------
-class Conv2d(Function):
+class Conv2dFunction(Function):
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, groups):
         # x: (N, C, H, W), w: (O, C/G, kh, kw), b: (O,) or None -> y: (N, O, OH, OW)
@@ -156,7 +156,7 @@ class Conv2d(Function):
             # GPU computes in slices of N*L (split-K) to keep every multiprocessor busy
             if on_gpu:
                 cols_g = im2col_cuda(x_or_cols, *geometry).reshape(groups, k, n * oh * ow)
-                dw = cuda.matmul_nt_split_k(dy_g, cols_g).reshape(w.shape)
+                dw = gemm.matmul_nt_split_k(dy_g, cols_g).reshape(w.shape)
             else:
                 dw = np.matmul(dy_g, x_or_cols.transpose(0, 2, 1)).reshape(w.shape)
         if has_bias and ctx.needs_input_grad[2]:
@@ -211,4 +211,4 @@ def conv2d(
         require_tensor("conv2d", "bias", bias, ndim=1, layout="(out,)")
         if bias.shape[0] != o:
             raise ValueError(f"conv2d: bias has shape {bias.shape}, expected ({o},)")
-    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding, groups=int(groups))
+    return Conv2dFunction.apply(x, weight, bias, stride=stride, padding=padding, groups=int(groups))

@@ -111,7 +111,7 @@ def dropout_backward_cuda(dy, key, p):
 
 
 # ---- autograd ------------------------------------------------------------------------------------
-class Dropout(Function):
+class DropoutFunction(Function):
     @staticmethod
     def forward(ctx, x, p, key, mask):
         # x: any shape -> y: same shape
@@ -156,5 +156,5 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None) -> Tens
         mask = backend.move(mask, x.device)
         if tuple(mask.shape) != x.shape:
             raise ValueError(f"dropout: mask has shape {tuple(mask.shape)}, expected {x.shape}")
-        return Dropout.apply(x, p=float(p), key=None, mask=mask)
-    return Dropout.apply(x, p=float(p), key=mdl_random.next_key(), mask=None)
+        return DropoutFunction.apply(x, p=float(p), key=None, mask=mask)
+    return DropoutFunction.apply(x, p=float(p), key=mdl_random.next_key(), mask=None)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from minidl.tensor import Tensor
 
 
-class Linear(Function):
+class LinearFunction(Function):
     @staticmethod
     def forward(ctx, x, w, b):
         # x: (N, in) or (N, ..., in), w: (out, in), b: (out,) -> y: (N, out) or (N, ..., out)
@@ -56,4 +56,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         require_tensor("linear", "bias", bias, ndim=1, layout="(out_features,)")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"linear: bias has shape {bias.shape}, expected ({weight.shape[0]},)")
-    return Linear.apply(x, weight, bias)
+    return LinearFunction.apply(x, weight, bias)

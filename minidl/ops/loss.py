@@ -78,7 +78,7 @@ def cross_entropy_backward_cuda(dloss, z, t, lse):
 
 
 # ---- autograd ------------------------------------------------------------------------------------
-class CrossEntropy(Function):
+class CrossEntropyFunction(Function):
     @staticmethod
     def forward(ctx, z, t):
         # z: (N, K) logits, t: (N,) int32 class indices -> scalar mean loss
@@ -117,10 +117,10 @@ def cross_entropy(logits: Tensor, target) -> Tensor:
             f"cross_entropy: target values must lie in [0, {k}), got min {t.min()}, max {t.max()}"
         )
     t = backend.move(t.astype(np.int32), logits.device)
-    return CrossEntropy.apply(logits, t)
+    return CrossEntropyFunction.apply(logits, t)
 
 
-class LogSoftmax(Function):
+class LogSoftmaxFunction(Function):
     @staticmethod
     def forward(ctx, z, dim):
         xp = backend.xp(ctx.device)
@@ -138,7 +138,7 @@ class LogSoftmax(Function):
         return dy - xp.exp(y) * dy.sum(axis=dim, keepdims=True)
 
 
-class Softmax(Function):
+class SoftmaxFunction(Function):
     @staticmethod
     def forward(ctx, z, dim):
         xp = backend.xp(ctx.device)
@@ -156,9 +156,9 @@ class Softmax(Function):
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     require_tensor("log_softmax", "x", x)
-    return LogSoftmax.apply(x, dim=dim % x.ndim)
+    return LogSoftmaxFunction.apply(x, dim=dim % x.ndim)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     require_tensor("softmax", "x", x)
-    return Softmax.apply(x, dim=dim % x.ndim)
+    return SoftmaxFunction.apply(x, dim=dim % x.ndim)

@@ -112,7 +112,7 @@ def local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta):
 
 
 # ---- autograd ------------------------------------------------------------------------------------
-class LocalResponseNorm(Function):
+class LocalResponseNormFunction(Function):
     @staticmethod
     def forward(ctx, a, size, alpha, beta, k):
         # a: (N, C, H, W) -> b: (N, C, H, W)
@@ -151,4 +151,6 @@ def local_response_norm(
             f"local_response_norm: x must be (N, C, ...) with at least 3 dimensions, got {x.shape}"
         )
     check_size("local_response_norm", size)
-    return LocalResponseNorm.apply(x, size=size, alpha=float(alpha), beta=float(beta), k=float(k))
+    return LocalResponseNormFunction.apply(
+        x, size=size, alpha=float(alpha), beta=float(beta), k=float(k)
+    )

@@ -122,7 +122,7 @@ def max_pool2d_backward_cuda(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, oh, ow
 
 
 # ---- autograd ------------------------------------------------------------------------------------
-class MaxPool2d(Function):
+class MaxPool2dFunction(Function):
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding, ceil_mode):
         # x: (N, C, H, W) -> y: (N, C, OH, OW)
@@ -171,6 +171,6 @@ def max_pool2d(
             f"max_pool2d: kernel {kernel_size[0]}x{kernel_size[1]} is larger than the padded "
             f"input {h + 2 * padding[0]}x{w + 2 * padding[1]}"
         )
-    return MaxPool2d.apply(
+    return MaxPool2dFunction.apply(
         x, kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=bool(ceil_mode)
     )
