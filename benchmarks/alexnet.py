@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import minidl as mdl  # noqa: E402
 import minidl.functional as F  # noqa: E402
 from minidl import cuda, optim  # noqa: E402
-from models.alexnet import AlexNet  # noqa: E402
+from minidl.models.alexnet import AlexNet  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_twin import torch_alexnet  # noqa: E402

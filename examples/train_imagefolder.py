@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import minidl as mdl  # noqa: E402
 from minidl import data, optim, train  # noqa: E402
 from minidl.data import transforms as T  # noqa: E402
-from models.alexnet import AlexNet  # noqa: E402
+from minidl.models.alexnet import AlexNet  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -6,6 +6,8 @@
 See docs/ for the math of each op and README.md for the tour.
 """
 
+from pathlib import Path
+
 from minidl import functional, memory, nn, optim
 from minidl.autograd import no_grad
 from minidl.gradcheck import gradcheck
@@ -13,6 +15,13 @@ from minidl.random import manual_seed
 from minidl.tensor import Tensor, tensor
 
 __version__ = "0.1.0"
+
+# In a wheel or an editable install, the repository's models/ folder is the minidl.models package
+# (pyproject's package-dir). In a checkout used without installing (PYTHONPATH=.), find it here.
+_checkout_models = Path(__file__).resolve().parent.parent / "models"
+if not (Path(__file__).resolve().parent / "models").is_dir() and _checkout_models.is_dir():
+    __path__.append(str(_checkout_models.parent))  # noqa: F821 - a package's own __path__
+
 
 memory.keep_freed_memory()
 

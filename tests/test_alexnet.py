@@ -6,7 +6,7 @@ import pytest
 
 import minidl as mdl
 import minidl.functional as F
-from models.alexnet import AlexNet, SmallAlexNet, feature_size
+from minidl.models.alexnet import AlexNet, SmallAlexNet, feature_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from torch_twin import copy_weights, torch_alexnet  # noqa: E402

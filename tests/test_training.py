@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 import minidl as mdl
-from minidl import data, nn, optim, train
-from models.alexnet import SmallAlexNet
+from minidl import data, nn, optim, plots, train
+from minidl.models.alexnet import SmallAlexNet
 
 
 def tiny_setup(seed=0):
@@ -89,7 +89,7 @@ def test_topk_and_ten_crop_evaluation():
 
 def test_filter_grid_is_an_image(tmp_path):
     w = np.random.default_rng(0).standard_normal((96, 3, 11, 11))
-    train.save_filter_grid(w, tmp_path / "f.png", scale=1)
+    plots.save_filter_grid(w, tmp_path / "f.png", scale=1)
     image = Image.open(tmp_path / "f.png")
     assert image.mode == "RGB" and image.size == (10 * 12 + 1, 10 * 12 + 1)
 

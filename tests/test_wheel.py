@@ -15,10 +15,12 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import minidl as mdl, minidl.functional as F
     from minidl import cuda, nn, optim
-    from models.alexnet import AlexNet
+    from minidl.models.alexnet import AlexNet
 
     assert sys.prefix in mdl.__file__, mdl.__file__          # the installed copy, not the checkout
     assert sys.prefix in str(cuda.kernel_dir()), cuda.kernel_dir()
+    import importlib.util                                     # models travel inside minidl:
+    assert importlib.util.find_spec("models") is None         # no top-level "models" package
 
     net = nn.Sequential(
         nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 3)
