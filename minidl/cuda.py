@@ -8,6 +8,12 @@ goes to the CPU emulator (``minidl/emulator.py``) instead; the caller cannot tel
 
 Arguments are arrays (device pointers) and NumPy scalars whose dtype fixes the C type:
 ``i32(...)`` for ``int``, ``i64(...)`` for ``long long``, ``real(dtype, ...)`` for ``T``.
+
+Your own kernels, from a ``.cu`` file in your own folder, go through the same cache, NVRTC
+options and emulator: ``module = load_module("/path/to/my_op.cu")`` then
+``module.launch("my_kernel", dtype, grid, block, args)`` (``launch`` also takes the path in place
+of a name). The file may ``#include "common.cuh"`` (minidl's helpers) and headers beside it.
+``docs/custom_op.md`` builds one op end to end.
 """
 
 from __future__ import annotations
@@ -71,11 +77,14 @@ def name_expressions(source: str) -> list[str]:
     return [f"{name}<{ctype}>" for name in kernel_names(source) for ctype in CTYPES.values()]
 
 
-def compile_options(folder: Path) -> tuple[str, ...]:
-    """NVRTC options: C++14, the folder for ``#include "common.cuh"``, and a define holding the
-    headers' hash, so CuPy's on-disk cache (keyed by source and options) notices a header edit."""
-    digest = hashlib.sha256(b"".join(h.read_bytes() for h in sorted(folder.glob("*.cuh"))))
-    return ("-std=c++14", f"-I{folder}", f"-DMINIDL_HEADERS={digest.hexdigest()[:16]}")
+def compile_options(*folders: Path) -> tuple[str, ...]:
+    """NVRTC options: C++14, the folders for ``#include "common.cuh"`` (a user's kernel: its own
+    folder, then ours), and a define holding the headers' hash, so CuPy's on-disk cache (keyed by
+    source and options) notices a header edit."""
+    headers = [h for folder in folders for h in sorted(Path(folder).glob("*.cuh"))]
+    digest = hashlib.sha256(b"".join(h.read_bytes() for h in headers))
+    includes = tuple(f"-I{folder}" for folder in folders)
+    return ("-std=c++14", *includes, f"-DMINIDL_HEADERS={digest.hexdigest()[:16]}")
 
 
 # ---- CuPy and the GPU ----------------------------------------------------------------------------
@@ -142,37 +151,87 @@ def real(dtype, *values):
     return tuple(np.dtype(dtype).type(v) for v in values)
 
 
-def _module(file: str):
-    """The compiled ``kernels/<file>.cu``, cached per folder, device and source version: a launch
-    costs two stat calls here, and an edited kernel (or common.cuh) is compiled again."""
+def _source(file) -> tuple[Path, tuple[Path, ...], list[Path]]:
+    """Where a kernel file is: (the .cu path, its include folders, the headers whose edits count).
+    ``file`` is one of ours by name ("pool" -> kernels/pool.cu) or a path to a user's .cu file."""
     folder = kernel_dir()
-    path = folder / f"{file}.cu"
+    if isinstance(file, Path) or str(file).endswith(".cu"):
+        path = Path(file).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"minidl.cuda: kernel file {path} does not exist")
+        headers = sorted(path.parent.glob("*.cuh")) + [folder / "common.cuh"]
+        return path, (path.parent, folder), headers
+    return folder / f"{file}.cu", (folder,), [folder / "common.cuh"]
+
+
+def _module(file):
+    """The compiled ``kernels/<file>.cu`` (or a user's .cu path), cached per path, device and
+    source version: a launch of ours costs two stat calls here, and an edited kernel (or header)
+    is compiled again."""
+    path, includes, headers = _source(file)
     device = "emulator" if backend.emulating() else cupy().cuda.runtime.getDevice()
-    version = (path.stat().st_mtime_ns, (folder / "common.cuh").stat().st_mtime_ns)
+    version = (path.stat().st_mtime_ns, *(h.stat().st_mtime_ns for h in headers))
     key = (str(path), device, version)
     if key not in _modules:
         if device == "emulator":
             from minidl import emulator
 
-            _modules[key] = emulator.load(path)
+            _modules[key] = emulator.load(path, include_dirs=includes[1:])
         else:
             source = path.read_text()
             _modules[key] = cupy().RawModule(
                 code=source,
-                options=compile_options(folder),
+                options=compile_options(*includes),
                 name_expressions=name_expressions(source),
             )
     return _modules[key]
 
 
-def launch(file: str, kernel: str, dtype, grid, block, args) -> None:
-    """Run ``kernel<T>`` from ``kernels/<file>.cu`` over ``grid`` x ``block`` threads."""
+def launch(file: str | Path, kernel: str, dtype, grid, block, args) -> None:
+    """Run ``kernel<T>`` from ``kernels/<file>.cu`` (or from a ``.cu`` path of your own) over
+    ``grid`` x ``block`` threads."""
     name = f"{kernel}<{CTYPES[np.dtype(dtype)]}>"
     module = _module(file)
     if backend.emulating():
         module.launch(name, tuple(grid), tuple(block), tuple(args))
     else:
         module.get_function(name)(tuple(grid), tuple(block), tuple(args))
+
+
+class KernelModule:
+    """The kernels of one ``.cu`` file of your own, loaded like ours (``load_module``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.kernels = kernel_names(path.read_text())
+        if not self.kernels:
+            raise ValueError(
+                f"minidl.cuda: {path} defines no kernel of the form "
+                "'template <typename T> __global__ void name(...)' (one per element type T)"
+            )
+
+    def launch(self, kernel: str, dtype, grid, block, args) -> None:
+        """Run ``kernel<T>`` (T from ``dtype``) over ``grid`` x ``block`` threads; ``args`` as for
+        ``launch``: arrays on the device and NumPy scalars (``i32``, ``i64``, ``real``)."""
+        if kernel not in self.kernels:
+            raise KeyError(
+                f"minidl.cuda: {self.path.name} has no kernel {kernel!r}; it has {self.kernels}"
+            )
+        launch(self.path, kernel, dtype, grid, block, args)
+
+    def __repr__(self) -> str:
+        return f"KernelModule({str(self.path)!r}, kernels={self.kernels})"
+
+
+def load_module(path) -> KernelModule:
+    """Kernels from a ``.cu`` file anywhere (your own folder): compiled by NVRTC with our options
+    (C++14, ``#include "common.cuh"`` works, headers beside the file too) or, under
+    ``MINIDL_CUDA_EMULATE=1``, by the CPU emulator; cached per device like ours, and compiled again
+    when the file or a header changes. Each kernel is ``template <typename T> __global__ void``."""
+    resolved = Path(path).expanduser().resolve()
+    if resolved.suffix != ".cu" or not resolved.is_file():
+        raise FileNotFoundError(f"minidl.cuda.load_module: expected a .cu file, got {path}")
+    return KernelModule(resolved)
 
 
 def synchronize() -> None:

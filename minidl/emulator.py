@@ -98,24 +98,29 @@ def kernels_with_barriers(source: str) -> set[str]:
     }
 
 
-def load(path) -> EmulatedModule:
+def load(path, include_dirs=()) -> EmulatedModule:
     """Compile ``path`` for the emulator, or reuse the library built from the same sources
-    (minidl.cuda keeps the loaded module, so this runs once per file and version)."""
+    (minidl.cuda keeps the loaded module, so this runs once per file and version).
+    ``include_dirs``: more folders for ``#include`` after the file's own (a user's kernel finds
+    minidl's ``common.cuh`` there)."""
     path = Path(path).resolve()
+    include_dirs = tuple(Path(d).resolve() for d in include_dirs)
     source = path.read_text()
     unit, symbols = translation_unit(path, source)
     digest = hashlib.sha256()
     for text in (SHIM.read_text(), unit, os.environ.get("MINIDL_EMU_CFLAGS", "")):
         digest.update(text.encode())
-    for header in sorted(path.parent.glob("*.cuh")) + [path]:
-        digest.update(header.read_bytes())
+    for folder in (path.parent, *include_dirs):
+        for header in sorted(folder.glob("*.cuh")):
+            digest.update(header.read_bytes())
+    digest.update(path.read_bytes())
     library = cache_dir() / f"{path.stem}-{digest.hexdigest()[:20]}.so"
     if not library.exists():
-        _compile(unit, path, library)
+        _compile(unit, path, library, include_dirs)
     return EmulatedModule(ctypes.CDLL(str(library)), symbols)
 
 
-def _compile(unit: str, path: Path, library: Path) -> None:
+def _compile(unit: str, path: Path, library: Path, include_dirs=()) -> None:
     cpp = library.with_suffix(".cpp")
     cpp.write_text(unit)
     compiler = os.environ.get("CXX", "g++")
@@ -128,6 +133,7 @@ def _compile(unit: str, path: Path, library: Path) -> None:
         "-fPIC",
         *flags,
         f"-I{path.parent}",
+        *(f"-I{folder}" for folder in include_dirs),
         "-o",
         str(partial),
         str(cpp),

@@ -1,0 +1,98 @@
+"""Kernels from a .cu file in the user's own folder (minidl.cuda.load_module): the same loader,
+NVRTC options, cache and emulator as ours, and clear errors when the file is not usable."""
+
+import os
+
+import numpy as np
+import pytest
+
+from minidl import cuda
+from tests.test_kernels import nvrtc_or_skip
+
+# A user's kernel: includes our common.cuh (FOR_EACH_INDEX, real_exp) and a header of its own.
+SOURCE = """\
+#include "common.cuh"
+#include "my_helpers.cuh"
+
+template <typename T>
+__global__ void scaled_exp(const T* x, T* y, long long total, T scale) {
+    FOR_EACH_INDEX(i, total) { y[i] = times(real_exp(x[i]), scale); }
+}
+"""
+HELPERS = "template <typename T> __device__ T times(T a, T b) { return a * b; }\n"
+
+
+@pytest.fixture
+def user_folder(tmp_path):
+    (tmp_path / "my_op.cu").write_text(SOURCE)
+    (tmp_path / "my_helpers.cuh").write_text(HELPERS)
+    return tmp_path
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_user_kernel_runs_under_the_emulator(user_folder, dtype, monkeypatch):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    module = cuda.load_module(user_folder / "my_op.cu")
+    assert module.kernels == ["scaled_exp"]
+    x = np.linspace(-2, 2, 1000).astype(dtype)
+    y = np.empty_like(x)
+    args = (x, y, cuda.i64(x.size), *cuda.real(dtype, 3.0))
+    module.launch("scaled_exp", dtype, (2,), (64,), args)  # fewer threads than elements: loops
+    np.testing.assert_allclose(y, 3 * np.exp(x), rtol=1e-6 if dtype == np.float32 else 1e-14)
+    # the path works in launch() too, as a str
+    y[:] = 0
+    cuda.launch(str(user_folder / "my_op.cu"), "scaled_exp", dtype, (4,), (256,), args)
+    np.testing.assert_allclose(y, 3 * np.exp(x), rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_an_edited_header_is_compiled_again(user_folder, monkeypatch):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    module = cuda.load_module(str(user_folder / "my_op.cu"))
+    x, y = np.ones(4), np.empty(4)
+    args = (x, y, cuda.i64(4), *cuda.real(np.float64, 1.0))
+    module.launch("scaled_exp", np.float64, (1,), (32,), args)
+    first = y.copy()
+    helpers = user_folder / "my_helpers.cuh"
+    helpers.write_text(HELPERS.replace("a * b", "a * b + 1"))
+    stat = helpers.stat()
+    os.utime(helpers, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a visibly newer file
+    module.launch("scaled_exp", np.float64, (1,), (32,), args)
+    np.testing.assert_allclose(y, first + 1)
+
+
+def test_user_kernel_compiles_with_nvrtc_and_our_options(user_folder):
+    nvrtc = nvrtc_or_skip()
+    source = SOURCE
+    program = nvrtc.createProgram(source, "my_op.cu", [], [])
+    try:
+        for expression in cuda.name_expressions(source):
+            nvrtc.addNameExpression(program, expression)
+        options = ["--gpu-architecture=compute_75"]
+        options += cuda.compile_options(user_folder, cuda.kernel_dir())
+        try:
+            nvrtc.compileProgram(program, options)
+        except nvrtc.NVRTCError:
+            pytest.fail(nvrtc.getProgramLog(program))
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+def test_errors_name_the_file_and_what_was_expected(tmp_path, user_folder, monkeypatch):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    with pytest.raises(FileNotFoundError, match="expected a .cu file"):
+        cuda.load_module(tmp_path / "missing.cu")
+    (tmp_path / "plain.cu").write_text("__global__ void k(float* x) {}\n")
+    with pytest.raises(ValueError, match="template <typename T> __global__"):
+        cuda.load_module(tmp_path / "plain.cu")
+    module = cuda.load_module(user_folder / "my_op.cu")
+    with pytest.raises(KeyError, match="has no kernel 'scaled'.*scaled_exp"):
+        module.launch("scaled", np.float64, (1,), (1,), ())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cuda.launch(str(tmp_path / "gone.cu"), "k", np.float64, (1,), (1,), ())
+
+
+def test_our_kernels_still_load_by_name(monkeypatch):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    x = np.array([-1.0, 2.0]), np.empty(2)
+    cuda.launch("activation", "relu_forward", np.float64, (1,), (32,), (*x, cuda.i64(2)))
+    assert x[1].tolist() == [0.0, 2.0]
