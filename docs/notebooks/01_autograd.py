@@ -58,6 +58,7 @@ from minidl.gradcheck import GradcheckError
 # | `a ** p` (constant p) | `a^p` | `p a^(p-1)` |
 # | `exp(a)` | `e^a` | `e^a` |
 
+
 # %%
 class Value:
     def __init__(self, data, parents=(), op=""):
@@ -151,7 +152,7 @@ assert (a.grad, b.grad) == (54.0, -54.0)
 # The derivative is a limit; a **central difference** approximates it with an error of order
 # eps², which in float64 with eps = 1e-6 leaves about 1e-9 of relative error:
 #
-# $$ \frac{\partial L}{\partial a} \approx \frac{L(a + \varepsilon) - L(a - \varepsilon)}{2\varepsilon} $$
+# $$ \frac{\partial L}{\partial a} \approx \frac{L(a + \epsilon) - L(a - \epsilon)}{2\epsilon} $$
 
 
 # %%
@@ -189,8 +190,12 @@ node = L._node
 print("L was made by", node.fn.__name__, "from", len(node.inputs), "inputs")
 print("the Pow node saved for backward:", node.ctx.saved)
 add_node = node.inputs[0]._node
-print("its first input was made by", add_node.fn.__name__, "from",
-      [t._node.fn.__name__ if t._node else "a leaf" for t in add_node.inputs])
+print(
+    "its first input was made by",
+    add_node.fn.__name__,
+    "from",
+    [t._node.fn.__name__ if t._node else "a leaf" for t in add_node.inputs],
+)
 
 # %% [markdown]
 # Let us draw both graphs: the one our `Value`s built and the one minidl recorded. Each box is
@@ -223,8 +228,15 @@ def draw_graph(ax, root, parents, label, title):
             ax.annotate("", (x1 - 0.3, y1), (x0 + 0.3, y0), arrowprops={"arrowstyle": "->"})
     for v in nodes:
         x, y = position[id(v)]
-        ax.text(x, y, label(v), ha="center", va="center", fontsize=9,
-                bbox={"boxstyle": "round", "fc": "lightyellow" if parents(v) else "lightblue"})
+        ax.text(
+            x,
+            y,
+            label(v),
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox={"boxstyle": "round", "fc": "lightyellow" if parents(v) else "lightblue"},
+        )
     ax.set_xlim(-0.6, max(depth.values()) + 0.6)
     ax.set_ylim(-max(rows.values()) + 0.4, 0.6)
     ax.set_title(title)
@@ -245,8 +257,13 @@ def tensor_label(t):
 
 va, vb = Value(2.0), Value(-3.0)
 fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3))
-draw_graph(left, (va * vb + vb) ** 2, lambda v: v.parents,
-           lambda v: f"{v.op or 'leaf'}\n{v.data:g}", "our Value graph")
+draw_graph(
+    left,
+    (va * vb + vb) ** 2,
+    lambda v: v.parents,
+    lambda v: f"{v.op or 'leaf'}\n{v.data:g}",
+    "our Value graph",
+)
 draw_graph(right, L, tensor_parents, tensor_label, "minidl's Node graph")
 plt.show()
 
