@@ -1,6 +1,7 @@
 """The functional API (``import minidl.functional as F``), with PyTorch's names and layouts."""
 
 from minidl.ops.activation import bias_relu, relu
+from minidl.ops.batchnorm import batch_norm
 from minidl.ops.conv import conv2d
 from minidl.ops.dropout import dropout
 from minidl.ops.linear import linear
@@ -15,6 +16,7 @@ def flatten(x, start_dim: int = 1, end_dim: int = -1):
 
 
 __all__ = [
+    "batch_norm",
     "bias_relu",
     "conv2d",
     "cross_entropy",

@@ -1,4 +1,8 @@
-"""Module: a layer or a model, holding Parameters and sub-modules in definition order."""
+"""Module: a layer or a model, holding Parameters, buffers and sub-modules in definition order.
+
+A buffer is a Tensor the module owns but no optimizer updates (BatchNorm's running statistics):
+it is in ``state_dict`` (so in checkpoints), moved by ``to(device)`` and cast by ``double()`` /
+``float()``, and never in ``parameters()``."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ class Module:
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
 
@@ -30,6 +35,15 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        buffers = self.__dict__.get("_buffers", {})
+        if name in buffers:  # assigning to a buffer replaces it (a Tensor or None)
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(
+                    f"{type(self).__name__}.{name} is a buffer: assign a Tensor or None, "
+                    f"got {type(value).__name__}"
+                )
+            buffers[name] = value
+            return
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -40,7 +54,7 @@ class Module:
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
-        for store in ("_parameters", "_modules"):
+        for store in ("_parameters", "_buffers", "_modules"):
             registry = self.__dict__.get(store, {})
             if name in registry:
                 return registry[name]
@@ -51,6 +65,18 @@ class Module:
             object.__setattr__(self, name, None)
         else:
             setattr(self, name, value)
+
+    def register_buffer(self, name: str, value: Tensor | None) -> None:
+        """Keep ``value`` as state that is saved and moved with the module but never trained."""
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(
+                f"register_buffer: {name} must be a Tensor or None, got {type(value).__name__}"
+            )
+        if name in self._parameters or name in self._modules:
+            raise KeyError(f"register_buffer: {name!r} is already a parameter or sub-module")
+        if value is not None:
+            value.requires_grad = False
+        self._buffers[name] = value
 
     # ---- walking the tree ------------------------------------------------------------------------
     def named_modules(self, prefix: str = ""):
@@ -74,17 +100,39 @@ class Module:
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix: str = ""):
+        """(name, buffer) pairs, in the order of named_parameters; None buffers are skipped."""
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield (f"{prefix}.{name}" if prefix else name), b
+        for name, child in self._modules.items():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def buffers(self) -> list[Tensor]:
+        return [b for _, b in self.named_buffers()]
+
+    def named_state(self, prefix: str = ""):
+        """What state_dict holds, in PyTorch's order: a module's parameters, then its buffers,
+        then its children's."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield (f"{prefix}.{name}" if prefix else name), b
+        for name, child in self._modules.items():
+            yield from child.named_state(f"{prefix}.{name}" if prefix else name)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     # ---- state -----------------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict:
-        """Every parameter as a NumPy array (a copy), keyed by its dotted name."""
-        return OrderedDict((name, p.numpy().copy()) for name, p in self.named_parameters())
+        """Every parameter and buffer as a NumPy array (a copy), keyed by its dotted name."""
+        return OrderedDict((name, p.numpy().copy()) for name, p in self.named_state())
 
     def load_state_dict(self, state) -> None:
         """Copy NumPy arrays into the parameters; names and shapes must match exactly."""
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict(self.named_state())  # parameters and buffers
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]
         if missing or extra:
@@ -118,6 +166,9 @@ class Module:
             p.device = device
             if p.grad is not None:
                 p.grad = p.grad.to(device)
+        for b in self.buffers():  # in place too: a layer keeps its reference to its buffer
+            b.data = backend.move(b.data, device)
+            b.device = device
         return self
 
     def cuda(self):
@@ -130,6 +181,9 @@ class Module:
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = None
+        for b in self.buffers():
+            if b.dtype.kind == "f":  # floating-point state only (a step counter stays an int)
+                b.data = b.data.astype(dtype)
         return self
 
     def double(self):
