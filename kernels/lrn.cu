@@ -1,5 +1,5 @@
 // lrn.cu: local response normalization across channels, the paper's formula
-// (minidl/ops/lrn.py; docs/local_response_norm.md). alpha is NOT divided by size.
+// (minidl/ops/lrn.py; docs/lrn.md). alpha is NOT divided by size.
 //
 //   lrn_forward   a: (N, C, plane) -> b, s: (N, C, plane)
 //       s[c] = k + alpha * sum_{|j - c| <= size/2, 0 <= j < C} a[j]^2,   b[c] = a[c] * s[c]^-beta
