@@ -1,4 +1,5 @@
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -30,33 +31,73 @@ def test_read_idx_round_trip(tmp_path, compress):
     assert data.read_idx(tmp_path / "i.gz").tolist() == [1, -2, 70000]
 
 
-def test_corrupt_and_truncated_idx_name_the_file(tmp_path):
-    bad = tmp_path / "bad-images.gz"
-    with gzip.open(bad, "wb") as f:
-        f.write(b"\x12\x34\x56\x78rest")
-    with pytest.raises(ValueError, match="bad-images.gz: not an idx file"):
-        data.read_idx(bad)
-    short = tmp_path / "short.gz"
-    with gzip.open(short, "wb") as f:
-        f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"abc")
-    with pytest.raises(ValueError, match="short.gz: idx header says shape"):
-        data.read_idx(short)
-    broken = tmp_path / "broken.gz"
-    broken.write_bytes(b"not gzip at all")
-    with pytest.raises(ValueError, match="broken.gz: cannot read"):
-        data.read_idx(broken)
+def corrupt_gzip_files(folder):
+    """Fashion-MNIST .gz files broken as files break: cut short, bytes flipped in the deflate
+    stream, not gzip at all, empty, a wrong magic number, fewer bytes than the header says."""
+    labels = np.arange(200, dtype=np.uint8) % 10
+    write_idx(folder / "good.gz", labels)
+    whole = (folder / "good.gz").read_bytes()
+    files = {
+        "truncated.gz": (whole[: len(whole) // 2], "truncated"),
+        "flipped.gz": (whole[:20] + bytes(b ^ 0x5A for b in whole[20:40]) + whole[40:], "corrupt"),
+        "not-gzip.gz": (b"plain text, not gzip", "not a gzip file"),
+        "empty.gz": (gzip.compress(b""), "empty"),
+        "magic.gz": (gzip.compress(b"\x12\x34\x56\x78rest"), "bad magic number"),
+        "short.gz": (
+            gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"abc"),
+            r"header says shape \(10,\)",
+        ),
+    }
+    for name, (raw, _) in files.items():
+        (folder / name).write_bytes(raw)
+    return {name: reason for name, (_, reason) in files.items()}
+
+
+def test_corrupt_gzip_files_name_the_file_and_what_is_wrong(tmp_path):
+    for name, reason in corrupt_gzip_files(tmp_path).items():
+        with pytest.raises(ValueError) as info:
+            data.read_idx(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
+        assert re.search(reason, str(info.value)), str(info.value)
 
 
 def test_missing_fashion_mnist_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setattr(data.datasets, "DEBIAN_FOLDER", tmp_path / "nowhere")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("MINIDL_DATA", raising=False)
+    monkeypatch.setenv("MINIDL_DATA", str(tmp_path / "env"))
     with pytest.raises(FileNotFoundError) as info:
-        data.find_fashion_mnist(tmp_path / "explicit", download=False)
+        data.find_fashion_mnist(download=False)
     message = str(info.value)
-    assert (
-        str(tmp_path / "explicit") in message and "apt-get install dataset-fashion-mnist" in message
-    )
+    assert str(tmp_path / "env") in message and str(tmp_path / "nowhere") in message
+    assert "apt-get install dataset-fashion-mnist" in message
+
+
+def write_fashion_mnist(folder, sizes=(("train", 6), ("t10k", 3))):
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in sizes:
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.full((n, 28, 28), 255, np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8))
+
+
+def test_an_explicit_folder_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    # A complete copy elsewhere (as the system's would be) must never stand in for the folder
+    # that was asked for.
+    write_fashion_mnist(tmp_path / "system")
+    monkeypatch.setattr(data.datasets, "DEBIAN_FOLDER", tmp_path / "system")
+    monkeypatch.setenv("MINIDL_DATA", str(tmp_path / "system"))
+    assert data.find_fashion_mnist(download=False) == tmp_path / "system"
+    with pytest.raises(FileNotFoundError, match=r"no-such-dir does not exist"):
+        data.fashion_mnist("train", tmp_path / "no-such-dir")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"a-file is not a folder"):
+        data.fashion_mnist("train", tmp_path / "a-file")
+    write_fashion_mnist(tmp_path / "partial")
+    (tmp_path / "partial" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        data.fashion_mnist("train", tmp_path / "partial", download=True)
+    message = str(info.value)
+    assert str(tmp_path / "partial") in message and "lacks t10k-labels-idx1-ubyte.gz" in message
 
 
 def test_fashion_mnist_from_an_explicit_folder(tmp_path):
@@ -97,6 +138,42 @@ def test_image_folder(tmp_path):
     assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 0, 1, 1]
     png = np.asarray(Image.open(tmp_path / "cat" / "1.png"))
     assert np.array_equal(data.ImageFolder(tmp_path).load(1), png)  # PNG is lossless
+
+
+def test_image_folder_follows_torchvision_rules(tmp_path):
+    make_folder(tmp_path)
+    # Jupyter's and macOS's hidden entries: never a class, never an image.
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(
+        (tmp_path / "cat" / "1.png").read_bytes()
+    )
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "cat" / ".hidden.png").write_bytes((tmp_path / "cat" / "1.png").read_bytes())
+    # torchvision's extensions (in any case) and sub-folders count; other files do not.
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    image.save(tmp_path / "dog" / "2.BMP")
+    (tmp_path / "dog" / "more").mkdir()
+    image.save(tmp_path / "dog" / "more" / "3.webp")
+    (tmp_path / "dog" / "more" / ".git").mkdir()
+    image.save(tmp_path / "dog" / "more" / ".git" / "4.png")
+    image.save(tmp_path / "dog" / "5.gif")  # Pillow reads it; torchvision leaves it out
+    ds = data.ImageFolder(tmp_path)
+    assert ds.classes == ["cat", "dog"]
+    names = [p.relative_to(tmp_path).as_posix() for p, _ in ds.samples]
+    assert names == [
+        "cat/0.jpg",
+        "cat/1.png",
+        "dog/0.jpg",
+        "dog/1.png",
+        "dog/2.BMP",
+        "dog/more/3.webp",
+    ]
+    assert [label for _, label in ds.samples] == [0, 0, 1, 1, 1, 1]
+    assert ds[5][0].shape == (8, 8, 3)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match="class folder.* empty under"):
+        data.ImageFolder(tmp_path)
 
 
 def test_image_folder_errors_name_the_file(tmp_path):

@@ -13,6 +13,7 @@ import shutil
 import struct
 import sys
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +51,26 @@ def read_idx(path) -> np.ndarray:
     """Read an idx file (gzip or plain): 2 zero bytes, a type code, the number of dimensions,
     one big-endian uint32 per dimension, then the values."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    compressed = path.suffix == ".gz"
+    opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as err:
+    except gzip.BadGzipFile as err:
+        raise ValueError(f"{path}: cannot read this idx file: not a gzip file ({err})") from None
+    except EOFError as err:
+        raise ValueError(
+            f"{path}: cannot read this idx file: the gzip stream is truncated ({err})"
+        ) from None
+    except zlib.error as err:
+        raise ValueError(
+            f"{path}: cannot read this idx file: the gzip data is corrupt ({err})"
+        ) from None
+    except OSError as err:
         raise ValueError(f"{path}: cannot read this idx file ({err})") from None
+    if not data:
+        where = "once unzipped" if compressed else "0 bytes"
+        raise ValueError(f"{path}: not an idx file (it is empty, {where})")
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
         raise ValueError(f"{path}: not an idx file (bad magic number {data[:4].hex()})")
     ndim = data[3]
@@ -96,7 +111,12 @@ def user_cache() -> Path:
 
 
 def find_fashion_mnist(root=None, download: bool = True) -> Path:
-    """The first folder holding all four files; downloads into the user cache as a last resort."""
+    """The first folder holding all four files; downloads into the user cache as a last resort.
+
+    An explicit ``root`` is the only place looked at: a path that does not exist, or lacks one
+    of the four files, is an error naming it (never a silent fall-back to another copy)."""
+    if root is not None:
+        return _explicit_fashion_mnist(Path(root))
     folders = fashion_mnist_folders(root)
     for folder in folders:
         if all((folder / name).is_file() for name in FASHION_MNIST_FILES):
@@ -116,6 +136,24 @@ def find_fashion_mnist(root=None, download: bool = True) -> Path:
         "Get it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
         f"files {sorted(FASHION_MNIST_FILES)} in a folder and pass it (or set MINIDL_DATA)."
     )
+
+
+def _explicit_fashion_mnist(root: Path) -> Path:
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"Fashion-MNIST: {root} {what} (the data folder was given explicitly, so no other "
+            "place is searched)"
+        )
+    missing = [name for name in FASHION_MNIST_FILES if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST: {root} lacks {', '.join(missing)} (it needs all four of "
+            f"{', '.join(FASHION_MNIST_FILES)}; the folder was given explicitly, so no other "
+            "place is searched). `apt-get install dataset-fashion-mnist` puts them in "
+            f"{DEBIAN_FOLDER}; without a folder the loader searches and can download them."
+        )
+    return root
 
 
 def _download_fashion_mnist(target: Path) -> None:
@@ -194,12 +232,18 @@ def fashion_mnist(
     return ArrayDataset(images, labels, scale)
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# torchvision's IMG_EXTENSIONS: the files an image folder takes (Pillow reads them all); other
+# files (notes.txt, .DS_Store, a .gif) are left out as torchvision leaves them out.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class ImageFolder:
-    """root/<class>/<image>.{jpg,jpeg,png}; classes are the sorted sub-folder names.
+    """root/<class>/**/<image>; classes are the sorted sub-folder names (torchvision's rules).
 
+    Files are found in each class folder and its sub-folders (sorted), by extension
+    (``IMAGE_EXTENSIONS``, case-insensitive). Hidden entries (names starting with ".", such as
+    ``.ipynb_checkpoints`` or ``.DS_Store``) are skipped everywhere, so they never become a
+    class and never shift the labels; a class folder with no image is an error naming it.
     ``ds[i]`` returns (transform(image), label) where image is an (H, W, 3) uint8 RGB array.
     """
 
@@ -207,17 +251,24 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"ImageFolder: {self.root} is not a folder")
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.classes = sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not _hidden(p.name)
+        )
         if not self.classes:
-            raise ValueError(f"ImageFolder: {self.root} has no class sub-folders")
+            raise FileNotFoundError(f"ImageFolder: {self.root} has no class sub-folders")
+        self.class_to_idx = {name: label for label, name in enumerate(self.classes)}
         self.samples = [
             (path, label)
             for label, name in enumerate(self.classes)
-            for path in sorted((self.root / name).iterdir())
-            if path.suffix.lower() in IMAGE_EXTENSIONS
+            for path in _images_under(self.root / name)
         ]
-        if not self.samples:
-            raise ValueError(f"ImageFolder: no {IMAGE_EXTENSIONS} images under {self.root}")
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        if empty:
+            raise FileNotFoundError(
+                f"ImageFolder: no image in the class folder(s) {', '.join(empty)} under "
+                f"{self.root} (images are files ending in {', '.join(IMAGE_EXTENSIONS)}); "
+                "remove the folder or put images in it"
+            )
         self.transform = transform
 
     def __len__(self) -> int:
@@ -243,3 +294,22 @@ class ImageFolder:
         rng = rng if rng is not None else np.random.default_rng()
         items = [self.__getitem__(int(i), rng) for i in indices]
         return np.stack([x for x, _ in items]), np.array([y for _, y in items], dtype=np.int64)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files in ``folder`` and its sub-folders, sorted as torchvision walks them (each
+    folder's files by name, then its sub-folders by name), hidden entries left out."""
+    walked = []
+    for top, folders, files in os.walk(folder, followlinks=True):
+        folders[:] = [name for name in folders if not _hidden(name)]  # os.walk skips them
+        walked.append((top, files))
+    return [
+        Path(top) / name
+        for top, files in sorted(walked)
+        for name in sorted(files)
+        if not _hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+    ]
