@@ -310,7 +310,7 @@ backward_error = (
     np.abs(results["cuda"][1] - results["cpu"][1]).max() / np.abs(results["cpu"][1]).max()
 )
 print(
-    f"LRN kernel vs NumPy (float32): forward max error {forward_error:.1e}, "
+    f"LRN kernel vs NumPy (float32): forward max relative error {forward_error:.1e}, "
     f"backward max relative error {backward_error:.1e}"
 )
 assert forward_error < 1e-5 and backward_error < 1e-5
