@@ -92,3 +92,34 @@ def linear(x, w, b):
         for o in range(w.shape[0]):
             y[n, o] = sum(x[n, i] * w[o, i] for i in range(x.shape[1])) + (0 if b is None else b[o])
     return y
+
+
+def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    """x: (N, C, ...) -> y, and the running statistics after this call (new arrays)."""
+    n_, c_ = x.shape[:2]
+    x3 = x.reshape(n_, c_, -1)
+    p_ = x3.shape[2]
+    m = n_ * p_
+    y = np.zeros(x3.shape)
+    running_mean, running_var = np.array(running_mean, float), np.array(running_var, float)
+    for c in range(c_):
+        if training:
+            total = 0.0
+            for n in range(n_):
+                for p in range(p_):
+                    total += x3[n, c, p]
+            mean = total / m
+            squares = 0.0
+            for n in range(n_):
+                for p in range(p_):
+                    squares += (x3[n, c, p] - mean) ** 2
+            var = squares / m  # biased: normalizes the batch
+            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean
+            running_var[c] = (1 - momentum) * running_var[c] + momentum * squares / (m - 1)
+        else:
+            mean, var = running_mean[c], running_var[c]
+        for n in range(n_):
+            for p in range(p_):
+                xhat = (x3[n, c, p] - mean) / math.sqrt(var + eps)
+                y[n, c, p] = xhat * weight[c] + bias[c]
+    return y.reshape(x.shape), running_mean, running_var

@@ -25,6 +25,7 @@ def test_every_op_family_has_a_kernel_file():
         "loss.cu",
         "sgd.cu",
         "reduce.cu",
+        "batchnorm.cu",
     } <= set(KERNEL_FILES)
 
 
@@ -108,6 +109,23 @@ def loss_ok():
     return _matches(lambda z: F.cross_entropy(z, t), [random((4, 300))])
 
 
+def _batchnorm_run(device):
+    running = [mdl.tensor(np.zeros(4), device=device), mdl.tensor(np.ones(4), device=device)]
+    arrays = [random((3, 4, 10, 11)) + 2.0, random((4,), 1), random((4,), 2)]
+    train = forward_backward(lambda x, w, b: F.batch_norm(x, *running, w, b, True), arrays, device)
+    test = forward_backward(lambda x, w, b: F.batch_norm(x, *running, w, b), arrays, device)
+    return [train[0], *train[1], test[0], *test[1], *(r.numpy() for r in running)]
+
+
+def batchnorm_ok():
+    """Training forward and backward with the running statistics, then eval; 330 values per
+    channel, so every thread of the reduction tree holds a partial sum."""
+    return all(
+        np.allclose(a, b, rtol=1e-9, atol=1e-10)
+        for a, b in zip(_batchnorm_run("cpu"), _batchnorm_run("cuda"))
+    )
+
+
 def sgd_ok():
     results = []
     for device in ("cpu", "cuda"):
@@ -175,6 +193,42 @@ MUTATIONS = [
         "partial[threadIdx.x] += partial[threadIdx.x + half];",
         "partial[threadIdx.x] += partial[threadIdx.x + half / 2];",
         bias_relu_ok,
+    ),
+    (
+        "batchnorm.cu",
+        "return (n * C + c) * plane + p;",
+        "return (n * C + c) * plane;",
+        batchnorm_ok,
+    ),
+    (
+        "batchnorm.cu",
+        "partial_sq[threadIdx.x] += partial_sq[threadIdx.x + half];",
+        "partial_sq[threadIdx.x] += partial_sq[threadIdx.x + half / 2];",
+        batchnorm_ok,
+    ),
+    (
+        "batchnorm.cu",
+        "T unbiased = var[c] * (T(M) / T(M - 1));",
+        "T unbiased = var[c];",
+        batchnorm_ok,
+    ),
+    (
+        "batchnorm.cu",
+        "(T(M) * dy[index] - dbias[c] - xhat * dweight[c]);",
+        "(T(M) * dy[index] - dbias[c]);",
+        batchnorm_ok,
+    ),
+    (
+        "batchnorm.cu",
+        "dweight[c] = partial_xhat[0] / real_sqrt(var[c] + eps);",
+        "dweight[c] = partial_xhat[0];",
+        batchnorm_ok,
+    ),
+    (
+        "batchnorm.cu",
+        "dx[index] = weight[c] * invstd * dy[index];",
+        "dx[index] = invstd * dy[index];",
+        batchnorm_ok,
     ),
 ]
 
