@@ -5,6 +5,12 @@ draws its random transforms from ``default_rng([seed, e, b])``: the batches are 
 the number of threads, and training resumed from a checkpoint (which records ``epoch``) sees the
 batches it would have seen. NumPy and Pillow release the GIL in their heavy loops, so threads
 overlap data preparation with the model's work.
+
+Under an MPI launcher (``minidl.distributed``) each of the W ranks takes its own contiguous part
+of every global batch: rank r gets ``np.array_split(batch, W)[r]``. The global order and batches
+are the single-process ones (the seed is the same on every rank), so K steps on 2 ranks with
+B/2 samples each are K steps of one process with batch B. Each rank's random transforms draw from
+``default_rng([seed, e, b, r])``: independent across ranks, but not the single process's draws.
 """
 
 from __future__ import annotations
@@ -25,12 +31,44 @@ class DataLoader:
         drop_last: bool = False,
         workers: int = 2,
         prefetch: int = 4,
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
+        """``batch_size`` is the global batch; ``rank`` and ``world_size`` default to the MPI
+        job's (``minidl.distributed``), 0 and 1 in a plain process."""
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.drop_last, self.workers, self.prefetch = drop_last, workers, prefetch
         self.epoch = 0  # the next epoch __iter__ will produce
+        if world_size is None:
+            from minidl import distributed
+
+            world_size = distributed.world_size()
+            rank = distributed.rank() if rank is None else rank
+        self.rank, self.world_size = rank or 0, world_size
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Every rank must get at least one sample of every batch: refuse a world size that the
+        batch size or the data set cannot serve, before any rank waits for another."""
+        n, w = len(self.dataset), self.world_size
+        if not 0 <= self.rank < w:
+            raise ValueError(f"DataLoader: rank {self.rank} is outside a world of {w}")
+        if w == 1:
+            return
+        if self.batch_size % w:
+            raise ValueError(
+                f"DataLoader: the global batch size {self.batch_size} does not split evenly over "
+                f"{w} ranks; choose a batch size that is a multiple of {w}"
+            )
+        last = n % self.batch_size
+        if n < w or (0 < last < w and not self.drop_last):
+            raise ValueError(
+                f"DataLoader: {n} samples in batches of {self.batch_size} leave a batch of "
+                f"{last or n} sample(s), fewer than the {w} ranks; use drop_last=True, another "
+                "batch size or fewer ranks"
+            )
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -44,16 +82,25 @@ class DataLoader:
             else np.arange(n)
         )
 
-    def __iter__(self):
-        epoch = self.epoch
-        self.epoch += 1
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """The sample indices of each batch this rank reads in ``epoch``."""
         order = self.order(epoch)
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
+        if self.world_size == 1:
+            return batches
+        return [np.array_split(batch, self.world_size)[self.rank] for batch in batches]
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        batches = self.batches(epoch)
 
         def make(b):
-            return self.dataset.batch(batches[b], np.random.default_rng([self.seed, epoch, b]))
+            # one process keeps its (seed, epoch, batch) stream; each rank adds its number
+            key = [self.seed, epoch, b] + ([self.rank] if self.world_size > 1 else [])
+            return self.dataset.batch(batches[b], np.random.default_rng(key))
 
         if self.workers < 1:
             for b in range(len(batches)):

@@ -1,0 +1,177 @@
+"""The ranks' side of tests/test_distributed.py: ``mpiexec -n 2 python tests/distributed_worker.py
+SCENARIO OUT_DIR``. Rank 0 gathers what the test checks and writes it to OUT_DIR/result.npz;
+the same functions run in the test's own process (a world of one) for the references.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import minidl as mdl
+from minidl import data, distributed, nn, optim, train
+
+DEVICE = os.environ.get("DISTRIBUTED_WORKER_DEVICE", "cpu")  # "cuda": one GPU per rank, NCCL
+STEPS_EPOCHS = 2  # 29 samples in batches of 8: 4 steps an epoch, the last on 5 samples (3 + 2)
+
+
+def small_net() -> nn.Module:
+    """A float64 convnet without dropout (each rank would draw the same masks for its local
+    samples, not the single process's masks for those samples: see docs/distributed.md)."""
+    mdl.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 4),
+    )
+    return net.double()
+
+
+def small_data(n: int = 29) -> data.ArrayDataset:
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((n, 1, 8, 8))
+    return data.ArrayDataset(images, rng.integers(0, 4, n), lambda x, rng: x.astype(np.float64))
+
+
+def train_steps() -> dict:
+    """STEPS_EPOCHS epochs of train_epoch (global batch 8, shuffled), from rank 0's weights."""
+    model = small_net().to(DEVICE)
+    if distributed.rank() != 0:  # start from other weights: broadcast_parameters must fix them
+        for p in model.parameters():
+            p.data = p.data + 1.0
+    distributed.broadcast_parameters(model)
+    optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    loader = data.DataLoader(small_data(), 8, shuffle=True, seed=3, workers=0)
+    metrics = [
+        train.train_epoch(model, loader, optimizer, DEVICE, progress=False)
+        for _ in range(STEPS_EPOCHS)
+    ]
+    result = {f"param/{k}": v for k, v in model.state_dict().items()}
+    result["loss"] = np.array([m["loss"] for m in metrics])
+    result["accuracy"] = np.array([m["accuracy"] for m in metrics])
+    return result
+
+
+class IndexDataset:
+    """Batches that are their own indices: what a rank reads, as it reads it."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, indices, rng):
+        return np.asarray(indices), np.asarray(indices)
+
+
+def shards(n: int = 37, batch_size: int = 8, epochs: int = 2) -> list[list[list[int]]]:
+    """Each epoch's batches as this rank iterates them (indices)."""
+    loader = data.DataLoader(IndexDataset(n), batch_size, shuffle=True, seed=5, workers=1)
+    return [[x.tolist() for x, _ in loader] for _ in range(epochs)]
+
+
+def fit_runs(out: Path) -> dict:
+    """fit() for 2 epochs straight, and 1 epoch then resumed to 2, each rank into its own
+    out_dir (only rank 0's may appear)."""
+
+    def run(epochs, out_dir, resume=None):
+        model = small_net()
+        optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        train_loader = data.DataLoader(small_data(), 8, shuffle=True, seed=3, workers=0)
+        test_loader = data.DataLoader(small_data(12), 6, workers=0)
+        history = train.fit(
+            model,
+            train_loader,
+            test_loader,
+            optimizer,
+            epochs,
+            out_dir=out_dir,
+            resume=resume,
+            progress=False,
+        )
+        return model, history
+
+    rank = distributed.rank()
+    straight, history = run(2, out / f"straight/rank{rank}")
+    run(1, out / f"first/rank{rank}")
+    distributed.barrier()  # rank 0 has written the checkpoint every rank resumes from
+    resumed, _ = run(2, out / f"resumed/rank{rank}", resume=out / "first/rank0/checkpoint.npz")
+    result = {f"straight/{k}": v for k, v in straight.state_dict().items()}
+    result.update({f"resumed/{k}": v for k, v in resumed.state_dict().items()})
+    result["test_top1"] = np.array([row["test_top1"] for row in history])
+    result["test_loss"] = np.array([row["test_loss"] for row in history])
+    return result
+
+
+def broadcast() -> dict:
+    """Parameters and buffers that differ by rank, made equal to rank 0's."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    for i, p in enumerate(model.parameters()):
+        p.data = np.full(p.shape, 10.0 * distributed.rank() + i, dtype=p.dtype)
+    bn = model[1]
+    bn.running_mean.data[...] = 100.0 + distributed.rank()
+    distributed.broadcast_parameters(model)
+    return {f"state/{k}": v for k, v in model.state_dict().items()}
+
+
+def planted_failure() -> None:
+    """Rank 1 raises after one step while rank 0 goes on into the next all-reduce."""
+    model = small_net()
+    optimizer = optim.SGD(model.parameters(), lr=0.1)
+    loader = data.DataLoader(small_data(), 8, workers=0)
+    for step, (x, y) in enumerate(loader):
+        if step == 1 and distributed.rank() == 1:
+            raise RuntimeError("planted failure on rank 1")
+        loss = mdl.functional.cross_entropy(model(mdl.tensor(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        distributed.allreduce_gradients(model)
+        optimizer.step()
+    distributed.allreduce_sum([0.0])  # rank 0 waits here for ever if nothing ends the job
+
+
+def gather(result: dict) -> dict:
+    """Every rank's result, on rank 0, keyed "rank{r}/..."."""
+    if distributed.world_size() == 1:
+        return {f"rank0/{k}": v for k, v in result.items()}
+    everything = distributed._get().comm.gather(result, root=0)
+    if everything is None:
+        return {}
+    return {f"rank{r}/{k}": v for r, part in enumerate(everything) for k, v in part.items()}
+
+
+def main(scenario: str, out: Path) -> None:
+    distributed.init(DEVICE)
+    if scenario == "steps":
+        result = train_steps()
+    elif scenario == "shards":
+        epochs = shards()
+        result = {
+            f"epoch{e}/batch{b}": np.array(x)
+            for e, bs in enumerate(epochs)
+            for b, x in enumerate(bs)
+        }
+    elif scenario == "fit":
+        result = fit_runs(out)
+    elif scenario == "broadcast":
+        result = broadcast()
+    elif scenario == "fail":
+        planted_failure()
+        result = {}
+    elif scenario == "batch3":  # a global batch of 3 cannot split over 2 ranks
+        data.DataLoader(small_data(), 3)
+        result = {}
+    else:
+        raise ValueError(f"distributed_worker: unknown scenario {scenario!r}")
+    gathered = gather(result)
+    if distributed.is_main():
+        np.savez(out / "result.npz", **gathered)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))

@@ -1,0 +1,234 @@
+"""Data-parallel training (minidl/distributed.py): two ranks under ``mpiexec -n 2`` against one
+process. The ranks run tests/distributed_worker.py; every launch has a timeout, so a hang fails
+the test instead of hanging CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minidl import cuda, data, distributed, train
+from tests import distributed_worker as worker
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def mpiexec() -> str | None:
+    """The launcher from the mpich wheel (in the environment's bin/, beside python)."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def launch(scenario: str, out: Path, ranks: int = 2, timeout: float = 60, env=None):
+    """Run the worker on ``ranks`` processes; returns (exit code, output, seconds)."""
+    pytest.importorskip("mpi4py")
+    if mpiexec() is None:
+        pytest.skip('mpiexec not found: pip install "minidl[mpi]"')
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", **(env or {})
+    )
+    command = [mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), scenario, str(out)]
+    start = time.perf_counter()
+    done = subprocess.run(
+        ["timeout", "-k", "5", str(timeout), *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+    )
+    return done.returncode, done.stdout + done.stderr, time.perf_counter() - start
+
+
+def run_ok(scenario: str, out: Path, env=None) -> dict:
+    code, output, _ = launch(scenario, out, env=env)
+    assert code == 0, f"mpiexec -n 2 ... {scenario} failed ({code}):\n{output[-3000:]}"
+    with np.load(out / "result.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+# ---- one process: the world of one, the bucket plan, the shards -----------------------------
+def test_a_plain_process_is_a_world_of_one_without_mpi4py():
+    code = (
+        "import sys; from minidl import distributed as d, train; "
+        "assert (d.rank(), d.world_size(), d.local_rank(), d.is_main()) == (0, 1, 0, True); "
+        "assert 'mpi4py' not in sys.modules, 'mpi4py imported in a plain process'"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+    subprocess.run(["timeout", "60", sys.executable, "-c", code], check=True, env=env)
+
+
+class FakeParam:
+    def __init__(self, numel, dtype=np.float32):
+        self.shape, self.dtype, self._numel = (numel,), np.dtype(dtype), numel
+
+    def numel(self):
+        return self._numel
+
+
+def test_buckets_follow_parameter_order_and_the_byte_cap():
+    mb = 1024 * 1024
+    params = [FakeParam(n) for n in (1 * mb, 2 * mb, 4 * mb, 1 * mb, 1)]  # float32: 4 bytes each
+    assert distributed.plan_buckets(params, 12 * mb) == [[0, 1], [2], [3, 4]]
+    assert distributed.plan_buckets(params, 100 * mb) == [[0, 1, 2, 3, 4]]
+    # a gradient larger than the cap travels alone; a new dtype starts a new bucket
+    mixed = [FakeParam(10), FakeParam(10, np.float64), FakeParam(10, np.float64)]
+    assert distributed.plan_buckets(mixed, 8) == [[0], [1], [2]]
+    assert distributed.plan_buckets(mixed, 1000) == [[0], [1, 2]]
+
+
+ALEXNET_SHAPES = [  # the paper's AlexNet (groups=2), weight then bias, layer by layer
+    (96, 3, 11, 11), (96,), (256, 48, 5, 5), (256,), (384, 256, 3, 3), (384,),
+    (384, 192, 3, 3), (384,), (256, 192, 3, 3), (256,),
+    (4096, 9216), (4096,), (4096, 4096), (4096,), (1000, 4096), (1000,),
+]  # fmt: skip
+
+
+def test_alexnet_gradients_make_five_buckets_at_25_mb():
+    params = [FakeParam(int(np.prod(shape))) for shape in ALEXNET_SHAPES]
+    assert sum(p.numel() for p in params) == 60_965_224  # 244 MB of float32 gradients
+    # the five convs (9.3 MB), fc6.weight (151 MB), fc6.bias, fc7.weight (67 MB), the rest
+    assert distributed.plan_buckets(params) == [list(range(10)), [10], [11], [12], [13, 14, 15]]
+
+
+def shard_lists(n, batch_size, world, epoch=0, drop_last=False):
+    ds = worker.IndexDataset(n)
+    return [
+        data.DataLoader(ds, batch_size, True, 5, drop_last, rank=r, world_size=world).batches(epoch)
+        for r in range(world)
+    ]
+
+
+@pytest.mark.parametrize("n, batch_size, world", [(37, 8, 2), (40, 8, 4), (30, 6, 3)])
+def test_shards_are_disjoint_and_put_together_give_the_single_process_batches(n, batch_size, world):
+    single = data.DataLoader(worker.IndexDataset(n), batch_size, shuffle=True, seed=5).batches(0)
+    ranks = shard_lists(n, batch_size, world)
+    assert all(len(r) == len(single) for r in ranks)  # every rank takes every step
+    for b, batch in enumerate(single):
+        parts = [r[b] for r in ranks]
+        assert np.array_equal(np.concatenate(parts), batch)  # rank order = the global order
+        assert all(len(p) == batch_size // world for p in parts[:-1]) or b == len(single) - 1
+
+
+@pytest.mark.parametrize(
+    "n, batch_size, world, words",
+    [
+        (32, 9, 2, "does not split evenly over 2 ranks"),
+        (33, 8, 2, "leave a batch of 1 sample(s), fewer than the 2 ranks"),
+        (3, 4, 4, "leave a batch of 3 sample(s), fewer than the 4 ranks"),
+    ],
+)
+def test_a_world_size_the_data_cannot_serve_is_refused(n, batch_size, world, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        shard_lists(n, batch_size, world)
+
+
+def test_drop_last_serves_a_short_last_batch():
+    assert len(shard_lists(33, 8, 2, drop_last=True)[1]) == 4
+
+
+def test_a_checkpoint_from_two_ranks_is_refused_by_one_process(tmp_path):
+    model = worker.small_net()
+    train.save_checkpoint(tmp_path / "c.npz", model)
+    with np.load(tmp_path / "c.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["world_size"] = np.array(2)
+    np.savez(tmp_path / "two.npz", **arrays)
+    train.load_checkpoint(tmp_path / "c.npz", model)  # the same world size: fine
+    with pytest.raises(ValueError, match="written by a run on 2 process"):
+        train.load_checkpoint(tmp_path / "two.npz", model)
+
+
+# ---- two ranks under mpiexec ---------------------------------------------------------------
+def test_steps_on_two_ranks_equal_steps_in_one_process(tmp_path):
+    """8 SGD steps (momentum, weight decay) with global batch 8: 4 + 4 samples on two ranks, the
+    last batch of each epoch 3 + 2, against 8 in this process, float64."""
+    ranks = run_ok("steps", tmp_path)
+    single = worker.train_steps()
+    for name, value in single.items():
+        np.testing.assert_allclose(ranks[f"rank0/{name}"], value, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(ranks[f"rank1/{name}"], ranks[f"rank0/{name}"])
+
+
+def test_every_rank_reads_its_shard_of_the_single_process_batches(tmp_path):
+    ranks = run_ok("shards", tmp_path)
+    single = worker.shards()
+    for e, batches in enumerate(single):
+        for b, batch in enumerate(batches):
+            parts = [ranks[f"rank{r}/epoch{e}/batch{b}"] for r in (0, 1)]
+            assert not set(parts[0]) & set(parts[1])
+            assert np.array_equal(np.concatenate(parts), batch)
+        covered = np.concatenate([ranks[k] for k in ranks if k.split("/")[1] == f"epoch{e}"])
+        assert sorted(covered) == list(range(37))
+
+
+def test_parameters_and_buffers_are_broadcast_from_rank_0(tmp_path):
+    ranks = run_ok("broadcast", tmp_path)
+    names = [k.split("/", 1)[1] for k in ranks if k.startswith("rank0/")]
+    assert "state/1.running_mean" in names
+    for i, name in enumerate(n for n in names if "running" not in n):
+        assert (ranks[f"rank1/{name}"] == i).all()  # rank 0 filled parameter i with i
+    assert (ranks["rank1/state/1.running_mean"] == 100.0).all()  # rank 0's buffer, not 101
+
+
+def test_fit_on_two_ranks_writes_only_from_rank_0_and_resumes_exactly(tmp_path):
+    ranks = run_ok("fit", tmp_path)
+    for run in ("straight", "first", "resumed"):
+        assert (tmp_path / run / "rank0" / "checkpoint.npz").is_file()
+        assert (tmp_path / run / "rank0" / "log.csv").is_file()
+        assert not (tmp_path / run / "rank1").exists(), f"rank 1 wrote into {run}/"
+    single = worker.fit_runs(tmp_path / "single")
+    for name, value in single.items():
+        if name.startswith(("straight/", "resumed/")):
+            np.testing.assert_allclose(ranks[f"rank0/{name}"], value, rtol=1e-12, atol=1e-14)
+            np.testing.assert_array_equal(ranks[f"rank1/{name}"], ranks[f"rank0/{name}"])
+    # sharded evaluation, summed over the ranks: the single process's figures
+    np.testing.assert_allclose(ranks["rank0/test_loss"], single["test_loss"], rtol=1e-9)
+    np.testing.assert_array_equal(ranks["rank0/test_top1"], single["test_top1"])
+    np.testing.assert_array_equal(ranks["rank1/test_top1"], single["test_top1"])
+
+
+def test_a_rank_that_raises_ends_the_job_within_seconds(tmp_path):
+    code, output, seconds = launch("fail", tmp_path, timeout=60)
+    assert code not in (0, 124, 137), f"exit code {code}:\n{output[-3000:]}"
+    assert "rank 1: RuntimeError: planted failure on rank 1" in output, output[-3000:]
+    assert seconds < 20, f"the job took {seconds:.1f} s to end after rank 1 raised"
+
+
+def test_a_global_batch_the_ranks_cannot_split_fails_the_job_clearly(tmp_path):
+    code, output, seconds = launch("batch3", tmp_path, timeout=60)
+    assert code not in (0, 124, 137), f"exit code {code}:\n{output[-3000:]}"
+    assert "global batch size 3 does not split evenly over 2 ranks" in output, output[-3000:]
+    assert "rank 0: " in output or "rank 1: " in output
+    assert seconds < 20
+
+
+# ---- NCCL on a GPU -------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_nccl_sums_in_place_on_a_one_rank_communicator():
+    if not cuda.gpu_available():
+        pytest.skip("no NVIDIA GPU with CuPy on this machine")
+    cp = cuda.cupy()
+    distributed.init("cuda")
+    for dtype in (np.float16, np.float32, np.float64):
+        x = cp.arange(1000, dtype=dtype)
+        before = x.copy()
+        distributed.allreduce_(x)  # one rank: the sum is the array itself, through NCCL
+        cp.cuda.get_current_stream().synchronize()
+        assert cp.array_equal(x, before)
+
+
+@pytest.mark.gpu
+def test_steps_on_two_gpus_equal_steps_in_one_process(tmp_path):
+    if not cuda.gpu_available() or cuda.cupy().cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two NVIDIA GPUs (NCCL takes one GPU per rank)")
+    ranks = run_ok("steps", tmp_path, env={"DISTRIBUTED_WORKER_DEVICE": "cuda"})
+    single = worker.train_steps()
+    for name, value in single.items():
+        np.testing.assert_allclose(ranks[f"rank0/{name}"], value, rtol=1e-10, atol=1e-12)
