@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import minidl.functional as F
-from minidl import backend
+from minidl import backend, distributed
 from minidl import random as mdl_random
 from minidl.autograd import no_grad
 from minidl.plots import plot_curves, save_filter_grid
@@ -37,6 +37,7 @@ def train_epoch(
     """One pass over ``loader``; returns mean loss, accuracy, images/second and seconds."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
+    progress = progress and distributed.is_main()
     start = time.perf_counter()
     bar = _progress(loader, len(loader), desc, progress)
     for x, y in bar:
@@ -45,6 +46,7 @@ def train_epoch(
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad()
         loss.backward()
+        distributed.allreduce_gradients(optimizer.params, weight=len(y))  # no-op in one process
         optimizer.step()
         batch_loss = loss.item()  # also waits for the GPU, so the rate below is honest
         total_loss += batch_loss * len(y)
@@ -54,6 +56,7 @@ def train_epoch(
             rate = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{batch_loss:.4f}", img_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
+    total_loss, correct, seen = distributed.allreduce_sum([total_loss, correct, seen])  # all ranks
     return {
         "loss": total_loss / seen,
         "accuracy": correct / seen,
@@ -86,6 +89,8 @@ def evaluate(model, loader, device: str = "cpu", progress: bool = False) -> dict
             top1 += topk_correct(probs, y, 1)
             top5 += topk_correct(probs, y, 5)
             seen += len(y)
+    # each rank evaluated its shard of every batch: sum over the ranks
+    total_loss, top1, top5, seen = distributed.allreduce_sum([total_loss, top1, top5, seen])
     return {"loss": total_loss / seen, "top1": top1 / seen, "top5": top5 / seen}
 
 
@@ -102,6 +107,7 @@ def save_checkpoint(
     arrays["loader_epoch"] = np.array(loader.epoch if loader is not None else epoch)
     arrays["rng"] = np.array(json.dumps(mdl_random.generator().bit_generator.state))
     arrays["history"] = np.array(json.dumps(history or []))
+    arrays["world_size"] = np.array(distributed.world_size())  # resume needs as many ranks
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.npz")
@@ -116,6 +122,13 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, loader=None) ->
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     with np.load(path, allow_pickle=False) as f:
         data = {k: f[k] for k in f.files}
+    saved_world = int(data.get("world_size", 1))  # checkpoints from before it: one process
+    if saved_world != distributed.world_size():
+        raise ValueError(
+            f"checkpoint {path} was written by a run on {saved_world} process(es); resume it on "
+            f"the same number (this run has {distributed.world_size()}): the loader's shards, "
+            "and so the batches each rank reads, depend on it"
+        )
 
     def section(name):
         prefix = f"{name}/"
@@ -160,12 +173,15 @@ def fit(
     after each; writes out_dir/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}."""
     history: list[dict] = []
     start_epoch = 0
-    out = Path(out_dir) if out_dir is not None else None
+    # several processes (minidl.distributed): rank 0 alone prints and writes files
+    out = Path(out_dir) if out_dir is not None and distributed.is_main() else None
+    log = log if distributed.is_main() else (lambda *args: None)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     if resume is not None:
         start_epoch, history = load_checkpoint(resume, model, optimizer, scheduler, train_loader)
         log(f"resumed from {resume} after epoch {start_epoch}")
+    distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
     for epoch in range(start_epoch + 1, epochs + 1):
         train = train_epoch(model, train_loader, optimizer, device, progress, f"epoch {epoch}")
         test = evaluate(model, test_loader, device)
