@@ -8,6 +8,9 @@
 //   dropout_backward  dx[i] = keep(i) ? dy[i] * scale : 0  (the mask is regenerated, not stored)
 //
 // threshold = round(p * 2^24), scale = 1 / (1 - p). One thread per element; any 1-D launch.
+// The mask depends on (key, i) only, never on T: float, double and 16-bit storage drop the same
+// elements. In 16-bit, x * scale is computed in float and rounded once.
+// minidl-types: float double __half __nv_bfloat16
 #include "common.cuh"
 
 __device__ __forceinline__ unsigned int fmix32(unsigned int h) {
@@ -30,16 +33,18 @@ __device__ __forceinline__ bool dropout_keep(unsigned int key_lo, unsigned int k
 
 template <typename T>
 __global__ void dropout_forward(const T* x, T* y, long long total, unsigned int key_lo,
-                                unsigned int key_hi, unsigned int threshold, T scale) {
+                                unsigned int key_hi, unsigned int threshold, acc_t<T> scale) {
     FOR_EACH_INDEX(i, total) {
-        y[i] = dropout_keep(key_lo, key_hi, i, threshold) ? x[i] * scale : T(0);
+        y[i] = from_acc<T>(dropout_keep(key_lo, key_hi, i, threshold) ? to_acc(x[i]) * scale
+                                                                      : acc_t<T>(0));
     }
 }
 
 template <typename T>
 __global__ void dropout_backward(const T* dy, T* dx, long long total, unsigned int key_lo,
-                                 unsigned int key_hi, unsigned int threshold, T scale) {
+                                 unsigned int key_hi, unsigned int threshold, acc_t<T> scale) {
     FOR_EACH_INDEX(i, total) {
-        dx[i] = dropout_keep(key_lo, key_hi, i, threshold) ? dy[i] * scale : T(0);
+        dx[i] = from_acc<T>(dropout_keep(key_lo, key_hi, i, threshold) ? to_acc(dy[i]) * scale
+                                                                       : acc_t<T>(0));
     }
 }

@@ -7,16 +7,19 @@
 // shared-memory tree halves the partial sums down to one. The order of additions is fixed, so
 // the result is the same bits every run (no atomics).
 // Launch: grid (C,), block (MINIDL_REDUCE_THREADS,). Matches x.sum(axis=(0, 2)).
+// 16-bit storage: the partial sums and the tree run in float (acc_t<T>); only out[c] is rounded.
+// minidl-types: float double __half __nv_bfloat16
 #include "common.cuh"
 
 template <typename T>
 __global__ void channel_sum(const T* x, T* out, int N, int C, long long plane) {
-    __shared__ T partial[MINIDL_REDUCE_THREADS];
+    typedef acc_t<T> Acc;
+    __shared__ Acc partial[MINIDL_REDUCE_THREADS];
     int c = blockIdx.x;
-    T sum = T(0);
+    Acc sum = Acc(0);
     for (int n = 0; n < N; ++n) {
         const T* row = x + ((long long)n * C + c) * plane;
-        for (long long p = threadIdx.x; p < plane; p += blockDim.x) sum += row[p];
+        for (long long p = threadIdx.x; p < plane; p += blockDim.x) sum += to_acc(row[p]);
     }
     partial[threadIdx.x] = sum;
     __syncthreads();
@@ -24,5 +27,5 @@ __global__ void channel_sum(const T* x, T* out, int N, int C, long long plane) {
         if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[c] = partial[0];
+    if (threadIdx.x == 0) out[c] = from_acc<T>(partial[0]);
 }

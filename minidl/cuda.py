@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -31,7 +32,17 @@ THREADS = 256  # threads per block for element-wise kernels (grid-stride loops)
 REDUCE_THREADS = 256  # threads per block for block reductions; must match kernels/common.cuh
 MAX_BLOCKS = 65535
 
-CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+# bfloat16 storage: NumPy and CuPy have no bfloat16 dtype, so a bfloat16 array is a uint16 array
+# holding the bits (the top half of a float32; minidl.precision converts). No kernel takes uint16
+# integers, so the loader reads a uint16 array as __nv_bfloat16.
+BFLOAT16 = np.dtype(np.uint16)
+CTYPES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.float16): "__half",
+    BFLOAT16: "__nv_bfloat16",
+}
+DEFAULT_TYPES = ("float", "double")  # a .cu file without a "// minidl-types:" line
 ARCHITECTURES = ("compute_75", "compute_80", "compute_90")
 
 _override_dir: Path | None = None
@@ -73,8 +84,22 @@ def kernel_names(source: str) -> list[str]:
     return re.findall(r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)", source)
 
 
+def kernel_types(source: str) -> tuple[str, ...]:
+    """The element types a file's kernels are instantiated for: its ``// minidl-types: ...`` line
+    (see kernels/common.cuh), or float and double for a file that has none."""
+    found = re.search(r"^// minidl-types:(.*)$", source, re.MULTILINE)
+    if found is None:
+        return DEFAULT_TYPES
+    types = tuple(found.group(1).split())
+    unknown = set(types) - set(CTYPES.values())
+    if unknown:
+        raise ValueError(f"minidl-types: unknown {sorted(unknown)}; known: {list(CTYPES.values())}")
+    return types
+
+
 def name_expressions(source: str) -> list[str]:
-    return [f"{name}<{ctype}>" for name in kernel_names(source) for ctype in CTYPES.values()]
+    types = kernel_types(source)
+    return [f"{name}<{ctype}>" for name in kernel_names(source) for ctype in types]
 
 
 def compile_options(*folders: Path) -> tuple[str, ...]:
@@ -83,8 +108,22 @@ def compile_options(*folders: Path) -> tuple[str, ...]:
     source and options) notices a header edit."""
     headers = [h for folder in folders for h in sorted(Path(folder).glob("*.cuh"))]
     digest = hashlib.sha256(b"".join(h.read_bytes() for h in headers))
-    includes = tuple(f"-I{folder}" for folder in folders)
+    includes = tuple(f"-I{folder}" for folder in (*folders, *cuda_include_dirs()))
     return ("-std=c++14", *includes, f"-DMINIDL_HEADERS={digest.hexdigest()[:16]}")
+
+
+def cuda_include_dirs() -> tuple[str, ...]:
+    """The CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h, which common.cuh includes): NVRTC has
+    no default search path. Found as CuPy finds them (cuda-pathfinder), else $CUDA_PATH/include."""
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+
+        found = find_nvidia_header_directory("cudart")
+    except Exception:  # no cuda-pathfinder, or it found nothing
+        found = None
+    if found is None:
+        found = os.path.join(os.environ.get("CUDA_PATH", "/usr/local/cuda"), "include")
+    return (found,) if os.path.isdir(found) else ()
 
 
 # ---- CuPy and the GPU ----------------------------------------------------------------------------
@@ -146,9 +185,14 @@ def i64(value):
     return np.int64(value)
 
 
+def accumulator(dtype) -> np.dtype:
+    """The kernels' acc_t<T> (kernels/common.cuh): float64 for float64, float32 for the rest."""
+    return np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+
+
 def real(dtype, *values):
-    """Scalars of the kernel's element type T."""
-    return tuple(np.dtype(dtype).type(v) for v in values)
+    """Scalars of the kernel's acc_t<T>: T itself for float and double, float for 16-bit T."""
+    return tuple(accumulator(dtype).type(v) for v in values)
 
 
 def _source(file) -> tuple[Path, tuple[Path, ...], list[Path]]:

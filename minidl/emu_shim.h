@@ -25,6 +25,7 @@
 #include <vector>
 #include <ucontext.h>
 
+#define MINIDL_EMULATOR 1  // kernels/common.cuh then takes __half and __nv_bfloat16 from here
 #define __global__
 #define __device__ inline
 #define __host__
@@ -70,6 +71,87 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
+
+// ---- 16-bit floating point: __half and __nv_bfloat16 -------------------------------------------
+// Storage structs holding the bits, with the conversions of cuda_fp16.h and cuda_bf16.h: float to
+// 16 bits rounds to nearest, ties to even, exactly as __float2half_rn and __float2bfloat16_rn
+// (overflow to infinity, gradual underflow to subnormals, every NaN to the canonical 0x7fff);
+// 16 bits to float is exact. Arithmetic goes through float (the implicit conversions below), which
+// is what the kernels do anyway: they load with to_acc(), compute in float, store with from_acc().
+inline std::uint32_t emu_float_bits(float f) {
+    std::uint32_t u;
+    __builtin_memcpy(&u, &f, sizeof u);
+    return u;
+}
+inline float emu_bits_float(std::uint32_t u) {
+    float f;
+    __builtin_memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+inline unsigned short emu_float_to_half_bits(float f) {
+    std::uint32_t x = emu_float_bits(f);
+    std::uint32_t sign = (x >> 16) & 0x8000u;
+    std::uint32_t magnitude = x & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return 0x7fffu;                 // NaN
+    if (magnitude >= 0x477ff000u) return sign | 0x7c00u;         // >= 65520 = 65504 + half an ulp
+    if (magnitude < 0x38800000u) {                               // below 2^-14: subnormal or zero
+        // The value is m * 2^-24 for a real m in [0, 1024]; scaling by 2^24 is exact, and
+        // nearbyint rounds to nearest even (m = 1024 gives 0x400, the smallest normal: right).
+        float m = std::nearbyint(emu_bits_float(magnitude) * 16777216.0f);
+        return sign | (unsigned short)m;
+    }
+    // Normal: rebias the exponent (127 -> 15), then round the 13 dropped mantissa bits to even.
+    std::uint32_t rebiased = magnitude - (112u << 23);
+    rebiased += 0xfffu + ((rebiased >> 13) & 1u);
+    return sign | (unsigned short)(rebiased >> 13);
+}
+
+inline float emu_half_bits_to_float(unsigned short h) {
+    std::uint32_t sign = (std::uint32_t)(h & 0x8000u) << 16;
+    std::uint32_t exponent = (h >> 10) & 0x1fu;
+    std::uint32_t mantissa = h & 0x3ffu;
+    if (exponent == 0x1fu) return emu_bits_float(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
+    if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
+        float magnitude = (float)mantissa * (1.0f / 16777216.0f);
+        return sign ? -magnitude : magnitude;
+    }
+    return emu_bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+inline unsigned short emu_float_to_bfloat16_bits(float f) {
+    std::uint32_t x = emu_float_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;  // NaN
+    // Keep the top 16 bits, rounding the low 16 to nearest even; a carry may reach the exponent
+    // (and make infinity from the largest values), which is the right answer.
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (unsigned short)(x >> 16);
+}
+
+inline float emu_bfloat16_bits_to_float(unsigned short b) {
+    return emu_bits_float((std::uint32_t)b << 16);
+}
+
+struct __half {
+    unsigned short x;  // the IEEE binary16 bits
+    __half() = default;
+    __half(float f) : x(emu_float_to_half_bits(f)) {}
+    operator float() const { return emu_half_bits_to_float(x); }
+};
+
+struct __nv_bfloat16 {
+    unsigned short x;  // the top 16 bits of a float32
+    __nv_bfloat16() = default;
+    __nv_bfloat16(float f) : x(emu_float_to_bfloat16_bits(f)) {}
+    operator float() const { return emu_bfloat16_bits_to_float(x); }
+};
+
+static_assert(sizeof(__half) == 2 && sizeof(__nv_bfloat16) == 2, "16-bit types must be 2 bytes");
+
+inline __half __float2half_rn(float f) { return __half(f); }
+inline float __half2float(__half h) { return float(h); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
+inline float __bfloat162float(__nv_bfloat16 b) { return float(b); }
 
 namespace emu {
 

@@ -13,6 +13,12 @@ and decays them by momentum, while PyTorch's v is rescaled at once by the new lr
 recipe: momentum 0.9, weight_decay 5e-4, lr 0.01, batch 128.
 
 On the GPU the SGD step is our kernel (``kernels/sgd.cu``); Adam is CuPy element-wise glue.
+
+Master weights (mixed precision, ``docs/precision.md``): for a float16 (or bfloat16) parameter the
+optimizer keeps a float32 copy in its state ("master"), updates that copy in float32 (velocity and
+Adam's moments are float32 too) and writes the rounded value back into the parameter. An update
+below half an ulp of a 16-bit weight would otherwise be lost every step. ``grad_scale``
+multiplies the gradients inside the float32 step: ``GradScaler`` sets it to 1 / the loss scale.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import math
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, precision
 from minidl.autograd import no_grad
 
 
 class Optimizer:
+    state_names: tuple[str, ...] = ()  # per-parameter buffers (state_dict keys "<index>.<name>")
+
     def __init__(self, params, lr: float):
         self.params = list(params)
         if not self.params:
@@ -33,6 +41,7 @@ class Optimizer:
         if lr < 0:
             raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
         self.lr = float(lr)
+        self.grad_scale = 1.0  # gradients are multiplied by this in the step (GradScaler.unscale_)
         self.state: list[dict] = [{} for _ in self.params]
 
     def zero_grad(self) -> None:
@@ -42,11 +51,22 @@ class Optimizer:
     def step(self) -> None:
         with no_grad():
             for p, state in zip(self.params, self.state):
-                if p.grad is not None:
-                    self._update(p, backend.xp(p.device).ascontiguousarray(p.grad.data), state)
+                if p.grad is None:
+                    continue
+                if precision.is_16bit(p.dtype) and "master" not in state:
+                    state["master"] = precision.to_float32(p.data)  # float32 master weights
+                self._update(p, backend.xp(p.device).ascontiguousarray(p.grad.data), state)
 
     def _update(self, p, g, state) -> None:
+        """One step for p with gradient g; for a 16-bit p, state["master"] is its float32 copy."""
         raise NotImplementedError
+
+    def _gradient(self, g, dtype):
+        """g times grad_scale, as ``dtype`` (float32 for a 16-bit parameter's master)."""
+        g = precision.to_float32(g) if precision.is_16bit(g.dtype) else g
+        if self.grad_scale != 1.0:
+            return g * np.dtype(dtype).type(self.grad_scale)
+        return g.astype(dtype, copy=False)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Flat NumPy arrays (for an .npz checkpoint): lr and every per-parameter buffer."""
@@ -65,12 +85,15 @@ class Optimizer:
             index, name = key.split(".", 1)
             p = self.params[int(index)]
             array = np.asarray(value)
+            dtype = cuda.accumulator(p.dtype)  # master copy and moments: float32 for 16-bit p
             self.state[int(index)][name] = (
-                backend.move(array.astype(p.dtype), p.device) if array.ndim else array.item()
+                backend.move(array.astype(dtype), p.device) if array.ndim else array.item()
             )
 
 
 class SGD(Optimizer):
+    state_names = ("velocity",)  # the per-parameter buffers a checkpoint holds
+
     def __init__(
         self,
         params,
@@ -85,13 +108,16 @@ class SGD(Optimizer):
         self.momentum, self.weight_decay, self.rule = momentum, weight_decay, rule
 
     def _update(self, p, g, state) -> None:
+        master = state.get("master", p.data)  # the float32 copy of a 16-bit p, else p itself
         if "velocity" not in state:
-            state["velocity"] = backend.xp(p.device).zeros_like(p.data)
+            state["velocity"] = backend.xp(p.device).zeros_like(master)
         v = state["velocity"]
         if p.device == "cuda":
-            self._step_cuda(p.data, g, v)
-        else:
-            self._step_numpy(p.data, g, v)
+            self._step_cuda(p.data, g, master, v)  # the kernel writes the rounded master to p
+            return
+        self._step_numpy(master, self._gradient(g, master.dtype), v)
+        if master is not p.data:
+            p.data[...] = precision.to_storage(master, p.dtype)
 
     def _step_numpy(self, w, g, v) -> None:
         lr, mu, wd = (w.dtype.type(x) for x in (self.lr, self.momentum, self.weight_decay))
@@ -109,7 +135,8 @@ class SGD(Optimizer):
                 vb += gb + wd * wb
                 wb -= lr * vb
 
-    def _step_cuda(self, w, g, v) -> None:
+    def _step_cuda(self, w, g, master, v) -> None:
+        # w: the parameter (any kernel dtype); master, v: acc_t (master is w for float32/64)
         cuda.launch(
             "sgd",
             "sgd_step",
@@ -119,9 +146,10 @@ class SGD(Optimizer):
             (
                 w,
                 g,
+                master,
                 v,
                 cuda.i64(w.size),
-                *cuda.real(w.dtype, self.lr, self.momentum, self.weight_decay),
+                *cuda.real(w.dtype, self.lr, self.momentum, self.weight_decay, self.grad_scale),
                 cuda.i32(1 if self.rule == "paper" else 0),
             ),
         )
@@ -129,6 +157,8 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction; weight_decay adds wd * w to the gradient."""
+
+    state_names = ("m", "v", "t")  # the per-parameter buffers a checkpoint holds
 
     def __init__(
         self,
@@ -143,22 +173,26 @@ class Adam(Optimizer):
 
     def _update(self, p, g, state) -> None:
         xp = backend.xp(p.device)
+        w = state.get("master", p.data)  # the float32 copy of a 16-bit p, else p itself
+        g = self._gradient(g, w.dtype)
         if "m" not in state:
-            state["m"] = xp.zeros_like(p.data)
-            state["v"] = xp.zeros_like(p.data)
+            state["m"] = xp.zeros_like(w)
+            state["v"] = xp.zeros_like(w)
             state["t"] = 0
         b1, b2 = self.betas
         state["t"] += 1
         t = state["t"]
         if self.weight_decay:
-            g = g + self.weight_decay * p.data
+            g = g + self.weight_decay * w
         m, v = state["m"], state["v"]
         m *= b1
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * g * g
         step = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
-        p.data -= (step * m / (xp.sqrt(v) + self.eps * math.sqrt(1 - b2**t))).astype(p.dtype)
+        w -= (step * m / (xp.sqrt(v) + self.eps * math.sqrt(1 - b2**t))).astype(w.dtype)
+        if w is not p.data:
+            p.data[...] = precision.to_storage(w, p.dtype)
 
 
 class StepLR:

@@ -75,7 +75,7 @@ def local_response_norm_forward_cuda(a, size, alpha, beta, k):
     plane = a.size // (n * c)
     xp = backend.xp("cuda")
     b = xp.empty_like(a)
-    s = xp.empty_like(a)
+    s = xp.empty(a.shape, dtype=cuda.accumulator(a.dtype))  # float32 for 16-bit a (lrn.cu)
     cuda.launch(
         "lrn",
         "lrn_forward",
