@@ -6,6 +6,9 @@
                                       # 224x224, batch 128, plain SGD lr 0.01, 10 epochs, He
                                       # init (D2L publishes test accuracy 0.877-0.883; their
                                       # net has no LRN and no groups, ours is the paper's)
+    OMP_NUM_THREADS=1 mpiexec -n 2 python examples/train_fashion_mnist.py
+                                      # data parallel on two processes, the global batch
+                                      # split between them (docs/distributed.md)
 
 Writes runs/<name>/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}; --resume continues
 from a checkpoint. The last line printed is "test accuracy: 0.xxxx".
@@ -21,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import minidl as mdl  # noqa: E402
-from minidl import data, optim, train  # noqa: E402
+from minidl import data, distributed, optim, train  # noqa: E402
 from minidl.models.alexnet import AlexNet, SmallAlexNet  # noqa: E402
 
 
@@ -77,6 +80,9 @@ def main(argv=None) -> float:
     epochs = args.epochs or (10 if alexnet else 3)
     opt_name = args.optimizer or ("sgd" if alexnet else "adam")
     lr = args.lr or (0.01 if opt_name == "sgd" else 2e-3)
+    # under mpiexec -n N: join the job (rank r takes GPU r of its node); rank 0 alone prints
+    distributed.init(args.device)
+    say = print if distributed.is_main() else (lambda *args: None)
     mdl.manual_seed(args.seed)
 
     transform = resize_batch(size) if size != 28 else None
@@ -109,7 +115,7 @@ def main(argv=None) -> float:
             dropout=args.dropout if args.dropout is not None else 0.3,
         )
     model.to(args.device)
-    model.summary((1, size, size))
+    model.summary((1, size, size), show=distributed.is_main())
     if opt_name == "sgd":
         momentum = args.momentum if args.momentum is not None else (0.0 if alexnet else 0.9)
         optimizer = optim.SGD(
@@ -122,9 +128,9 @@ def main(argv=None) -> float:
     else:  # three short epochs: halve the rate after each one
         scheduler = optim.StepLR(optimizer, step_size=1, gamma=0.5)
     out = args.out or f"runs/fashion-{args.model}"
-    print(
+    say(
         f"training {args.model} ({model.num_parameters():,} parameters) "
-        f"on {len(train_set)} images, "
+        f"on {len(train_set)} images, {distributed.world_size()} process(es), "
         f"{size}x{size}, {args.device}, {opt_name} lr {lr}, {epochs} epochs -> {out}"
     )
     start = time.perf_counter()
@@ -141,8 +147,8 @@ def main(argv=None) -> float:
         progress=not args.no_progress,
     )
     accuracy = history[-1]["test_top1"] if history else float("nan")
-    print(f"wall time: {time.perf_counter() - start:.0f} s")
-    print(f"test accuracy: {accuracy:.4f}")
+    say(f"wall time: {time.perf_counter() - start:.0f} s")
+    say(f"test accuracy: {accuracy:.4f}")
     return accuracy
 
 
