@@ -2,12 +2,12 @@
 master weights and dynamic loss scaling. ``docs/precision.md`` sets this beside PyTorch's
 ``autocast``/``GradScaler`` and Chainer's ``loss_scaling``/``use_fp32_update``.
 
-    mode    storage of weights and activations    GEMMs (cuBLAS)                   loss scaling
-    fp32    float32                               float32, TF32 off (the reference)  no
-    tf32    float32                               TF32 tensor cores, float32 sums    no
-    fp16    float16                               float16 inputs, float32 sums      dynamic
-    bf16    bfloat16 (uint16 bits, see below)     bfloat16 inputs, float32 sums     no (8 exponent
-                                                                                    bits, as float32)
+    mode  storage of weights and activations  GEMMs (cuBLAS)                     loss scaling
+    fp32  float32                             float32, TF32 off (the reference)  no
+    tf32  float32                             TF32 tensor cores, float32 sums    no
+    fp16  float16                             float16 inputs, float32 sums       dynamic
+    bf16  bfloat16 (uint16 bits, see below)   bfloat16 inputs, float32 sums      no (float32's
+                                                                                 exponent range)
 
 What stays in float32 in the 16-bit modes, and why:
 - the optimizer's master weights (``minidl.optim``): an update lr * g smaller than half an ulp of a
