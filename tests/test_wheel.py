@@ -74,3 +74,9 @@ def test_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "wheel ok" in result.stdout
+    # docs/custom_op.md with the installed minidl: the user's .cu file in the user's own folder
+    from tests.test_docs import run_page
+
+    page = run_page("custom_op.md", python, tmp_path / "my_op", env)
+    assert page.returncode == 0, page.stderr[-3000:]
+    assert "emulated kernel ok" in page.stdout
