@@ -5,6 +5,7 @@ folder of the repository (``docs/x.md``, ``kernels/x.cu``, ``minidl/ops/pool.py`
 function named after a path as ``tests/reference.py::conv2d``, checks that the file defines it.
 Paths made at run time (``runs/...``, ``~/.cache/minidl/...``, ``/usr/share/...``) are not
 repository paths: they do not start with a top-level folder, or a ``/`` or ``~`` comes before them.
+This file itself is not scanned: its examples are broken on purpose.
 """
 
 import re
@@ -15,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUFFIXES = {".py", ".md", ".cu", ".cuh", ".h", ".toml", ".cfg"}
+SELF = "tests/test_pointers.py"
 
 # Paths that name something which is not in the checkout, on purpose.
 NOT_IN_THE_CHECKOUT = {
@@ -58,7 +60,7 @@ def broken_pointers(root: Path, files: list[str]) -> list[str]:
     a missing path or function. The top-level folders are those of the tracked files."""
     pattern = pointer_pattern({f.split("/")[0] for f in files if "/" in f})
     problems = []
-    for name in (f for f in files if Path(f).suffix in SUFFIXES):
+    for name in (f for f in files if Path(f).suffix in SUFFIXES and f != SELF):
         path = root / name
         if not path.is_file():
             continue  # deleted in the working tree but not yet in the index
@@ -72,7 +74,7 @@ def broken_pointers(root: Path, files: list[str]) -> list[str]:
                     problems.append(f"{name}:{number}: {target} does not exist")
                 elif function and not (where.is_file() and defines(where.read_text(), function)):
                     problems.append(f"{name}:{number}: {target} defines no {function}")
-    return problems
+    return list(dict.fromkeys(problems))  # a markdown link names its path twice on one line
 
 
 def test_every_repository_path_named_in_the_tree_exists():
@@ -105,3 +107,21 @@ def test_a_planted_broken_pointer_is_reported(tmp_path):
         "docs/page.md:4: docs/max_pool2d.md does not exist",
         "docs/page.md:5: tests/reference.py defines no max_pool2d_reference",
     ]
+
+
+def test_every_kernel_file_has_a_page_naming_it():
+    pages = {p.name: p.read_text() for p in (ROOT / "docs").glob("*.md")}
+    missing = [
+        f"kernels/{cu.name}"
+        for cu in sorted((ROOT / "kernels").glob("*.cu"))
+        if not any(f"kernels/{cu.name}" in text for text in pages.values())
+    ]
+    assert not missing, f"kernel files that no docs/*.md page names: {missing}"
+
+
+def test_every_page_and_notebook_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    docs = ROOT / "docs"
+    pages = sorted(docs.glob("*.md")) + sorted((docs / "notebooks").glob("*.py"))
+    missing = [str(p.relative_to(ROOT)) for p in pages if str(p.relative_to(ROOT)) not in readme]
+    assert not missing, f"pages the README's reading order does not reach: {missing}"
