@@ -4,11 +4,16 @@ Every op is a ``Function`` with a ``forward(ctx, *arrays, **params)`` that retur
 ``backward(ctx, dy)`` that returns one gradient per array input (``None`` where there is none).
 ``Function.apply`` runs forward on the tensors' arrays and, when any input needs a gradient,
 records a ``Node`` on the output. ``backward`` walks those nodes in reverse topological order.
+
+A forward may also return a Tensor, as a PyTorch ``Function``'s does: ``apply`` takes its array.
+An op that computes in floating point only sets ``dtype_kinds = "f"`` and ``apply`` refuses an
+integer or bool input by the op's name, never converting it silently.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import defaultdict
 
@@ -79,13 +84,16 @@ class Node:
 class Function:
     """Base class of every differentiable op."""
 
+    # The NumPy dtype kinds forward takes ("f": floating point only); None takes any dtype.
+    dtype_kinds: str | None = None
+
     @staticmethod
     def forward(ctx: Context, *args, **params):
-        raise NotImplementedError
+        raise NotImplementedError("a Function needs forward(ctx, *arrays) returning one array")
 
     @staticmethod
     def backward(ctx: Context, dy):
-        raise NotImplementedError
+        raise NotImplementedError("a Function needs backward(ctx, dy) for its gradients")
 
     @classmethod
     def apply(cls, *args, **params):
@@ -94,6 +102,8 @@ class Function:
         tensors = [a for a in args if isinstance(a, Tensor)]
         device = _common_device(cls.__name__, tensors)
         _check_float_dtypes(cls.__name__, tensors)
+        if cls.dtype_kinds is not None:
+            _check_dtype_kinds(cls, tensors)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = Context(device, needs)
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
@@ -105,6 +115,7 @@ class Function:
             entry = _profile[cls.__name__]
             entry[0] += _clock() - start
             entry[2] += 1
+        out = _output_array(cls, out)
         requires_grad = _grad_enabled and any(needs)
         result = Tensor._wrap(out, device, requires_grad)
         if requires_grad:
@@ -118,6 +129,40 @@ def _common_device(op: str, tensors) -> str:
     if len(devices) > 1:
         raise RuntimeError(f"{op}: all tensors must be on one device, got {sorted(devices)}")
     return devices.pop() if devices else "cpu"
+
+
+def op_name(fn: type) -> str:
+    """The public name of a Function's op: Conv2dFunction -> conv2d, LogSoftmaxFunction ->
+    log_softmax (what the user called, for error messages)."""
+    stem = fn.__name__.removesuffix("Function") or fn.__name__
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", stem).lower()
+
+
+def _check_dtype_kinds(fn: type, tensors) -> None:
+    for t in tensors:
+        if t.dtype.kind not in fn.dtype_kinds:
+            name = op_name(fn)
+            raise TypeError(
+                f"{name}: got a {t.dtype} tensor; {name} takes floating-point tensors (float32, "
+                "float64; float16 where its kernels have it), as in PyTorch: convert with "
+                ".float() or .double()"
+                if fn.dtype_kinds == "f"
+                else f"{name}: got a {t.dtype} tensor; {name} takes dtype kinds {fn.dtype_kinds!r}"
+            )
+
+
+def _output_array(fn: type, out):
+    """forward's result as an array (a Tensor gives its array); anything else is refused."""
+    from minidl.tensor import Tensor
+
+    if isinstance(out, Tensor):
+        return out.data
+    if hasattr(out, "shape") and hasattr(out, "dtype") and out.dtype != object:
+        return out
+    raise TypeError(
+        f"{fn.__name__}.forward must return one array (NumPy or CuPy) or Tensor, "
+        f"got {type(out).__name__}"
+    )
 
 
 def _check_float_dtypes(op: str, tensors) -> None:
@@ -161,6 +206,11 @@ def backward(root, grad) -> None:
             total = dy if previous is None else previous.data + dy
             tensor._grad = Tensor._wrap(total, tensor.device, False)
             continue
+        if node.fn.backward is Function.backward:
+            raise NotImplementedError(
+                f"{node.fn.__name__} has no backward(ctx, dy): define it as a @staticmethod "
+                "returning d loss / d input for each input (None where there is none)"
+            )
         if _profile is None:
             input_grads = node.fn.backward(node.ctx, dy)
         else:
@@ -172,6 +222,8 @@ def backward(root, grad) -> None:
         for parent, dx in zip(node.inputs, input_grads):
             if parent is None or dx is None or not parent.requires_grad:
                 continue
+            if isinstance(dx, Tensor):  # a backward written with Tensors, as in PyTorch
+                dx = dx.data
             if dx.shape != parent.shape:
                 raise RuntimeError(
                     f"{node.fn.__name__}.backward returned a gradient of shape {dx.shape} "

@@ -234,7 +234,13 @@ def _module(file):
 def launch(file: str | Path, kernel: str, dtype, grid, block, args) -> None:
     """Run ``kernel<T>`` from ``kernels/<file>.cu`` (or from a ``.cu`` path of your own) over
     ``grid`` x ``block`` threads."""
-    name = f"{kernel}<{CTYPES[np.dtype(dtype)]}>"
+    ctype = CTYPES.get(np.dtype(dtype))
+    if ctype is None:  # e.g. an integer tensor reaching a floating-point kernel
+        raise TypeError(
+            f"{kernel} ({file}): no kernel instance for dtype {np.dtype(dtype)}; it is compiled "
+            f"for {', '.join(str(d) for d in CTYPES)}"
+        )
+    name = f"{kernel}<{ctype}>"
     module = _module(file)
     if backend.emulating():
         module.launch(name, tuple(grid), tuple(block), tuple(args))

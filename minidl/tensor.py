@@ -4,6 +4,21 @@ This is the user's face of the engine: construction, conversion, ``backward()`` 
 operators. Each operator calls a small ``Function`` (forward and backward side by side) in
 ``minidl/ops/tensor_ops.py``; the layers with CUDA kernels of our own live beside it in
 ``minidl/ops``. ``docs/autograd.md`` traces one expression through the graph.
+
+PyTorch's semantics where a user's habits reach (``tests/test_semantics.py`` checks each):
+
+- dtypes: ``tensor()`` keeps an array's dtype (float16 stays float16) and makes Python floats
+  float32. An op that cannot take a dtype refuses it by name (``Function.dtype_kinds``).
+- type promotion, by category bool < integer < floating point: a Python number takes the
+  tensor's dtype unless its category is higher, then the category's default dtype (int tensor
+  + 1 stays int64, int tensor + 0.5 is float32, float16 tensor * 0.5 stays float16); an integer
+  tensor beside a float tensor takes the float's dtype; ``/`` of integers is float32. Two
+  different floating-point dtypes are refused by name, where PyTorch would widen to the larger:
+  float32 meeting float64 is most often a mistake that doubles memory (use ``.double()``).
+- dims: in [-ndim, ndim - 1], else PyTorch's ``IndexError: Dimension out of range``; a 0-d
+  tensor takes dims 0 and -1. ``mean`` over an empty dim is NaN (0 / 0).
+- indexing: integers select first, then index arrays (``x[0, :, [1, 2]]`` is (3, 2) on a
+  (2, 3, 4) tensor, where NumPy would give (2, 3)); see ``torch_index`` in tensor_ops.py.
 """
 
 from __future__ import annotations
@@ -31,6 +46,8 @@ from minidl.ops.tensor_ops import (
     Sub,
     Sum,
     ToDevice,
+    dim_index,
+    dim_tuple,
 )
 
 DEFAULT_DTYPE = np.float32
@@ -45,10 +62,16 @@ class Tensor:
             data = data.data
         from_array = hasattr(data, "dtype")
         array = backend.move(data, device)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(
+                f"tensor: data must be booleans, integers or floats, got dtype {array.dtype}"
+                + (" (a list of Tensors? stack their .numpy())" if array.dtype == object else "")
+            )
         if dtype is not None:
             array = array.astype(dtype, copy=False)
-        elif array.dtype.kind == "f" and not (from_array and array.dtype == np.float64):
-            # Python floats become float32 (as in PyTorch); a float64 array keeps its precision.
+        elif array.dtype.kind == "f" and not from_array:
+            # Python floats become float32 (as in PyTorch); an array keeps its float dtype
+            # (float16 and float64 included), as torch.tensor(array) does.
             array = array.astype(DEFAULT_DTYPE, copy=False)
         if requires_grad and array.dtype.kind != "f":
             raise TypeError(f"requires_grad needs a floating-point dtype, got {array.dtype}")
@@ -190,52 +213,83 @@ class Tensor:
         backward(self, grad)
 
     # ---- math --------------------------------------------------------------------------------
-    def _other(self, value) -> Tensor:
-        if isinstance(value, Tensor):
-            return value
-        if isinstance(value, numbers.Number):
-            xp = backend.xp(self.device)
-            return Tensor._wrap(xp.asarray(value, dtype=self.dtype), self.device, False)
-        return Tensor(value, dtype=self.dtype, device=self.device)
+    def _promote(self, other) -> tuple[Tensor, Tensor]:
+        """(self, other) as two tensors, promoted as PyTorch does (see the module docstring)."""
+        if isinstance(other, Tensor):
+            mine, theirs = _CATEGORY[self.dtype.kind], _CATEGORY[other.dtype.kind]
+            if mine == _FLOAT and theirs < _FLOAT:
+                return self, other.astype(self.dtype)
+            if theirs == _FLOAT and mine < _FLOAT:
+                return self.astype(other.dtype), other
+            return self, other
+        xp = backend.xp(self.device)
+        if isinstance(other, numbers.Number):
+            category = _scalar_category(other)
+            a = self
+            if category > _CATEGORY[self.dtype.kind]:
+                a = self.astype(_DEFAULT_OF_CATEGORY[category])
+            # astype after asarray: a negative int wraps into an unsigned dtype, as in PyTorch
+            value = xp.asarray(other).astype(a.dtype, copy=False)
+            return a, Tensor._wrap(value, self.device, False)
+        return self, Tensor(other, dtype=self.dtype, device=self.device)
 
     def __add__(self, other):
-        return Add.apply(self, self._other(other))
+        a, b = self._promote(other)
+        return Add.apply(a, b)
 
     def __radd__(self, other):
-        return Add.apply(self._other(other), self)
+        a, b = self._promote(other)
+        return Add.apply(b, a)
 
     def __sub__(self, other):
-        return Sub.apply(self, self._other(other))
+        a, b = self._promote(other)
+        return Sub.apply(a, b)
 
     def __rsub__(self, other):
-        return Sub.apply(self._other(other), self)
+        a, b = self._promote(other)
+        return Sub.apply(b, a)
 
     def __mul__(self, other):
-        return Mul.apply(self, self._other(other))
+        a, b = self._promote(other)
+        return Mul.apply(a, b)
 
     def __rmul__(self, other):
-        return Mul.apply(self._other(other), self)
+        a, b = self._promote(other)
+        return Mul.apply(b, a)
+
+    def _true_divide_operands(self, other) -> tuple[Tensor, Tensor]:
+        # "/" is true division: integers (and bools) divide in the default float dtype
+        a, b = self._promote(other)
+        if a.dtype.kind != "f":
+            a, b = a.astype(DEFAULT_DTYPE), b.astype(DEFAULT_DTYPE)
+        return a, b
 
     def __truediv__(self, other):
-        return Div.apply(self, self._other(other))
+        a, b = self._true_divide_operands(other)
+        return Div.apply(a, b)
 
     def __rtruediv__(self, other):
-        return Div.apply(self._other(other), self)
+        a, b = self._true_divide_operands(other)
+        return Div.apply(b, a)
 
     def __neg__(self):
         return Neg.apply(self)
 
     def __pow__(self, other):
-        return Pow.apply(self, self._other(other))
+        a, b = self._promote(other)
+        return Pow.apply(a, b)
 
     def __rpow__(self, other):
-        return Pow.apply(self._other(other), self)
+        a, b = self._promote(other)
+        return Pow.apply(b, a)
 
     def __matmul__(self, other):
-        return MatMul.apply(self, self._other(other))
+        a, b = self._promote(other)
+        return MatMul.apply(a, b)
 
     def __rmatmul__(self, other):
-        return MatMul.apply(self._other(other), self)
+        a, b = self._promote(other)
+        return MatMul.apply(b, a)
 
     def __getitem__(self, index):
         if isinstance(index, Tensor):
@@ -275,25 +329,34 @@ class Tensor:
     def log(self):
         return Log.apply(self)
 
-    # Reductions take NumPy's (axis, keepdims) or PyTorch's (dim, keepdim) names.
+    # Reductions take NumPy's (axis, keepdims) or PyTorch's (dim, keepdim) names, and PyTorch's
+    # dims (``dim_tuple``: out of range is an IndexError, a 0-d tensor takes 0 and -1).
     def sum(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
         axis, keepdims = _reduction_args(axis, keepdims, dim, keepdim)
-        return Sum.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+        return Sum.apply(self, axis=dim_tuple(axis, self.ndim), keepdims=keepdims)
 
     def mean(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
+        """sum / count; over an empty dim that is 0 / 0 = NaN, as in PyTorch."""
+        if self.dtype.kind != "f":
+            raise TypeError(
+                f"mean: needs a floating-point tensor, got {self.dtype} (as in PyTorch; "
+                "use .float() or .double() first)"
+            )
         axis, keepdims = _reduction_args(axis, keepdims, dim, keepdim)
-        axes = _axes(axis, self.ndim)
+        axes = dim_tuple(axis, self.ndim)
         count = self.numel() if axes is None else int(np.prod([self.shape[a] for a in axes]))
-        return self.sum(axis, keepdims) * (1.0 / count)
+        return self.sum(axes, keepdims) * (1.0 / count if count else float("nan"))
 
     def max(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
         """The maximum values (ties share the gradient); unlike torch.max(dim), no indices."""
         axis, keepdims = _reduction_args(axis, keepdims, dim, keepdim)
-        return Max.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+        return Max.apply(self, axis=dim_tuple(axis, self.ndim), keepdims=keepdims)
 
     def argmax(self, axis=None, *, dim=None) -> Tensor:
         xp = backend.xp(self.device)
         axis = dim if dim is not None else axis
+        if axis is not None:
+            axis = dim_index(axis, self.ndim) if self.ndim else None
         return Tensor._wrap(xp.argmax(self.data, axis=axis), self.device, False)
 
     def reshape(self, *shape):
@@ -304,17 +367,26 @@ class Tensor:
     view = reshape
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
-        start, end = start_dim % self.ndim, end_dim % self.ndim
+        """Dims start_dim..end_dim as one; a 0-d tensor becomes shape (1,), as in PyTorch."""
+        start, end = dim_index(start_dim, self.ndim), dim_index(end_dim, self.ndim)
+        if start > end:
+            raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+        if self.ndim == 0:
+            return self.reshape(1)
         return self.reshape(self.shape[:start] + (-1,) + self.shape[end + 1 :])
 
     def permute(self, *dims):
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
             dims = tuple(dims[0])
-        if sorted(d % self.ndim for d in dims) != list(range(self.ndim)):
+        axes = tuple(dim_index(d, self.ndim) for d in dims)
+        if sorted(axes) != list(range(self.ndim)):
             raise ValueError(f"permute: dims {dims} are not a permutation of {self.ndim} axes")
-        return Permute.apply(self, dims=tuple(d % self.ndim for d in dims))
+        return Permute.apply(self, dims=axes)
 
     def transpose(self, dim0: int = 0, dim1: int = 1):
+        dim0, dim1 = dim_index(dim0, self.ndim), dim_index(dim1, self.ndim)
+        if self.ndim == 0:
+            return self.reshape(())  # a 0-d tensor's only "dim" is 0 (PyTorch returns it as is)
         dims = list(range(self.ndim))
         dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
         return Permute.apply(self, dims=tuple(dims))
@@ -328,12 +400,21 @@ def _reduction_args(axis, keepdims, dim, keepdim):
     return (dim if dim is not None else axis), (keepdim if keepdim is not None else keepdims)
 
 
-def _axes(axis, ndim: int) -> tuple[int, ...] | None:
-    if axis is None:
-        return None
-    if isinstance(axis, int):
-        axis = (axis,)
-    return tuple(a % ndim for a in axis)
+# Type promotion (PyTorch's): dtype kinds in categories bool < integer < floating point, and
+# the dtype a Python number of a higher category makes.
+_BOOL, _INT, _FLOAT = 0, 1, 2
+_CATEGORY = {"b": _BOOL, "u": _INT, "i": _INT, "f": _FLOAT}
+_DEFAULT_OF_CATEGORY = {_INT: np.int64, _FLOAT: DEFAULT_DTYPE}
+
+
+def _scalar_category(value) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        return _BOOL
+    if isinstance(value, numbers.Integral):
+        return _INT
+    if isinstance(value, numbers.Real):
+        return _FLOAT
+    raise TypeError(f"minidl tensors are real-valued; got the number {value!r}")
 
 
 def tensor(data, requires_grad: bool = False, dtype=None, device: str = "cpu") -> Tensor:

@@ -7,7 +7,15 @@ import numpy as np
 from minidl import functional as F
 from minidl.nn import init
 from minidl.nn.module import Module, Parameter
+from minidl.ops._checks import pair
 from minidl.ops.lrn import check_size
+
+
+def _check_sizes(layer: str, **sizes) -> None:
+    """Each size a positive int, checked at construction (a 0 would fail later, far away)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
 
 
 class Conv2d(Module):
@@ -25,12 +33,13 @@ class Conv2d(Module):
         dtype=np.float32,
     ):
         super().__init__()
+        _check_sizes("Conv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"Conv2d: in_channels {in_channels} and out_channels {out_channels} must both be "
                 f"divisible by groups={groups}"
             )
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        kh, kw = pair("Conv2d", "kernel_size", kernel_size, minimum=1)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = (kh, kw), stride, padding, groups
         fan_in = in_channels // groups * kh * kw
@@ -57,6 +66,7 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32):
         super().__init__()
+        _check_sizes("Linear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(np.zeros((out_features, in_features), dtype))
         init.default_uniform_(self.weight, in_features)

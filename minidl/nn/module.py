@@ -131,7 +131,9 @@ class Module:
         return OrderedDict((name, p.numpy().copy()) for name, p in self.named_state())
 
     def load_state_dict(self, state) -> None:
-        """Copy NumPy arrays into the parameters; names and shapes must match exactly."""
+        """Copy NumPy arrays (or Tensors, as a PyTorch state dict holds) into the parameters;
+        names and shapes must match exactly."""
+        state = {k: v.numpy() if isinstance(v, Tensor) else v for k, v in state.items()}
         own = OrderedDict(self.named_state())  # parameters and buffers
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]

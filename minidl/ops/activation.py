@@ -79,7 +79,7 @@ def bias_relu_forward_cuda(x, b):
         x.dtype,
         cuda.grid_for(x.size),
         (cuda.THREADS,),
-        (x, b, y, cuda.i64(x.size), *cuda.i32(c, x.size // (n * c))),
+        (x, b, y, cuda.i64(x.size), *cuda.i32(c, x.size // max(n * c, 1))),  # N may be 0
     )
     return y
 
@@ -94,7 +94,8 @@ class ReLUFunction(Function):
     @staticmethod
     def forward(ctx, x):
         if ctx.device == "cuda":
-            y = relu_forward_cuda(backend.xp("cuda").ascontiguousarray(x))
+            # ascontiguousarray makes a 0-d array (1,): give y x's shape back
+            y = relu_forward_cuda(backend.xp("cuda").ascontiguousarray(x)).reshape(x.shape)
         else:
             y = relu_forward_numpy(x)
         ctx.save(y)
@@ -104,7 +105,8 @@ class ReLUFunction(Function):
     def backward(ctx, dy):
         (y,) = ctx.saved
         if ctx.device == "cuda":
-            return relu_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), y)
+            dx = relu_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), y)
+            return dx.reshape(dy.shape)
         return relu_backward_numpy(dy, y)
 
 

@@ -112,6 +112,8 @@ def dropout_backward_cuda(dy, key, p):
 
 # ---- autograd ------------------------------------------------------------------------------------
 class DropoutFunction(Function):
+    dtype_kinds = "f"  # an integer x would be truncated by the 1 / (1 - p) scale
+
     @staticmethod
     def forward(ctx, x, p, key, mask):
         # x: any shape -> y: same shape
@@ -121,9 +123,10 @@ class DropoutFunction(Function):
             ctx.save(m, None, p)
             return x * m
         if ctx.device == "cuda":
+            shape = x.shape  # ascontiguousarray makes a 0-d array (1,): give y x's shape back
             x = backend.xp("cuda").ascontiguousarray(x)
             ctx.save(None, key, p)  # backward regenerates the mask from the key
-            return dropout_forward_cuda(x, key, p)
+            return dropout_forward_cuda(x, key, p).reshape(shape)
         m = dropout_mask_numpy(key, x.shape, p).astype(x.dtype) * x.dtype.type(scale)
         ctx.save(m, None, p)
         return x * m
@@ -133,7 +136,8 @@ class DropoutFunction(Function):
         m, key, p = ctx.saved
         if m is not None:
             return dy * m
-        return dropout_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p)
+        dx = dropout_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p)
+        return dx.reshape(dy.shape)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None) -> Tensor:

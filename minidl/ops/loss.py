@@ -18,6 +18,7 @@ import numpy as np
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
+from minidl.ops.tensor_ops import dim_index
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
@@ -121,6 +122,8 @@ def cross_entropy(logits: Tensor, target) -> Tensor:
 
 
 class LogSoftmaxFunction(Function):
+    dtype_kinds = "f"
+
     @staticmethod
     def forward(ctx, z, dim):
         xp = backend.xp(ctx.device)
@@ -139,6 +142,8 @@ class LogSoftmaxFunction(Function):
 
 
 class SoftmaxFunction(Function):
+    dtype_kinds = "f"
+
     @staticmethod
     def forward(ctx, z, dim):
         xp = backend.xp(ctx.device)
@@ -156,9 +161,15 @@ class SoftmaxFunction(Function):
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     require_tensor("log_softmax", "x", x)
-    return LogSoftmaxFunction.apply(x, dim=dim % x.ndim)
+    if x.ndim == 0:  # a 0-d tensor takes dim 0 or -1 (PyTorch): one class, log-probability 0
+        dim_index(dim, 0)
+        return log_softmax(x.reshape(1)).reshape(())
+    return LogSoftmaxFunction.apply(x, dim=dim_index(dim, x.ndim))
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     require_tensor("softmax", "x", x)
-    return SoftmaxFunction.apply(x, dim=dim % x.ndim)
+    if x.ndim == 0:  # a 0-d tensor takes dim 0 or -1 (PyTorch): one class, probability 1
+        dim_index(dim, 0)
+        return softmax(x.reshape(1)).reshape(())
+    return SoftmaxFunction.apply(x, dim=dim_index(dim, x.ndim))

@@ -72,7 +72,7 @@ def local_response_norm_backward_numpy(db, a, b, s, p, size, alpha, beta):
 # ---- CUDA (kernels/lrn.cu) -----------------------------------------------------------------------
 def local_response_norm_forward_cuda(a, size, alpha, beta, k):
     n, c = a.shape[:2]
-    plane = a.size // (n * c)
+    plane = a.size // max(n * c, 1)  # an empty batch (N = 0) launches no work
     xp = backend.xp("cuda")
     b = xp.empty_like(a)
     s = xp.empty(a.shape, dtype=cuda.accumulator(a.dtype))  # float32 for 16-bit a (lrn.cu)
@@ -89,7 +89,7 @@ def local_response_norm_forward_cuda(a, size, alpha, beta, k):
 
 def local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta):
     n, c = a.shape[:2]
-    plane = a.size // (n * c)
+    plane = a.size // max(n * c, 1)  # an empty batch (N = 0) launches no work
     da = backend.xp("cuda").empty_like(a)
     cuda.launch(
         "lrn",
@@ -113,6 +113,8 @@ def local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta):
 
 # ---- autograd ------------------------------------------------------------------------------------
 class LocalResponseNormFunction(Function):
+    dtype_kinds = "f"
+
     @staticmethod
     def forward(ctx, a, size, alpha, beta, k):
         # a: (N, C, H, W) -> b: (N, C, H, W)

@@ -13,6 +13,8 @@ back down to the input's shape (``docs/autograd.md`` traces one expression throu
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from minidl import backend
@@ -27,6 +29,42 @@ def unbroadcast(grad, shape: tuple[int, ...]):
         if size == 1 and grad.shape[axis] != 1:
             grad = grad.sum(axis=axis, keepdims=True)
     return grad
+
+
+# ---- dims, as PyTorch takes them -----------------------------------------------------------------
+def dim_index(dim, ndim: int) -> int:
+    """One dim in [-ndim, ndim - 1] -> [0, ndim); a 0-d tensor takes 0 and -1, as in PyTorch.
+
+    Out of range is PyTorch's IndexError, never NumPy's silent wrap-around (``dim % ndim``).
+    """
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"dim must be an int, got {dim!r}")
+    low, high = -max(ndim, 1), max(ndim, 1) - 1
+    if not low <= dim <= high:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{low}, {high}], but got {dim})"
+        )
+    return int(dim) % max(ndim, 1)
+
+
+def dim_tuple(dims, ndim: int) -> tuple[int, ...] | None:
+    """Reduction dims (None, an int or a sequence) as sorted axes; None means every axis.
+
+    As in PyTorch, an empty sequence also means every axis, a repeated dim is an error, and a
+    0-d tensor's dims 0 and -1 name no axis at all (the reduction is the identity).
+    """
+    if dims is None:
+        return None
+    if isinstance(dims, numbers.Integral):
+        dims = (dims,)
+    dims = tuple(dims)
+    if not dims:
+        return None
+    axes = [dim_index(d, ndim) for d in dims]
+    for axis in axes:
+        if axes.count(axis) > 1:
+            raise RuntimeError(f"dim {axis} appears multiple times in the list of dims")
+    return tuple(sorted(axes)) if ndim > 0 else ()
 
 
 def _broadcast_shape(op: str, a, b) -> None:
@@ -106,12 +144,17 @@ class Neg(Function):
         return -dy
 
 
-# y = a^b: dy/da = b a^(b-1), dy/db = a^b log a
+# y = a^b: dy/da = b a^(b-1), dy/db = a^b log a, with PyTorch's values at the singular points
+# (pow_backward_self and pow_backward_exponent in its FunctionsManual.cpp):
+#   dy/da = 0 where b == 0 (d(a^0)/da, even at a = 0 where b a^(b-1) would be 0 * inf = NaN);
+#   dy/db = 0 where a == 0 and b >= 0 (the limit as b -> +0); -inf at a == 0, b < 0;
+#   NaN for a < 0 (log a), as the real-valued derivative does not exist there.
 class Pow(Function):
     @staticmethod
     def forward(ctx, a, b):
         _broadcast_shape("pow", a, b)
-        y = a**b
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0^-1 = inf, (-1)^0.5 = NaN
+            y = a**b
         ctx.save(a, b, y)
         return y
 
@@ -119,12 +162,14 @@ class Pow(Function):
     def backward(ctx, dy):
         a, b, y = ctx.saved
         xp = backend.xp(ctx.device)
-        da = unbroadcast(dy * b * a ** (b - 1), a.shape)
-        db = None
-        if ctx.needs_input_grad[1]:
-            # y = a^b: dy/db = a^b log a (only defined for a > 0; 0 where a == 0, as PyTorch)
-            log_a = xp.log(xp.where(a > 0, a, 1))
-            db = unbroadcast(dy * y * log_a, b.shape)
+        zero = xp.zeros((), dtype=dy.dtype)
+        da = db = None
+        with np.errstate(divide="ignore", invalid="ignore"):  # inf and NaN are the answers here
+            if ctx.needs_input_grad[0]:
+                da = unbroadcast(dy * xp.where(b == 0, zero, b * a ** (b - 1)), a.shape)
+            if ctx.needs_input_grad[1]:
+                singular = (a == 0) & (b >= 0)
+                db = unbroadcast(dy * xp.where(singular, zero, y * xp.log(a)), b.shape)
         return da, db
 
 
@@ -210,6 +255,8 @@ class Sum(Function):
 class Max(Function):
     @staticmethod
     def forward(ctx, a, axis, keepdims):
+        if a.size == 0 and (axis is None or any(a.shape[i] == 0 for i in axis)):
+            raise IndexError("max: cannot reduce over a dimension of size 0 (no maximum exists)")
         y = a.max(axis=axis, keepdims=True)
         ctx.save(a, y, axis, keepdims)
         return y if keepdims else (y.squeeze(axis) if axis is not None else y.reshape(()))
@@ -255,19 +302,73 @@ class Permute(Function):
         return dy.transpose(np.argsort(dims))
 
 
+def _is_integer(i) -> bool:
+    """A Python or NumPy integer, or a 0-d integer array: PyTorch selects with it (no new dim)."""
+    if isinstance(i, (bool, np.bool_)):
+        return False
+    if isinstance(i, numbers.Integral):
+        return True
+    return getattr(i, "ndim", None) == 0 and i.dtype.kind in "iu"
+
+
+def _is_advanced(i) -> bool:
+    return isinstance(i, list) or getattr(i, "ndim", 0) > 0
+
+
+def torch_index(index, ndim: int) -> tuple[tuple, tuple | None]:
+    """Split ``index`` into (basic, advanced) with ``a[basic][advanced]`` ordered as PyTorch does.
+
+    PyTorch applies integer indices first (each selects and removes its dim) and then the index
+    arrays; NumPy counts an integer as one more index array. The two agree except when a slice
+    separates an integer from an index array: ``x[0, :, [1, 2]]`` on (2, 3, 4) is (3, 2) in
+    PyTorch, but NumPy moves the "advanced" dims to the front, (2, 3). So when an index mixes
+    integers and arrays, apply the integers (with the slices and Nones, a view) first. Returns
+    (index, None) when NumPy's order is PyTorch's already.
+    """
+    index = index if isinstance(index, tuple) else (index,)
+    index = tuple(int(i) if _is_integer(i) else i for i in index)
+    has_int = any(isinstance(i, int) and not isinstance(i, bool) for i in index)
+    if not (has_int and any(_is_advanced(i) for i in index)) or any(
+        isinstance(i, (bool, np.bool_)) for i in index
+    ):
+        return index, None
+
+    def consumed(i):  # how many of the array's dims an entry indexes
+        if i is None:
+            return 0
+        if _is_advanced(i):
+            mask = np.asarray(i) if isinstance(i, list) else i
+            return mask.ndim if mask.dtype == bool else 1
+        return 1
+
+    ellipsis = [k for k, i in enumerate(index) if i is Ellipsis]  # "in" would compare arrays
+    if ellipsis:
+        at = ellipsis[0]
+        rest = index[:at] + index[at + 1 :]
+        fill = (slice(None),) * (ndim - sum(consumed(i) for i in rest))
+        index = index[:at] + fill + index[at + 1 :]
+    basic = tuple(slice(None) if _is_advanced(i) else i for i in index)
+    advanced = tuple(i if _is_advanced(i) else slice(None) for i in index if not isinstance(i, int))
+    return basic, advanced
+
+
 # y = a[index]: the gradient scatters dy back to the indexed places (zero elsewhere)
 class GetItem(Function):
     @staticmethod
     def forward(ctx, a, index):
-        ctx.save(a.shape, a.dtype, index)
-        return a[index]
+        basic, advanced = torch_index(index, a.ndim)
+        ctx.save(a.shape, a.dtype, basic, advanced)
+        return a[basic] if advanced is None else a[basic][advanced]
 
     @staticmethod
     def backward(ctx, dy):
-        shape, dtype, index = ctx.saved
+        shape, dtype, basic, advanced = ctx.saved
         xp = backend.xp(ctx.device)
         dx = xp.zeros(shape, dtype=dtype)
-        xp.add.at(dx, index, dy)  # add.at: repeated indices each get their share
+        if advanced is None:
+            xp.add.at(dx, basic, dy)  # add.at: repeated indices each get their share
+        else:
+            xp.add.at(dx[basic], advanced, dy)  # dx[basic] is a view: basic indices only
         return dx
 
 
@@ -296,11 +397,13 @@ class MatMul(Function):
         # Treat vectors as matrices (a row for a, a column for b), as matmul does.
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
+        # dy gets back the dims matmul removed: b's column (last) first, then a's row, so that
+        # the dot product of two vectors (dy is 0-d) becomes (1, 1)
         dy2 = dy
-        if a.ndim == 1:
-            dy2 = xp.expand_dims(dy2, -2)
         if b.ndim == 1:
             dy2 = xp.expand_dims(dy2, -1)
+        if a.ndim == 1:
+            dy2 = xp.expand_dims(dy2, -2)
         da = dy2 @ xp.swapaxes(b2, -1, -2)
         db = xp.swapaxes(a2, -1, -2) @ dy2
         da = unbroadcast(da, a2.shape).reshape(a.shape)

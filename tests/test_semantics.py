@@ -1,0 +1,483 @@
+"""PyTorch's semantics at the edges a user's habits reach: dims, 0-d tensors, empty axes, type
+promotion with Python scalars, pow at its singular points, advanced indexing, dtypes.
+
+Each test is named after the PyTorch behaviour it checks and compares with PyTorch in float64
+where PyTorch has the behaviour; ops with a GPU branch run on both devices (the GPU branch under
+the kernel emulator).
+"""
+
+import numpy as np
+import pytest
+
+import minidl as mdl
+import minidl.functional as F
+from minidl import nn
+from minidl.autograd import Function
+from minidl.ops.activation import bias_relu
+from tests.helpers import forward_backward, random, torch_forward_backward
+
+torch = pytest.importorskip("torch")
+
+DEVICES = ["cpu", "cuda"]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request, monkeypatch):
+    """Both branches of an op: "cuda" runs the GPU branch under the kernel emulator."""
+    if request.param == "cuda":
+        monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    return request.param
+
+
+def assert_same(ours, expected, what=""):
+    """Values (NaN and inf where PyTorch has them) and shapes equal to PyTorch's in float64."""
+    ours, expected = np.asarray(ours), np.asarray(expected)
+    assert ours.shape == expected.shape, f"{what}: shape {ours.shape}, PyTorch {expected.shape}"
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12, err_msg=what)
+
+
+def compare_with_torch(ours_fn, torch_fn, arrays, device="cpu"):
+    """Forward and every input gradient of ours_fn against torch_fn, in float64."""
+    y, grads = forward_backward(ours_fn, arrays, device=device)
+    y_ref, grads_ref = torch_forward_backward(torch, torch_fn, arrays)
+    assert_same(y, y_ref, "forward")
+    for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
+        assert_same(g, g_ref, f"gradient of input {i}")
+
+
+# ---- matmul --------------------------------------------------------------------------------------
+MATMUL_SHAPES = [
+    pytest.param((3,), (3,), id="1d@1d-is-0d"),
+    pytest.param((3,), (3, 4), id="1d@2d"),
+    pytest.param((2, 3), (3,), id="2d@1d"),
+    pytest.param((5, 2, 3), (3,), id="batched@1d"),
+    pytest.param((3,), (5, 3, 4), id="1d@batched"),
+    pytest.param((5, 2, 3), (3, 4), id="batched@2d"),
+    pytest.param((2, 3), (5, 3, 4), id="2d@batched"),
+    pytest.param((5, 1, 2, 3), (4, 3, 2), id="broadcast-batches"),
+]
+
+
+@pytest.mark.parametrize("a_shape, b_shape", MATMUL_SHAPES)
+def test_matmul_follows_torch_matmul_for_vectors_and_batches(a_shape, b_shape):
+    compare_with_torch(
+        lambda a, b: a @ b, lambda a, b: a @ b, [random(a_shape), random(b_shape, 1)]
+    )
+
+
+# ---- dims ----------------------------------------------------------------------------------------
+OUT_OF_RANGE = [
+    pytest.param(lambda x: x.sum(3), 3, id="sum"),
+    pytest.param(lambda x: x.sum(-4), -4, id="sum-negative"),
+    pytest.param(lambda x: x.sum(dim=(0, 3)), 3, id="sum-tuple"),
+    pytest.param(lambda x: x.mean(3), 3, id="mean"),
+    pytest.param(lambda x: x.max(3), 3, id="max"),
+    pytest.param(lambda x: x.argmax(3), 3, id="argmax"),
+    pytest.param(lambda x: x.flatten(3), 3, id="flatten"),
+    pytest.param(lambda x: x.transpose(0, 3), 3, id="transpose"),
+    pytest.param(lambda x: x.permute(0, 1, 3), 3, id="permute"),
+    pytest.param(lambda x: F.softmax(x, 3), 3, id="softmax"),
+    pytest.param(lambda x: F.log_softmax(x, -4), -4, id="log_softmax"),
+]
+
+
+@pytest.mark.parametrize("fn, got", OUT_OF_RANGE)
+def test_dim_out_of_range_raises_index_error_as_torch(fn, got):
+    message = f"Dimension out of range (expected to be in range of [-3, 2], but got {got})"
+    with pytest.raises(IndexError) as theirs:
+        torch.tensor(random((2, 3, 4))).sum(got)
+    assert str(theirs.value) == message
+    with pytest.raises(IndexError) as ours:
+        fn(mdl.tensor(random((2, 3, 4))))
+    assert message in str(ours.value)
+
+
+def test_a_dim_repeated_in_a_reduction_raises_as_torch():
+    x = mdl.tensor(random((2, 3, 4)))
+    with pytest.raises(RuntimeError, match="dim 0 appears multiple times in the list of dims"):
+        x.sum((0, -3))
+    with pytest.raises(RuntimeError, match="dim 0 appears multiple times"):
+        torch.tensor(random((2, 3, 4))).sum((0, -3))
+
+
+SCALAR_OPS = [
+    pytest.param(lambda s: s.sum(0), id="sum(0)"),
+    pytest.param(lambda s: s.sum(-1), id="sum(-1)"),
+    pytest.param(lambda s: s.sum(dim=0, keepdim=True), id="sum(0,keepdim)"),
+    pytest.param(lambda s: s.mean(0), id="mean(0)"),
+    pytest.param(lambda s: s.flatten() * 3.0, id="flatten"),
+    pytest.param(lambda s: s.transpose(0, -1) * 3.0, id="transpose(0,-1)"),
+    pytest.param(lambda s: s.permute(()) * 3.0, id="permute(())"),
+]
+
+
+@pytest.mark.parametrize("fn", SCALAR_OPS)
+def test_0d_tensor_accepts_dims_0_and_minus_1_as_torch(fn, device):
+    compare_with_torch(fn, fn, [np.array(1.5)], device)
+
+
+def test_0d_tensor_max_over_dim_0_as_torch_amax(device):
+    compare_with_torch(lambda s: s.max(-1), lambda s: s.amax(-1), [np.array(1.5)], device)
+
+
+SCALAR_LAYERS = [
+    pytest.param(lambda s: F.softmax(s, 0), lambda s: torch.softmax(s, 0), id="softmax(0)"),
+    pytest.param(lambda s: F.softmax(s, -1), lambda s: torch.softmax(s, -1), id="softmax(-1)"),
+    pytest.param(
+        lambda s: F.log_softmax(s, 0), lambda s: torch.log_softmax(s, 0), id="log_softmax"
+    ),
+    pytest.param(F.relu, torch.relu, id="relu"),
+    pytest.param(
+        lambda s: F.dropout(s, 0.5, mask=np.array(True)),
+        lambda s: s * 2.0,
+        id="dropout-mask",
+    ),
+]
+
+
+@pytest.mark.parametrize("ours, theirs", SCALAR_LAYERS)
+def test_0d_tensor_through_layers_keeps_shape_as_torch(ours, theirs, device):
+    compare_with_torch(ours, theirs, [np.array(1.5)], device)
+
+
+def test_0d_dropout_keeps_its_shape_on_both_branches(device):
+    s = mdl.tensor(np.array(1.5), requires_grad=True, device=device)
+    y = F.dropout(s, 0.5)
+    assert y.shape == () == tuple(torch.nn.functional.dropout(torch.tensor(1.5)).shape)
+    assert y.item() in (0.0, 3.0)
+    y.backward()
+    assert s.grad.shape == () and s.grad.item() == y.item() / 1.5
+
+
+def test_softmax_dim_out_of_range_on_a_0d_tensor_raises_as_torch():
+    with pytest.raises(IndexError, match=r"range of \[-1, 0\], but got 1"):
+        F.softmax(mdl.tensor(np.array(1.5)), 1)
+    with pytest.raises(IndexError, match=r"range of \[-1, 0\], but got 1"):
+        torch.softmax(torch.tensor(1.5), 1)
+
+
+def test_flatten_start_after_end_raises_as_torch():
+    with pytest.raises(RuntimeError, match="start_dim cannot come after end_dim"):
+        mdl.tensor(random((2, 3))).flatten(1, 0)
+
+
+# ---- empty axes ----------------------------------------------------------------------------------
+EMPTY = [
+    pytest.param((0, 3), 0, id="(0,3)-dim0"),
+    pytest.param((0, 3), 1, id="(0,3)-dim1"),
+    pytest.param((0, 3), None, id="(0,3)-all"),
+    pytest.param((2, 0, 3), (0, 1), id="(2,0,3)-dims01"),
+]
+
+
+@pytest.mark.parametrize("shape, dim", EMPTY)
+def test_mean_over_an_empty_dim_is_nan_as_torch(shape, dim, device):
+    x = np.ones(shape)
+    ours = mdl.tensor(x, device=device)
+    theirs = torch.tensor(x)
+    expected = theirs.mean() if dim is None else theirs.mean(dim)
+    assert_same((ours.mean() if dim is None else ours.mean(dim)).numpy(), expected.numpy())
+
+
+def test_mean_of_an_integer_tensor_is_refused_as_torch():
+    with pytest.raises(TypeError, match="mean: .*int64"):
+        mdl.tensor([1, 2]).mean()
+
+
+def test_local_response_norm_on_an_empty_batch_is_empty(device):
+    x = mdl.tensor(np.zeros((0, 3, 4, 4)), requires_grad=True, device=device)
+    y = F.local_response_norm(x, size=3, alpha=1.0)
+    assert y.shape == (0, 3, 4, 4)
+    y.sum().backward()
+    assert x.grad.shape == (0, 3, 4, 4)
+
+
+def test_bias_relu_on_an_empty_batch_is_empty(device):
+    x = mdl.tensor(np.zeros((0, 3, 4)), requires_grad=True, device=device)
+    b = mdl.tensor(np.ones(3), requires_grad=True, device=device)
+    y = bias_relu(x, b)
+    assert y.shape == (0, 3, 4)
+    y.sum().backward()
+    assert x.grad.shape == (0, 3, 4) and b.grad.numpy().tolist() == [0.0, 0.0, 0.0]
+
+
+# ---- type promotion with Python scalars ----------------------------------------------------------
+PROMOTION = [
+    pytest.param(lambda i: i + 0.5, id="int+float"),
+    pytest.param(lambda i: 0.5 + i, id="float+int"),
+    pytest.param(lambda i: i - 0.5, id="int-float"),
+    pytest.param(lambda i: 0.5 - i, id="float-int"),
+    pytest.param(lambda i: i * 0.5, id="int*float"),
+    pytest.param(lambda i: i / 2, id="int/int-is-float"),
+    pytest.param(lambda i: 3 / i, id="int/int-reflected"),
+    pytest.param(lambda i: i / 2.0, id="int/float"),
+    pytest.param(lambda i: i**0.5, id="int**float"),
+    pytest.param(lambda i: i**-1.0, id="int**negative-float"),
+    pytest.param(lambda i: 2.0**i, id="float**int"),
+    pytest.param(lambda i: 2**i, id="int**int-stays-int"),
+    pytest.param(lambda i: i + 1, id="int+int-stays-int"),
+    pytest.param(lambda i: i * True, id="int*bool-stays-int"),
+    pytest.param(lambda i: (i > 1) + 1, id="bool+int-is-int64"),
+    pytest.param(lambda i: (i > 1) + 0.5, id="bool+float-is-float32"),
+    pytest.param(lambda i: (i > 1) * True, id="bool*bool-stays-bool"),
+    pytest.param(lambda i: i.astype(np.int32) + 1, id="int32+int-stays-int32"),
+    pytest.param(lambda i: i.astype(np.uint8) - 3, id="uint8-int-wraps"),
+    pytest.param(lambda i: i.astype(np.float16) + 0.1, id="float16+float-stays-float16"),
+    pytest.param(lambda i: i.astype(np.float16) / 3, id="float16/int-stays-float16"),
+    pytest.param(lambda i: i.astype(np.float32) * 2.5, id="float32*float-stays-float32"),
+    pytest.param(lambda i: i.astype(np.float64) ** 2, id="float64**int-stays-float64"),
+    pytest.param(lambda i: i + i.astype(np.float64), id="int+float64-tensor"),
+    pytest.param(lambda i: i.astype(np.float32) - i, id="float32-tensor-int"),
+]
+
+
+def _as_torch(fn):
+    """The same expression on torch tensors: astype(np.x) becomes .to(torch.x)."""
+
+    def run(t):
+        original = torch.Tensor.astype if hasattr(torch.Tensor, "astype") else None
+        torch.Tensor.astype = lambda self, d: self.to(getattr(torch, np.dtype(d).name))
+        try:
+            return fn(t)
+        finally:
+            if original is None:
+                del torch.Tensor.astype
+            else:
+                torch.Tensor.astype = original
+
+    return run
+
+
+@pytest.mark.parametrize("fn", PROMOTION)
+def test_python_scalars_promote_as_torch(fn, device):
+    values = np.array([1, 2, 3])
+    ours = fn(mdl.tensor(values, device=device))
+    theirs = _as_torch(fn)(torch.tensor(values))
+    assert ours.dtype == np.dtype(str(theirs.dtype).removeprefix("torch."))
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_integer_to_a_negative_integer_power_is_refused_as_torch():
+    with pytest.raises(ValueError, match="Integers to negative integer powers are not allowed"):
+        mdl.tensor([1, 2]) ** -1
+
+
+def test_tensors_of_two_float_dtypes_are_refused_by_name():
+    # PyTorch promotes float32 + float64 to float64; minidl refuses it, naming both dtypes
+    # (DESIGN.md: a dtype an op cannot take is refused by name, never converted silently).
+    with pytest.raises(TypeError, match=r"Add: .*\['float32', 'float64'\]"):
+        mdl.tensor(np.zeros(2, np.float32)) + mdl.tensor(np.zeros(2))
+
+
+def test_float_tensor_gradient_through_an_int_float_product():
+    x = mdl.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    i = mdl.tensor([3, 4])
+    (x * i).sum().backward()
+    assert (x * i).dtype == np.float64
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 4.0])
+
+
+# ---- pow at its singular points ------------------------------------------------------------------
+BASES = np.array([-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5])
+EXPONENTS = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0])
+
+
+def test_pow_gradients_match_torch_for_every_sign_of_base_and_exponent():
+    a, b = np.meshgrid(BASES, EXPONENTS, indexing="ij")
+    compare_with_torch(lambda a, b: a**b, lambda a, b: a**b, [a, b])
+
+
+@pytest.mark.parametrize("exponent", [0, 0.5, 1, 2, -1, 3, -2, 2.5])
+def test_pow_with_a_python_exponent_matches_torch(exponent):
+    compare_with_torch(lambda a: a**exponent, lambda a: a**exponent, [BASES])
+
+
+@pytest.mark.parametrize("base", [0.0, 2.0, 0.5, -2.0])
+def test_python_base_to_a_tensor_power_matches_torch(base):
+    compare_with_torch(lambda b: base**b, lambda b: base**b, [EXPONENTS])
+
+
+def test_pow_at_zero_base_matches_torch_conventions():
+    a = np.zeros(5)
+    b = np.array([0.0, 0.5, 1.0, 2.0, -1.0])
+    compare_with_torch(lambda a, b: a**b, lambda a, b: a**b, [a, b])
+    ours = mdl.tensor(np.array(0.0), requires_grad=True)
+    (ours**0).backward()
+    assert ours.grad.item() == 0.0  # d(x^0)/dx = 0 at x = 0, not 0 * 0^-1 = NaN
+
+
+# ---- advanced indexing ---------------------------------------------------------------------------
+INDICES = [
+    pytest.param((0, slice(None), [1, 2]), id="int,:,list"),
+    pytest.param((slice(None), 0, [1, 2]), id=":,int,list"),
+    pytest.param(([0], slice(None), [1, 2]), id="list,:,list"),
+    pytest.param((0, slice(None), [1, 2], slice(None)), id="int,:,list,:"),
+    pytest.param((slice(None), 0, slice(None), [1, 2]), id=":,int,:,list"),
+    pytest.param((0, [1, 2]), id="int,list"),
+    pytest.param((0, [1, 2], slice(None), [0, 1]), id="int,list,:,list"),
+    pytest.param((Ellipsis, 0, [1, 2]), id="...,int,list"),
+    pytest.param((0, Ellipsis, [1, 2]), id="int,...,list"),
+    pytest.param((0, None, slice(None), [1, 2]), id="int,None,:,list"),
+    pytest.param((slice(None), [0], 1, [1, 2]), id=":,list,int,list"),
+    pytest.param(([0], slice(None), 1), id="list,:,int"),
+    pytest.param(([1, 0], 0, slice(None), [1, 2]), id="list,int,:,list"),
+    pytest.param((-1, slice(1, None), [[1, 2], [0, 1]]), id="negative-int,slice,2d-list"),
+    pytest.param((np.int64(1), slice(None), np.array([3, 3, 0])), id="numpy-int,:,repeated"),
+    pytest.param((0, [True, False, True], 1), id="int,bool-mask,int"),
+    pytest.param((1, slice(None, None, 2), 2), id="basic-only"),
+    pytest.param(([1, 0], [2, 0]), id="lists-only"),
+]
+
+
+def _torch_index(index):
+    return tuple(torch.tensor(i) if isinstance(i, (list, np.ndarray)) else i for i in index)
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_advanced_indexing_follows_torch_axis_order(index, device):
+    x = random((2, 3, 4, 5))
+    compare_with_torch(lambda t: t[index], lambda t: t[_torch_index(index)], [x], device)
+
+
+def test_a_0d_integer_index_counts_as_an_integer_as_torch():
+    x = random((2, 3, 4))
+    ours = mdl.tensor(x)[mdl.tensor(np.array(0)), :, [1, 2]]
+    theirs = torch.tensor(x)[torch.tensor(0), :, [1, 2]]
+    assert_same(ours.numpy(), theirs.numpy())
+
+
+# ---- dtypes --------------------------------------------------------------------------------------
+ARRAYS = [
+    pytest.param(np.ones(2, np.float16), id="float16"),
+    pytest.param(np.ones(2, np.float32), id="float32"),
+    pytest.param(np.ones(2, np.float64), id="float64"),
+    pytest.param(np.ones(2, np.int32), id="int32"),
+    pytest.param(np.ones(2, np.uint8), id="uint8"),
+    pytest.param(np.ones(2, bool), id="bool"),
+    pytest.param([1.0, 2.0], id="python-floats"),
+    pytest.param([1, 2], id="python-ints"),
+    pytest.param(np.float64(2.0), id="numpy-float64-scalar"),
+    pytest.param(2.5, id="python-float"),
+]
+
+
+@pytest.mark.parametrize("data", ARRAYS)
+def test_tensor_keeps_the_dtype_torch_tensor_keeps(data):
+    expected = str(torch.tensor(data).dtype).removeprefix("torch.")
+    assert mdl.tensor(data).dtype == np.dtype(expected)
+
+
+def test_float16_gradients_stay_float16():
+    x = mdl.tensor(np.array([1.0, 2.0], np.float16), requires_grad=True)
+    (x * x).sum().backward()
+    assert x.grad.dtype == np.float16
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 4.0])
+
+
+FLOAT_ONLY = [
+    pytest.param(lambda x: F.dropout(x, 0.5), "dropout", id="dropout"),
+    pytest.param(lambda x: F.local_response_norm(x, 3), "local_response_norm", id="lrn"),
+    pytest.param(lambda x: F.softmax(x, 1), "softmax", id="softmax"),
+    pytest.param(lambda x: F.log_softmax(x, 1), "log_softmax", id="log_softmax"),
+]
+
+
+@pytest.mark.parametrize("fn, name", FLOAT_ONLY)
+def test_integer_input_to_a_floating_point_op_is_refused_by_name(fn, name, device):
+    x = mdl.tensor(np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4), device=device)
+    with pytest.raises(TypeError, match=rf"^{name}: .*int64.*float32"):
+        fn(x)
+
+
+def test_relu_of_an_integer_tensor_stays_integer_as_torch_on_the_cpu():
+    x = np.array([-2, 0, 3])
+    ours = F.relu(mdl.tensor(x))
+    theirs = torch.relu(torch.tensor(x))
+    assert ours.dtype == np.int64
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_relu_of_an_integer_tensor_on_the_gpu_branch_names_the_kernel(monkeypatch):
+    # our kernels are instantiated for floating-point types only: refused by name, not KeyError
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    with pytest.raises(TypeError, match=r"relu_forward \(activation\): no kernel instance.*int64"):
+        F.relu(mdl.tensor(np.array([-2, 0, 3]), device="cuda"))
+
+
+def test_a_kernel_launch_with_a_dtype_it_has_no_instance_for_names_the_kernel(monkeypatch):
+    from minidl import cuda
+
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    x = np.zeros(4, np.int64)
+    with pytest.raises(TypeError, match=r"relu_forward.*int64.*float32.*float64"):
+        cuda.launch("activation", "relu_forward", x.dtype, (1,), (32,), (x, x, cuda.i64(4)))
+
+
+class Twice(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return mdl.tensor(x * 2)  # a Tensor, as a PyTorch Function's forward returns
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy * 2
+
+
+class NoBackward(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+
+class ReturnsATuple(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x, x
+
+
+def test_custom_function_forward_may_return_a_tensor_as_in_torch():
+    x = mdl.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = Twice.apply(x)
+    assert isinstance(y.data, np.ndarray) and y.dtype == np.float64
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0])
+
+
+def test_custom_function_forward_returning_something_else_is_refused_by_name():
+    with pytest.raises(TypeError, match="ReturnsATuple.forward must return one array"):
+        ReturnsATuple.apply(mdl.tensor(np.ones(2)))
+
+
+def test_custom_function_without_backward_says_so_by_name():
+    x = mdl.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = NoBackward.apply(x)
+    with pytest.raises(NotImplementedError, match=r"NoBackward has no backward\(ctx, dy\)"):
+        y.sum().backward()
+
+
+# ---- layers: constructor checks and state dicts -------------------------------------------------
+BAD_LAYERS = [
+    pytest.param(lambda: nn.Conv2d(3, 4, 0), "Conv2d: kernel_size", id="conv-kernel-0"),
+    pytest.param(lambda: nn.Conv2d(3, 4, (3, 0)), "Conv2d: kernel_size", id="conv-kernel-(3,0)"),
+    pytest.param(lambda: nn.Conv2d(0, 4, 3), "Conv2d: in_channels", id="conv-in-0"),
+    pytest.param(lambda: nn.Conv2d(3, 0, 3), "Conv2d: out_channels", id="conv-out-0"),
+    pytest.param(lambda: nn.Conv2d(3.0, 4, 3), "Conv2d: in_channels", id="conv-in-float"),
+    pytest.param(lambda: nn.Conv2d(4, 4, 3, groups=0), "Conv2d: groups", id="conv-groups-0"),
+    pytest.param(lambda: nn.Linear(0, 4), "Linear: in_features", id="linear-in-0"),
+    pytest.param(lambda: nn.Linear(3, -1), "Linear: out_features", id="linear-out--1"),
+]
+
+
+@pytest.mark.parametrize("make, message", BAD_LAYERS)
+def test_layer_sizes_below_one_are_refused_by_name(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_load_state_dict_takes_tensors_as_torch():
+    source, target = nn.Linear(3, 2), nn.Linear(3, 2)
+    state = {name: p for name, p in source.named_parameters()}  # Tensors, as torch's state_dict
+    target.load_state_dict(state)
+    for (_, p), (_, q) in zip(source.named_parameters(), target.named_parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+        assert p.data is not q.data  # copied, not shared
