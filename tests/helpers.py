@@ -1,6 +1,17 @@
-"""Shared test helpers: run an op on a device and collect its output and input gradients."""
+"""Shared test helpers: run an op on a device and collect its output and input gradients.
+
+A torch parity test is one call, as tinygrad's ``helper_test_op``::
+
+    check_op([(2, 3, 5, 5), (4, 3, 3, 3)], "nn.functional.conv2d", F.conv2d)
+    check_op([x, targets], "nn.functional.cross_entropy", F.cross_entropy)
+
+compares minidl's forward and every input gradient with PyTorch's in float64 (the same ``dy``)
+and runs ``minidl.gradcheck`` (see ``check_op``). Shapes become seeded random inputs; arrays are
+used as given (integer arrays, e.g. class targets, are passed along without a gradient).
+"""
 
 import numpy as np
+import pytest
 
 import minidl as mdl
 
@@ -57,3 +68,52 @@ def assert_all_close(result, expected, dtype=np.float64):
     for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
         if g_ref is not None:
             assert_close(g, g_ref, dtype, f"gradient of input {i}")
+
+
+def check_op(inputs, torch_fn, minidl_fn, *, seed=0, gradcheck=True):
+    """Compare ``minidl_fn`` with ``torch_fn`` in float64: the forward and the gradient of every
+    floating-point input, for one random ``dy``; then ``mdl.gradcheck(minidl_fn, ...)``.
+
+    ``inputs``: for each argument, a shape (a tuple: standard-normal values, seeded by position),
+    an array (a float array gets a gradient; an integer array, or anything else, is passed to both
+    functions as a constant). ``torch_fn``: a callable on torch tensors (``lambda x: x.relu()``)
+    or the dotted name of a torch function (``"nn.functional.linear"``), so a test file need not
+    import torch. The gradcheck runs first, without torch; the comparison is skipped where torch
+    is not installed. Returns minidl's output and gradients as NumPy arrays.
+    """
+    arrays = [random(a, seed + i) if isinstance(a, tuple) else a for i, a in enumerate(inputs)]
+    floats = [isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in arrays]
+
+    def minidl_args():
+        return [
+            mdl.tensor(a.astype(np.float64), requires_grad=True) if f else a
+            for a, f in zip(arrays, floats)
+        ]
+
+    if gradcheck:
+        assert mdl.gradcheck(minidl_fn, minidl_args())
+    args = minidl_args()
+    y = minidl_fn(*args)
+    dy = np.random.default_rng(seed + 1000).standard_normal(y.shape)
+    y.backward(dy)
+    grads = [a.grad.numpy() if f else None for a, f in zip(args, floats)]
+
+    torch = pytest.importorskip("torch")
+    if isinstance(torch_fn, str):
+        name, torch_fn = torch_fn, torch
+        for part in name.split("."):
+            torch_fn = getattr(torch_fn, part)
+    torch_args = [
+        torch.tensor(a, dtype=torch.float64, requires_grad=True)
+        if f
+        else (torch.as_tensor(a) if isinstance(a, np.ndarray) else a)
+        for a, f in zip(arrays, floats)
+    ]
+    torch_y = torch_fn(*torch_args)
+    torch_y.backward(torch.tensor(dy))
+    assert y.shape == tuple(torch_y.shape), f"output shape {y.shape} vs torch's {torch_y.shape}"
+    assert_close(y.numpy(), torch_y.detach().numpy(), what="forward")
+    for i, (g, t, f) in enumerate(zip(grads, torch_args, floats)):
+        if f:
+            assert_close(g, t.grad.numpy(), what=f"gradient of input {i}")
+    return y.numpy(), grads

@@ -94,6 +94,22 @@ def linear(x, w, b):
     return y
 
 
+def relu(x):
+    y = np.zeros(x.shape)
+    for i in np.ndindex(*x.shape):
+        y[i] = x[i] if x[i] > 0 else 0.0
+    return y
+
+
+def bias_relu(x, b):
+    """x: (N, C, ...), b: (C,): relu(x[n, c, ...] + b[c])."""
+    y = np.zeros(x.shape)
+    for i in np.ndindex(*x.shape):
+        v = x[i] + b[i[1]]
+        y[i] = v if v > 0 else 0.0
+    return y
+
+
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
     """x: (N, C, ...) -> y, and the running statistics after this call (new arrays)."""
     n_, c_ = x.shape[:2]

@@ -7,6 +7,7 @@ fused bias + ReLU that follows a convolution or a linear layer:
 Fusing saves one pass over the activation: ``bias_relu(conv2d(x, w), b)`` equals
 ``relu(conv2d(x, w, b))``. The GPU path is ``kernels/activation.cu`` (one thread per element;
 db is ``kernels/reduce.cu``'s per-channel block reduction).
+Page: docs/activation.md. Plain definitions: tests/reference.py::relu and ::bias_relu.
 """
 
 from __future__ import annotations

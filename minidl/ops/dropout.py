@@ -14,6 +14,7 @@ The mask comes from a counter-based generator: each call draws a 64-bit key from
 in ``kernels/dropout.cu``). The mask is therefore the same on the CPU and on the GPU, for any
 launch shape, and the GPU backward regenerates it from the key instead of storing it. A mask can
 also be injected (``mask=``) for gradient checks.
+Page: docs/dropout.md. Plain definition: the formula above, y = x * m / (1 - p), given the mask.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
     dx = dy @ w,   dw = dy^T @ x,   db = sum_n dy[n]
 
 A plain GEMM: BLAS through NumPy on the CPU, cuBLAS through CuPy on the GPU.
+No page (no kernel of our own). Plain definition: tests/reference.py::linear (a naive loop).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Backward (the window is symmetric, so "the windows that contain j" is the window
 
 The NumPy path computes the window sum with n - 1 shifted in-place adds; ``kernels/lrn.cu`` runs
 one thread per element (n, c, h, w) that sums its own channel window.
+Page: docs/lrn.md. Plain definition: tests/reference.py::local_response_norm (a naive loop).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
+# Tuned for speed (shifted adds, beta = 0.75 by square roots); plain loop: reference.py below.
 def channel_window_sum(a, size: int):
     """out[:, c] = sum of a[:, j] for |j - c| <= size // 2, clipped at the edges. a: (N, C, ...)."""
     out = a.copy()

@@ -4,6 +4,7 @@
 
 ``kernels/reduce.cu`` gives each channel one block and a shared-memory tree, so the order of the
 additions is fixed and the result deterministic.
+Page: docs/reduce.md (the tree, barrier by barrier). Plain definition: NumPy's sum, above.
 """
 
 from __future__ import annotations
