@@ -1,4 +1,4 @@
-// activation.cu: ReLU and the fused bias + ReLU (minidl/ops/activation.py).
+// activation.cu: ReLU and the fused bias + ReLU (minidl/ops/activation.py; docs/activation.md).
 //
 //   relu_forward       y = x > 0 ? x : 0
 //   relu_backward      dx = y > 0 ? dy : 0

@@ -1,4 +1,5 @@
-// reduce.cu: per-channel sums, the bias gradient of conv2d and bias_relu (minidl/ops/reduce.py).
+// reduce.cu: per-channel sums, the bias gradient of conv2d and bias_relu (minidl/ops/reduce.py;
+// docs/reduce.md walks through the tree and its barriers on 8 values).
 //
 //   channel_sum   x: (N, C, plane) -> out: (C,),  out[c] = sum_{n, p} x[n, c, p]
 //

@@ -1,4 +1,4 @@
-// sgd.cu: one SGD-with-momentum step over a parameter, in place (minidl/optim.py).
+// sgd.cu: one SGD-with-momentum step over a parameter, in place (minidl/optim.py; docs/sgd.md).
 //
 //   g = grad_scale * grad    (1 / the loss scale, or 1: the unscaling fused into the step)
 //   PyTorch's rule (paper_rule = 0):  v = momentum * v + (g + weight_decay * w);  w -= lr * v
