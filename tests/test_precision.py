@@ -1,0 +1,539 @@
+"""Mixed precision: the emulator's 16-bit rounding, every 16-bit kernel against the NumPy path
+computed in float32 from the same 16-bit inputs, float32 master weights, and GradScaler's
+skip-and-halve / grow semantics (docs/precision.md)."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import minidl as mdl
+import minidl.functional as F
+from minidl import cuda, emulator, optim, precision
+from minidl.ops import activation, dropout, lrn, reduce
+from minidl.precision import BFLOAT16, from_bfloat16, to_bfloat16, to_float32, to_storage
+
+HALF_TYPES = [np.dtype(np.float16), BFLOAT16]
+HALF_IDS = ["float16", "bfloat16"]
+CONVERTED = ["activation.cu", "dropout.cu", "lrn.cu", "reduce.cu", "sgd.cu"]
+
+
+@pytest.fixture
+def emulate(monkeypatch):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+
+
+def ulp(reference32, dtype):
+    """The spacing of ``dtype`` at each value of a float32 array (at its 16-bit rounding)."""
+    r = np.abs(reference32.astype(np.float32))
+    if np.dtype(dtype) == np.float16:
+        return np.spacing(r.astype(np.float16)).astype(np.float32)
+    bits = to_bfloat16(r)
+    return from_bfloat16(bits + np.uint16(1)) - from_bfloat16(bits)
+
+
+def assert_within_ulps(got16, reference32, dtype, ulps=1, what=""):
+    got = to_float32(got16)
+    error = np.abs(got - reference32) / ulp(reference32, dtype)
+    worst = float(error.max()) if error.size else 0.0
+    assert worst <= ulps, f"{what}: {worst:.2f} ulp of {np.dtype(dtype)} from the float32 reference"
+
+
+def round16(x32, dtype):
+    """A float32 array rounded to 16 bits and back (what a 16-bit kernel stores)."""
+    return to_float32(to_storage(np.asarray(x32, dtype=np.float32), dtype))
+
+
+# ---- rounding: the emulator's __half and __nv_bfloat16 against NumPy and a reference -----------
+CONVERT_CU = """// minidl-types: __half __nv_bfloat16
+#include "common.cuh"
+
+template <typename T>
+__global__ void narrow(const float* x, T* y, long long total) {
+    FOR_EACH_INDEX(i, total) { y[i] = from_acc<T>(x[i]); }
+}
+
+template <typename T>
+__global__ void widen(const T* y, float* x, long long total) {
+    FOR_EACH_INDEX(i, total) { x[i] = to_acc(y[i]); }
+}
+"""
+
+
+def _convert_module(folder):
+    shutil.copy(cuda.kernel_dir() / "common.cuh", folder / "common.cuh")
+    (folder / "convert.cu").write_text(CONVERT_CU)
+    return emulator.load(folder / "convert.cu")
+
+
+def _narrow(module, x32, ctype):
+    out = np.empty(x32.shape, dtype=np.float16 if ctype == "__half" else np.uint16)
+    module.launch(f"narrow<{ctype}>", (4,), (256,), (x32, out, np.int64(x32.size)))
+    return out.view(np.uint16)
+
+
+def _widen(module, bits, ctype):
+    out = np.empty(bits.shape, dtype=np.float32)
+    module.launch(f"widen<{ctype}>", (4,), (256,), (bits, out, np.int64(bits.size)))
+    return out
+
+
+def rounding_inputs():
+    """Random float32 bit patterns (every exponent, subnormals included), values at and next to
+    the halfway points of both 16-bit formats, their limits, zeros, infinities and NaNs."""
+    rng = np.random.default_rng(0)
+    random_bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    # Exact halfway points between neighbouring 16-bit values, and one float32 ulp either side.
+    half = np.arange(0, 0x7C00, 7, dtype=np.uint16).view(np.float16).astype(np.float32)
+    half_mid = half.astype(np.float64) + np.spacing(half.astype(np.float16)).astype(np.float64) / 2
+    bf_bits = (np.arange(0, 0x7F80, 5, dtype=np.uint32) << 16) | 0x8000  # low 16 bits exactly half
+    special = np.array(
+        [0.0, -0.0, 65504.0, 65519.99, 65520.0, 65536.0, 2.0**-24, 2.0**-25, 2.0**-25 * 1.0001,
+         2.0**-14, 2.0**-14 * (1 - 2.0**-11), 3.4e38, 1e-45, np.inf, -np.inf, np.nan, -np.nan],
+        dtype=np.float32,
+    )  # fmt: skip
+    values = [
+        random_bits.view(np.float32),
+        half_mid.astype(np.float32),
+        np.nextafter(half_mid.astype(np.float32), np.float32(np.inf)),
+        np.nextafter(half_mid.astype(np.float32), np.float32(0)),
+        bf_bits.view(np.float32),
+        (bf_bits + 1).view(np.float32),
+        (bf_bits - 1).view(np.float32),
+        special,
+    ]
+    x = np.concatenate(values)
+    return np.concatenate([x, -x])
+
+
+def reference_bfloat16(x32):
+    """bfloat16 by the definition: the two neighbours that keep the top 16 bits, the nearer one,
+    ties to the even one (lowest kept bit 0); computed in float64, independent of to_bfloat16."""
+    bits = x32.view(np.uint32)
+    down = (bits >> 16).astype(np.uint32)
+    up = down + 1
+    with np.errstate(invalid="ignore"):
+        lo = (down << 16).view(np.float32).astype(np.float64)
+        hi = (up << 16).astype(np.uint32).view(np.float32).astype(np.float64)
+        # Past the largest finite value the next one is inf; rounding measures the distance to
+        # where it would be with one more exponent, 2^128 (IEEE's overflow rule).
+        hi = np.where((up & 0x7FFF) == 0x7F80, np.copysign(2.0**128, lo), hi)
+        x = x32.astype(np.float64)
+        d_lo, d_hi = np.abs(x - lo), np.abs(hi - x)
+        pick_up = (d_hi < d_lo) | ((d_hi == d_lo) & (down % 2 == 1))
+    return np.where(pick_up, up, down).astype(np.uint16)
+
+
+def test_emulated_float_to_half_rounds_like_numpy(tmp_path):
+    module = _convert_module(tmp_path)
+    x = rounding_inputs()
+    got = _narrow(module, x, "__half")
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(got[~nan], expected[~nan])
+    assert np.all(got[nan] == 0x7FFF)  # CUDA's canonical NaN
+    # half -> float is exact: all 65536 bit patterns.
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    widened = _widen(module, every.view(np.float16), "__half")
+    expected_wide = every.view(np.float16).astype(np.float32)
+    finite = ~np.isnan(expected_wide)
+    assert np.array_equal(widened[finite].view(np.uint32), expected_wide[finite].view(np.uint32))
+    assert np.isnan(widened[~finite]).all()
+
+
+def test_emulated_float_to_bfloat16_rounds_to_nearest_even(tmp_path):
+    module = _convert_module(tmp_path)
+    x = rounding_inputs()
+    got = _narrow(module, x, "__nv_bfloat16")
+    nan = np.isnan(x)
+    assert np.array_equal(got[~nan], reference_bfloat16(x)[~nan])
+    assert np.all(got[nan] == 0x7FFF)
+    # minidl.precision's NumPy conversion (used on the GPU with CuPy arrays too) agrees bit for bit
+    assert np.array_equal(to_bfloat16(x), got)
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    widened = _widen(module, every, "__nv_bfloat16")
+    assert np.array_equal(widened.view(np.uint32), every.astype(np.uint32) << 16)
+
+
+def test_bfloat16_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = rounding_inputs()
+    x = x[~np.isnan(x)]
+    expected = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(to_bfloat16(x), expected)
+
+
+def test_a_rounding_mutation_in_the_shim_is_caught(tmp_path, monkeypatch):
+    """Round half up instead of half to even: the rounding tests must see it (and the shim copy
+    must pass untouched first)."""
+    shim = (emulator.SHIM).read_text()
+    for old, new, ctype in [
+        ("rebiased += 0xfffu + ((rebiased >> 13) & 1u);", "rebiased += 0x1000u;", "__half"),
+        ("x += 0x7fffu + ((x >> 16) & 1u);", "x += 0x8000u;", "__nv_bfloat16"),
+    ]:
+        assert shim.count(old) == 1
+        x = rounding_inputs()
+        x = x[~np.isnan(x)]
+        with np.errstate(over="ignore"):
+            expected = (
+                x.astype(np.float16).view(np.uint16) if ctype == "__half" else reference_bfloat16(x)
+            )
+        for text, good in ((shim, True), (shim.replace(old, new), False)):
+            folder = tmp_path / f"{ctype}-{good}"
+            folder.mkdir()
+            (folder / "emu_shim.h").write_text(text)
+            monkeypatch.setattr(emulator, "SHIM", folder / "emu_shim.h")
+            got = _narrow(_convert_module(folder), x, ctype)
+            assert np.array_equal(got, expected) == good, f"{ctype} shim mutation not caught"
+
+
+# ---- which kernels are 16-bit, and that NVRTC compiles those instantiations --------------------
+def test_converted_files_declare_16bit_instantiations():
+    """tests/test_kernels.py compiles every name expression with NVRTC for each architecture;
+    these files' expressions must include the 16-bit ones."""
+    for name in CONVERTED:
+        expressions = cuda.name_expressions((cuda.kernel_dir() / name).read_text())
+        for ctype in ("float", "double", "__half", "__nv_bfloat16"):
+            assert any(e.endswith(f"<{ctype}>") for e in expressions), (name, ctype)
+    assert cuda.kernel_types("template <typename T> __global__ void f(T* x) {}") == (
+        "float",
+        "double",
+    )
+    with pytest.raises(ValueError, match="unknown"):
+        cuda.kernel_types("// minidl-types: float half\n")
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_nvrtc_compiles_16bit_kernels(arch):
+    from tests.test_kernels import nvrtc_or_skip
+
+    nvrtc = nvrtc_or_skip()
+    for name in CONVERTED:
+        source = (cuda.kernel_dir() / name).read_text()
+        expressions = [e for e in cuda.name_expressions(source) if "<__" in e]
+        program = nvrtc.createProgram(source, name, [], [])
+        try:
+            for expression in expressions:
+                nvrtc.addNameExpression(program, expression)
+            options = [f"--gpu-architecture={arch}", *cuda.compile_options(cuda.kernel_dir())]
+            try:
+                nvrtc.compileProgram(program, options)
+            except nvrtc.NVRTCError:
+                pytest.fail(f"{name} for {arch}:\n{nvrtc.getProgramLog(program)}")
+            ptx = nvrtc.getPTX(program)
+            for expression in expressions:
+                assert nvrtc.getLoweredName(program, expression).encode() in ptx, expression
+        finally:
+            nvrtc.destroyProgram(program)
+
+
+# ---- every 16-bit kernel against the NumPy path --------------------------------------------------
+def inputs16(shape, dtype, seed=0, offset=0.0):
+    """16-bit inputs and the same values in float32 (the NumPy reference starts from these)."""
+    x16 = to_storage(np.random.default_rng(seed).standard_normal(shape) + offset, dtype)
+    return x16, to_float32(x16)
+
+
+def check_lrn(dtype):
+    a16, a = inputs16((2, 7, 3, 5), dtype)
+    b16, s = lrn.local_response_norm_forward_cuda(a16, 5, 1.0, 0.75, 2.0)
+    b_ref, s_ref, _ = lrn.local_response_norm_forward_numpy(a, 5, 1.0, 0.75, 2.0)
+    assert s.dtype == np.float32, "LRN's scale is kept in float32 for 16-bit storage"
+    np.testing.assert_allclose(s, s_ref, rtol=2e-6)
+    assert_within_ulps(b16, b_ref, dtype, 1, "lrn forward")
+    db16, db = inputs16(a.shape, dtype, seed=1)
+    b = to_float32(b16)  # backward starts from the stored 16-bit b, as the kernel does
+    da16 = lrn.local_response_norm_backward_cuda(db16, a16, b16, s, 5, 1.0, 0.75)
+    da_ref = lrn.local_response_norm_backward_numpy(db, a, b, s_ref, s_ref**-0.75, 5, 1.0, 0.75)
+    assert_within_ulps(da16, da_ref, dtype, 2, "lrn backward")
+    return True
+
+
+def check_dropout(dtype):
+    x16, x = inputs16((5, 301), dtype)
+    key, p = 0x1234_5678_9ABC_DEF0, 0.3
+    y16 = dropout.dropout_forward_cuda(x16, key, p)
+    mask = dropout.dropout_mask_numpy(key, x.shape, p)
+    scale = np.float32(1 / (1 - p))
+    assert np.array_equal(to_float32(y16), round16(np.where(mask, x * scale, 0), dtype))
+    dx16 = dropout.dropout_backward_cuda(x16, key, p)
+    assert np.array_equal(to_float32(dx16), to_float32(y16))
+    return True
+
+
+def check_activation(dtype):
+    x16, x = inputs16((3, 5, 4, 7), dtype)
+    b16, b = inputs16((5,), dtype, seed=2)
+    y16 = activation.relu_forward_cuda(x16)
+    assert np.array_equal(to_float32(y16), np.maximum(x, 0))
+    dy16, dy = inputs16(x.shape, dtype, seed=3)
+    dx16 = activation.relu_backward_cuda(dy16, y16)
+    assert np.array_equal(to_float32(dx16), dy * (x > 0))
+    z16 = activation.bias_relu_forward_cuda(x16, b16)
+    expected = round16(activation.bias_relu_forward_numpy(x, b), dtype)  # x + b in float32
+    assert np.array_equal(to_float32(z16), expected)
+    return True
+
+
+def check_reduce(dtype):
+    # Large values that cancel: a 16-bit running sum or 16-bit partials would be far off.
+    x16, x = inputs16((3, 4, 17, 29), dtype)
+    x16 = to_storage(
+        x * 300 + np.float32(1000.0) * np.sign(np.arange(x.size) % 2 - 0.5).reshape(x.shape), dtype
+    )
+    x = to_float32(x16)
+    out16 = reduce.channel_sum_cuda(x16)
+    reference = x.astype(np.float64).sum(axis=(0, 2, 3)).astype(np.float32)
+    assert_within_ulps(out16, reference, dtype, 1, "channel_sum")
+    return True
+
+
+def check_sgd(dtype):
+    """The kernel's float32 master update equals SGD._step_numpy on float32, for both rules, with
+    a gradient scale; the parameter is the master rounded to 16 bits."""
+    for rule in (0, 1):
+        w16, w = inputs16((700,), dtype)
+        master, v = w.copy(), np.zeros_like(w)
+        master_ref, v_ref = w.copy(), np.zeros_like(w)
+        sgd = optim.SGD([mdl.nn.Parameter(np.zeros(1))], lr=0.1, momentum=0.9, weight_decay=0.01)
+        sgd.rule = "paper" if rule else "pytorch"
+        for step in range(3):
+            g16, g = inputs16(w.shape, dtype, seed=10 + step)
+            cuda.launch(
+                "sgd",
+                "sgd_step",
+                dtype,
+                cuda.grid_for(w.size),
+                (cuda.THREADS,),
+                (w16, g16, master, v, cuda.i64(w.size), *cuda.real(dtype, 0.1, 0.9, 0.01, 0.5),
+                 cuda.i32(rule)),
+            )  # fmt: skip
+            sgd._step_numpy(master_ref, g * np.float32(0.5), v_ref)
+        np.testing.assert_allclose(master, master_ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-6, atol=1e-7)
+        assert np.array_equal(to_float32(w16), round16(master, dtype))
+    return True
+
+
+CHECKS = {
+    "lrn": check_lrn,
+    "dropout": check_dropout,
+    "activation": check_activation,
+    "reduce": check_reduce,
+    "sgd": check_sgd,
+}
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES, ids=HALF_IDS)
+@pytest.mark.parametrize("op", sorted(CHECKS))
+def test_16bit_kernel_matches_numpy(op, dtype, emulate):
+    assert CHECKS[op](dtype)
+
+
+def test_dropout_mask_is_the_same_at_every_precision(emulate):
+    x = np.random.default_rng(0).uniform(0.5, 2.0, (4, 257)).astype(np.float32)
+    key = 987654321
+    zeros = []
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64), *HALF_TYPES):
+        y = dropout.dropout_forward_cuda(to_storage(x, dtype), key, 0.5)
+        zeros.append(to_float32(y) == 0)
+    assert all(np.array_equal(zeros[0], z) for z in zeros[1:])
+    assert 0.4 < zeros[0].mean() < 0.6
+
+
+# A bug that only 16-bit storage shows: each is a no-op for float and double (T == acc_t<T>), so
+# the float64 mutation tests in tests/test_kernels.py cannot catch it; the checks above must.
+MUTATIONS_16BIT = [
+    ("sgd.cu", "master[i] = m;", "master[i] = to_acc(from_acc<T>(m));", "sgd"),
+    ("lrn.cu", "s[index] = scale;", "s[index] = to_acc(from_acc<T>(scale));", "lrn"),
+    ("reduce.cu", "partial[threadIdx.x] = sum;", "partial[threadIdx.x] = to_acc(from_acc<T>(sum));",
+     "reduce"),
+    ("lrn.cu", "Acc scale = k + alpha * sum;", "Acc scale = k + alpha * to_acc(from_acc<T>(sum));",
+     "lrn"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("file, old, new, op", MUTATIONS_16BIT, ids=[m[0] for m in MUTATIONS_16BIT])
+def test_a_16bit_mutation_is_caught(file, old, new, op, tmp_path, emulate):
+    shutil.copytree(cuda.kernel_dir(), tmp_path, dirs_exist_ok=True)
+    source = (tmp_path / file).read_text()
+    assert source.count(old) == 1, f"mutation target not found in {file}: {old}"
+    (tmp_path / file).write_text(source.replace(old, new))
+    for dtype in HALF_TYPES:
+        with cuda.kernel_source_override(tmp_path), pytest.raises(AssertionError):
+            CHECKS[op](dtype)
+
+
+def test_16bit_tensor_ops_through_autograd(emulate):
+    """The ops' GPU branches with float16 tensors: LRN, dropout and bias_relu forward and backward
+    against the NumPy path on float32 copies of the same values."""
+    x16, x = inputs16((2, 6, 3, 3), np.float16)
+    b16, b = inputs16((6,), np.float16, seed=1)
+
+    def run(device, xs, bs):
+        mdl.manual_seed(3)
+        xt = mdl.tensor(xs, requires_grad=True, device=device, dtype=xs.dtype)
+        bt = mdl.tensor(bs, requires_grad=True, device=device, dtype=bs.dtype)
+        y = F.dropout(F.local_response_norm(F.bias_relu(xt, bt), 3, 1.0, 0.75, 2.0), 0.25)
+        y.backward(np.ones(y.shape, dtype=xs.dtype))
+        assert y.dtype == xt.grad.dtype == bt.grad.dtype == xs.dtype
+        return [t.astype(np.float32) for t in (y.numpy(), xt.grad.numpy(), bt.grad.numpy())]
+
+    got = run("cuda", x16, b16)
+    expected = run("cpu", x, b)
+    # Each op rounds its output to float16, so a chain differs from the float32 chain by a few
+    # of those roundings (2^-11 each), more where LRN's backward subtracts two close terms.
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-2, atol=4e-3 * np.abs(e).max())
+
+
+# ---- master weights ------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize(
+    "make", [lambda p: optim.SGD(p, lr=1e-4), lambda p: optim.Adam(p, 1e-4)], ids=["SGD", "Adam"]
+)
+def test_master_weights_stay_float32_and_keep_small_updates(device, make, monkeypatch):
+    """w = 1 in float16 (ulp 2^-10 ~ 9.8e-4): ten updates of 1e-4 each round away in float16, but
+    the float32 master accumulates them and w moves to the nearest float16 of 0.999."""
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    p = mdl.nn.Parameter(np.ones(8, dtype=np.float16), dtype=np.float16, device=device)
+    opt = make([p])
+    for _ in range(10):
+        p.grad = mdl.tensor(np.ones(8, dtype=np.float16), dtype=np.float16, device=device)
+        opt.step()
+    master = opt.state[0]["master"]
+    assert p.dtype == np.float16 and master.dtype == np.float32
+    assert all(v.dtype == np.float32 for v in opt.state[0].values() if hasattr(v, "dtype"))
+    np.testing.assert_allclose(master, 1 - 10 * 1e-4, rtol=1e-5)
+    assert np.all(p.numpy() == np.float16(0.999))  # not 1.0: the small steps were kept
+    state = opt.state_dict()
+    opt.load_state_dict(state)
+    assert opt.state[0]["master"].dtype == np.float32
+
+
+def test_plain_float16_update_would_lose_the_steps():
+    """The reason for master weights, shown: the same update applied in float16 does nothing."""
+    w = np.float16(1.0)
+    for _ in range(10):
+        w = np.float16(w - np.float16(1e-4))
+    assert w == np.float16(1.0)
+
+
+# ---- GradScaler ----------------------------------------------------------------------------------
+def test_grad_scaler_defaults_are_pytorchs():
+    scaler = precision.GradScaler()
+    assert scaler.get_scale() == 2.0**16
+    assert (scaler.growth_factor, scaler.backoff_factor, scaler.growth_interval) == (2.0, 0.5, 2000)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_forced_overflow_skips_the_step_and_halves(device, monkeypatch):
+    """A float16 model whose scaled gradient overflows float16: the step is skipped (weights and
+    master unchanged), the scale halves; at a scale that fits, the step runs."""
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    w0 = np.full((4, 3), 0.5, dtype=np.float16)
+    w = mdl.nn.Parameter(w0.copy(), dtype=np.float16, device=device)
+    opt = optim.SGD([w], lr=0.01, momentum=0.9)
+    scaler = precision.GradScaler(init_scale=2.0**16)
+    x = mdl.tensor(np.full((2, 4), 8.0), dtype=np.float16, device=device)
+
+    def one_step():
+        opt.zero_grad()
+        loss = (x @ w).astype(np.float32).sum()
+        scaler.scale(loss).backward()  # dw = 2^16 * 16 = 2^20 > 65504: inf in float16
+        stepped = scaler.step(opt)
+        scaler.update()
+        return stepped
+
+    assert not one_step()
+    assert scaler.get_scale() == 2.0**15 and scaler.skipped_steps == 1
+    assert np.array_equal(w.numpy(), w0) and opt.state[0] == {}  # nothing moved
+    while not one_step():  # halves until 2^s * 16 fits in float16: 2^11
+        pass
+    assert scaler.get_scale() == 2.0**11 and scaler.skipped_steps == 5
+    master = opt.state[0]["master"]
+    np.testing.assert_allclose(master, 0.5 - 0.01 * 16, rtol=1e-6)  # unscaled in float32
+    assert opt.grad_scale == 1.0
+
+
+def test_grad_scaler_grows_after_growth_interval_clean_steps():
+    w = mdl.nn.Parameter(np.ones(3))
+    opt = optim.SGD([w], lr=0.0)
+    scaler = precision.GradScaler(init_scale=8.0, growth_interval=3)
+    scales = []
+    for step in range(11):
+        w.grad = mdl.tensor(np.full(3, np.inf if step == 4 else 1.0))
+        scaler.step(opt)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    # clean x3 -> x2 (the count restarts); clean, inf -> /2 (restarts); clean x3 -> x2; x3 -> x2
+    assert scales == [8.0, 8.0, 16.0, 16.0, 8.0, 8.0, 8.0, 16.0, 16.0, 16.0, 32.0]
+
+
+def test_grad_scaler_matches_torch():
+    """The scale over a run of clean and overflowing steps is PyTorch's, step for step."""
+    torch = pytest.importorskip("torch")
+    pattern = [0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]  # 1: an inf gradient
+    t_param = torch.nn.Parameter(torch.ones(2))
+    t_opt = torch.optim.SGD([t_param], lr=0.0)
+    t_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    w = mdl.nn.Parameter(np.ones(2))
+    opt = optim.SGD([w], lr=0.0)
+    scaler = precision.GradScaler(init_scale=1024.0, growth_interval=3)
+    for bad in pattern:
+        factor = np.full(2, np.inf if bad else 1.0)
+        t_opt.zero_grad()
+        t_scaler.scale((t_param * torch.from_numpy(factor)).sum()).backward()
+        t_scaler.step(t_opt)
+        t_scaler.update()
+        opt.zero_grad()
+        scaler.scale((w * mdl.tensor(factor)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert scaler.get_scale() == t_scaler.get_scale()
+    mine, theirs = scaler.state_dict(), t_scaler.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(float(mine[k]) == float(theirs[k]) for k in mine)
+
+
+def test_grad_scaler_state_dict_round_trip_and_misuse():
+    scaler = precision.GradScaler(init_scale=4.0, growth_interval=5)
+    w = mdl.nn.Parameter(np.ones(2))
+    opt = optim.SGD([w], lr=0.1)
+    w.grad = mdl.tensor(np.ones(2))
+    scaler.unscale_(opt)
+    assert opt.grad_scale == 0.25
+    with pytest.raises(RuntimeError, match="already"):
+        scaler.unscale_(opt)
+    scaler.step(opt)
+    with pytest.raises(RuntimeError, match="already"):
+        scaler.step(opt)
+    scaler.update()
+    np.testing.assert_allclose(w.numpy(), 1 - 0.1 * 0.25)  # the step used g / scale
+    other = precision.GradScaler()
+    other.load_state_dict(scaler.state_dict())
+    assert other.state_dict() == scaler.state_dict()
+    with pytest.raises(RuntimeError, match="no unscale_"):
+        other.update()
+    off = precision.GradScaler(enabled=False)
+    assert off.get_scale() == 1.0 and off.state_dict() == {}
+
+
+# ---- modes ---------------------------------------------------------------------------------------
+def test_precision_modes():
+    with pytest.raises(ValueError, match="fp32"):
+        precision.Precision("fp8")
+    assert precision.Precision("fp16").loss_scaling and not precision.Precision("bf16").loss_scaling
+    assert precision.Precision("bf16").dtype == BFLOAT16
+    model = mdl.nn.Sequential(mdl.nn.Linear(3, 2), mdl.nn.ReLU())
+    precision.Precision("fp16").cast_model(model)
+    assert all(p.dtype == np.float16 for p in model.parameters())
+    with pytest.raises(NotImplementedError, match="bfloat16"):
+        precision.Precision("bf16").cast_model(model)
+    logits = mdl.tensor(np.ones((2, 3)), dtype=np.float16)
+    assert precision.Precision.loss_input(logits).dtype == np.float32
+    with precision.Precision("tf32").matmul_mode():
+        assert precision.tf32_enabled()
+    assert not precision.tf32_enabled()
