@@ -184,6 +184,7 @@ def fit(
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
     for epoch in range(start_epoch + 1, epochs + 1):
         train = train_epoch(model, train_loader, optimizer, device, progress, f"epoch {epoch}")
+        distributed.broadcast_parameters(model)  # BatchNorm's running statistics: rank 0's
         test = evaluate(model, test_loader, device)
         if scheduler is not None:
             scheduler.step(test["top1"])
