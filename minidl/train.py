@@ -3,24 +3,54 @@ that resume exactly and a CSV log; the pictures (curves, conv1's filters) are ``
 
 Checkpoints are ``.npz`` files read with ``allow_pickle=False``: the model's and optimizer's arrays,
 the schedule's numbers, the loader's epoch and the global generator's state (as JSON text), so a
-run resumed from one continues with the same batches, dropout masks and updates.
+run resumed from one continues with the same batches, dropout masks and updates. They are written
+atomically and durably, and never with non-finite weights. ``docs/checkpoints.md`` says what is
+guaranteed and what a resume does when the checkpoint and the run disagree.
+
+A step whose loss or gradients are not finite (NaN or inf) is never applied: by default training
+stops there with ``NonFiniteLossError`` naming the epoch, the step and the loss; with
+``nonfinite="skip"`` such steps are skipped and counted (``skipped_steps`` in the log).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import os
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 import minidl.functional as F
 from minidl import backend, distributed
+from minidl import optim as mdl_optim
 from minidl import random as mdl_random
 from minidl.autograd import no_grad
 from minidl.plots import plot_curves, save_filter_grid
 from minidl.tensor import Tensor
+
+NONFINITE = ("stop", "skip")
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped at a step whose loss or gradients were not finite (nonfinite="stop").
+
+    That step's update was not applied and nothing was written after it. ``epoch`` and ``step``
+    (1-based) say where, ``loss`` is the loss value, ``history`` the epochs finished before."""
+
+    def __init__(self, message: str, epoch, step: int, loss: float, history=None):
+        super().__init__(message)
+        self.epoch, self.step, self.loss = epoch, step, loss
+        self.history = history if history is not None else []
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -31,24 +61,89 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def all_finite(arrays) -> bool:
+    """True when no array holds a NaN or an inf: the sum of their sums (a NaN or an inf anywhere
+    makes it NaN or inf). np.sum of a CuPy array runs on the GPU (NumPy hands it to CuPy), so a
+    GPU sends back one number, not one per array."""
+    total = 0.0
+    for a in arrays:
+        total = total + np.sum(a, dtype=np.float64)
+    return math.isfinite(float(total))
+
+
+def _gradients(optimizer) -> list:
+    return [p.grad.data for p in optimizer.params if p.grad is not None]
+
+
+def _weights_and_buffers(optimizer) -> list:
+    """The parameters and the optimizer's per-parameter arrays (momentum, Adam's moments)."""
+    buffers = [v for state in optimizer.state for v in state.values() if getattr(v, "ndim", 0)]
+    return [p.data for p in optimizer.params] + buffers
+
+
 def train_epoch(
-    model, loader, optimizer, device: str = "cpu", progress: bool = True, desc: str = "train"
+    model,
+    loader,
+    optimizer,
+    device: str = "cpu",
+    progress: bool = True,
+    desc: str = "train",
+    nonfinite: str = "stop",
+    epoch: int | None = None,
 ) -> dict:
-    """One pass over ``loader``; returns mean loss, accuracy, images/second and seconds."""
+    """One pass over ``loader``; returns mean loss, accuracy, images/second, seconds and
+    ``skipped_steps``. Loss and accuracy count the steps that were applied.
+
+    A step whose loss or gradients are not finite is not applied: nonfinite="stop" raises
+    NonFiniteLossError, "skip" counts it and goes on; an epoch in which every step was skipped
+    stops either way (nothing was learnt)."""
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"train_epoch: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, skipped = 0.0, 0, 0, 0
+    where = f"epoch {epoch}, " if epoch is not None else ""
     progress = progress and distributed.is_main()
     start = time.perf_counter()
     bar = _progress(loader, len(loader), desc, progress)
-    for x, y in bar:
+    for step, (x, y) in enumerate(bar, start=1):
         x = Tensor(x, device=device)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad()
         loss.backward()
-        distributed.allreduce_gradients(optimizer.params, weight=len(y))  # no-op in one process
-        optimizer.step()
+        # several processes: every rank now holds the whole batch's gradient, so every rank
+        # takes the same decision below (a non-finite gradient anywhere is one everywhere)
+        distributed.allreduce_gradients(optimizer.params, weight=len(y))
         batch_loss = loss.item()  # also waits for the GPU, so the rate below is honest
+        # Checked before the update, so a bad batch can be skipped without a trace (in
+        # data-parallel training: after the gradients are averaged, so every rank agrees).
+        if not (math.isfinite(batch_loss) and all_finite(_gradients(optimizer))):
+            what = "a gradient" if math.isfinite(batch_loss) else "the loss"
+            if nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"{where}step {step} of {len(loader)}: {what} is not finite (loss "
+                    f"{batch_loss}, lr {optimizer.lr}); the update was not applied. Look for "
+                    "NaN or inf in the data, or lower the learning rate; nonfinite='skip' "
+                    "(--nonfinite skip) skips such steps instead",
+                    epoch,
+                    step,
+                    batch_loss,
+                )
+            skipped += 1
+            continue
+        optimizer.step()
+        # A finite gradient can still overflow in the update (g * g in Adam, a huge lr): that
+        # cannot be undone, so it stops the run whatever ``nonfinite`` says.
+        if not all_finite(_weights_and_buffers(optimizer)):
+            raise NonFiniteLossError(
+                f"{where}step {step} of {len(loader)}: the update overflowed (loss "
+                f"{batch_loss}, lr {optimizer.lr}): the weights or the optimizer's buffers "
+                "now hold NaN or inf, and the run cannot go on from them. Lower the learning "
+                "rate",
+                epoch,
+                step,
+                batch_loss,
+            )
         total_loss += batch_loss * len(y)
         correct += int((backend.to_numpy(logits.data).argmax(axis=1) == y).sum())
         seen += len(y)
@@ -57,11 +152,20 @@ def train_epoch(
             bar.set_postfix(loss=f"{batch_loss:.4f}", img_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
     total_loss, correct, seen = distributed.allreduce_sum([total_loss, correct, seen])  # all ranks
+    if seen == 0:
+        raise NonFiniteLossError(
+            f"{where}all {skipped} steps had a non-finite loss or gradient and were skipped; "
+            "nothing was learnt. Look for NaN or inf in the data, or lower the learning rate",
+            epoch,
+            skipped,
+            float("nan"),
+        )
     return {
         "loss": total_loss / seen,
         "accuracy": correct / seen,
         "images_per_second": seen / seconds,
         "seconds": seconds,
+        "skipped_steps": skipped,
     }
 
 
@@ -98,7 +202,21 @@ def evaluate(model, loader, device: str = "cpu", progress: bool = False) -> dict
 def save_checkpoint(
     path, model, optimizer=None, scheduler=None, loader=None, epoch: int = 0, history=None
 ) -> None:
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    """Write what a resume needs to ``path`` (.npz, no pickle), atomically and durably.
+
+    The arrays go to a temporary file beside ``path``, which is synced to the disk before one
+    rename replaces ``path``, and the folder is synced after the rename: a crash or a kill at any
+    moment leaves the previous checkpoint or the new one, whole. A model holding NaN or inf is
+    refused (CheckpointError), so a diverged run never overwrites the last good checkpoint."""
+    path = Path(path)
+    model_state = model.state_dict()
+    for name, value in model_state.items():
+        if not np.isfinite(value).all():
+            raise CheckpointError(
+                f"save_checkpoint: the model's {name} holds NaN or inf; {path} was not written "
+                "(the last checkpoint there, if any, is kept)"
+            )
+    arrays = {f"model/{k}": v for k, v in model_state.items()}
     if optimizer is not None:
         arrays.update({f"optimizer/{k}": v for k, v in optimizer.state_dict().items()})
     if scheduler is not None:
@@ -108,49 +226,203 @@ def save_checkpoint(
     arrays["rng"] = np.array(json.dumps(mdl_random.generator().bit_generator.state))
     arrays["history"] = np.array(json.dumps(history or []))
     arrays["world_size"] = np.array(distributed.world_size())  # resume needs as many ranks
-    path = Path(path)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, **arrays)
-    partial.replace(path)
+    _remove_stale_partials(path)
+    # One temporary name per process, so two writers never write into the same file.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on the disk before the name points at them
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)  # and the rename itself survives a power cut
 
 
-def load_checkpoint(path, model, optimizer=None, scheduler=None, loader=None) -> tuple[int, list]:
-    """Restore everything ``save_checkpoint`` wrote; returns (epoch, history)."""
+def _fsync_folder(folder: Path) -> None:
+    if os.name != "posix":  # Windows cannot open a folder; its rename is as durable as it gets
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Delete temporary files left by writers of ``path`` that were killed mid-write."""
+    for partial in path.parent.glob(f".{path.name}.*.partial"):
+        pid = partial.name[len(path.name) + 2 : -len(".partial")]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def read_checkpoint(path) -> dict[str, np.ndarray]:
+    """Every array of a checkpoint; CheckpointError naming the file when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with np.load(path, allow_pickle=False) as f:
-        data = {k: f[k] for k in f.files}
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"checkpoint {path} is a single .npy array, not an .npz")
+            return {k: f[k] for k in f.files}
+    except ValueError as err:
+        if "pickle" in str(err):  # NumPy takes any file that is not .npy/.npz for a pickle
+            raise CheckpointError(
+                f"checkpoint {path} is not an .npz archive (NumPy would read it as a pickle, "
+                "which minidl never loads)"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _section(data: dict, name: str) -> dict:
+    prefix = f"{name}/"
+    return {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}
+
+
+def _meta(data: dict) -> dict:
+    """The checkpoint's kinds; for a checkpoint older than the "meta" entry, the optimizer's kind
+    is read from its buffer names."""
+    if "meta" in data:
+        return json.loads(str(data["meta"]))
+    state = _section(data, "optimizer")
+    names = {key.split(".", 1)[1] for key in state if "." in key}
+    kind = next(
+        (
+            cls.__name__
+            for cls in (mdl_optim.SGD, mdl_optim.Adam)
+            if names and names <= set(cls.state_names)
+        ),
+        None,
+    )
+    return {"format": 0, "optimizer": kind, "scheduler": None}
+
+
+def checkpoint_summary(path) -> dict:
+    """What a checkpoint holds, without a model: epoch, optimizer and scheduler kinds (None when
+    it was saved without one) and the optimizer's learning rate (None without an optimizer)."""
+    data = read_checkpoint(path)
+    meta = _meta(data)
+    state = _section(data, "optimizer")
+    return {
+        "epoch": int(data["epoch"]) if "epoch" in data else None,
+        "optimizer": meta.get("optimizer") if state else None,
+        "lr": float(state["lr"]) if "lr" in state else None,
+        "scheduler": meta.get("scheduler"),
+    }
+
+
+def load_checkpoint(
+    path, model, optimizer=None, scheduler=None, loader=None, lr=None, log=print
+) -> tuple[int, list]:
+    """Restore what ``save_checkpoint`` wrote; returns (epoch, history).
+
+    The model must match name for name and shape for shape (CheckpointError names the entry).
+    The optimizer you pass is the one that trains: its buffers and learning rate are restored
+    when the checkpoint holds the same kind; otherwise (another kind, or a model-only
+    checkpoint) it starts fresh, at its own learning rate, and ``log`` says so. ``lr``, when
+    given, replaces the restored learning rate. The scheduler follows the same rule."""
+    path = Path(path)
+    data = read_checkpoint(path)
+    missing = [k for k in ("epoch", "rng", "history") if k not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: not a minidl checkpoint")
     saved_world = int(data.get("world_size", 1))  # checkpoints from before it: one process
     if saved_world != distributed.world_size():
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path} was written by a run on {saved_world} process(es); resume it on "
             f"the same number (this run has {distributed.world_size()}): the loader's shards, "
             "and so the batches each rank reads, depend on it"
         )
-
-    def section(name):
-        prefix = f"{name}/"
-        return {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}
-
-    model.load_state_dict(section("model"))
+    meta = _meta(data)
+    try:
+        model.load_state_dict(_section(data, "model"))
+    except (KeyError, ValueError) as err:
+        message = err.args[0] if err.args else str(err)
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {message}") from None
     if optimizer is not None:
-        optimizer.load_state_dict(section("optimizer"))
+        _load_optimizer(path, optimizer, _section(data, "optimizer"), meta.get("optimizer"), log)
+        if lr is not None and lr != optimizer.lr:
+            log(f"lr {lr} (asked for) replaces the checkpoint's {optimizer.lr}")
+            optimizer.lr = float(lr)
     if scheduler is not None:
-        scheduler.load_state_dict(section("scheduler"))
+        state, kind = _section(data, "scheduler"), type(scheduler).__name__
+        if not state or meta.get("scheduler") not in (None, kind):
+            saved = meta.get("scheduler") if state else "no scheduler"
+            log(f"{path} holds {saved}'s state; this run's {kind} starts fresh")
+        else:
+            scheduler.load_state_dict(state)
     if loader is not None:
-        loader.epoch = int(data["loader_epoch"])
+        loader.epoch = int(data.get("loader_epoch", data["epoch"]))
     mdl_random.generator().bit_generator.state = json.loads(str(data["rng"]))
     return int(data["epoch"]), json.loads(str(data["history"]))
 
 
+def _load_optimizer(path: Path, optimizer, state: dict, saved_kind, log) -> None:
+    kind = type(optimizer).__name__
+    if not state:
+        log(f"{path} holds no optimizer state: {kind} starts fresh at lr {optimizer.lr}")
+        return
+    if saved_kind is not None and saved_kind != kind:
+        log(
+            f"{path} holds {saved_kind}'s state; this run trains with {kind}, which starts "
+            f"fresh at lr {optimizer.lr} ({saved_kind}'s state is dropped)"
+        )
+        return
+    names = getattr(optimizer, "state_names", ()) or None  # None: a custom optimizer, unchecked
+    for key, value in state.items():
+        if key == "lr":
+            continue
+        index, name = key.split(".", 1)
+        if int(index) >= len(optimizer.params) or (names is not None and name not in names):
+            raise CheckpointError(
+                f"checkpoint {path}: optimizer entry {key} does not fit this {kind} "
+                f"({len(optimizer.params)} parameters, buffers {names})"
+            )
+        shape = optimizer.params[int(index)].shape
+        if value.ndim and tuple(value.shape) != tuple(shape):
+            raise CheckpointError(
+                f"checkpoint {path}: optimizer entry {key} has shape {tuple(value.shape)}, "
+                f"its parameter {tuple(shape)}"
+            )
+    optimizer.load_state_dict(state)
+
+
 # ---- logs ---------------------------------------------------------------------------
 def write_csv(path, history: list[dict]) -> None:
+    """One row per epoch; the columns are every key seen, in order (a history resumed from an
+    older checkpoint may lack the newer ones: those cells stay empty)."""
     if not history:
         return
+    fields = list(dict.fromkeys(key for row in history for key in row))
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(history)
 
@@ -168,29 +440,62 @@ def fit(
     resume=None,
     progress: bool = True,
     log=print,
+    nonfinite: str = "stop",
+    resume_lr: float | None = None,
 ) -> list[dict]:
     """Train for ``epochs`` epochs in all (counting those in a resumed checkpoint), evaluating
-    after each; writes out_dir/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}."""
+    after each; writes out_dir/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}.
+
+    Returns the history, one row per epoch (``lr`` is the rate that epoch trained with,
+    ``skipped_steps`` the steps skipped for a non-finite loss). With nothing left to train
+    (``epochs`` at most the checkpoint's) nothing is written. A non-finite loss or gradient
+    stops the run (NonFiniteLossError) with the last checkpoint untouched, unless
+    nonfinite="skip". ``resume_lr`` replaces the checkpoint's learning rate."""
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"fit: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+    if epochs < 0:
+        raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
     history: list[dict] = []
     start_epoch = 0
     # several processes (minidl.distributed): rank 0 alone prints and writes files
     out = Path(out_dir) if out_dir is not None and distributed.is_main() else None
     log = log if distributed.is_main() else (lambda *args: None)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.npz" if out is not None else None
     if resume is not None:
-        start_epoch, history = load_checkpoint(resume, model, optimizer, scheduler, train_loader)
+        start_epoch, history = load_checkpoint(
+            resume, model, optimizer, scheduler, train_loader, lr=resume_lr, log=log
+        )
         log(f"resumed from {resume} after epoch {start_epoch}")
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
+    if epochs <= start_epoch:
+        log(f"nothing to train: {epochs} epochs asked for, {start_epoch} done; nothing written")
+        return history
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    told_no_curves, skipped_in_all = False, 0
     for epoch in range(start_epoch + 1, epochs + 1):
-        train = train_epoch(model, train_loader, optimizer, device, progress, f"epoch {epoch}")
-        distributed.broadcast_parameters(model)  # BatchNorm's running statistics: rank 0's
+        lr = optimizer.lr  # the rate this epoch trains with; the scheduler changes it after
+        try:
+            train = train_epoch(
+                model, train_loader, optimizer, device, progress, f"epoch {epoch}", nonfinite, epoch
+            )
+        except NonFiniteLossError as err:
+            kept = ""
+            if checkpoint is not None:
+                kept = f"; {checkpoint} is as it was" if checkpoint.exists() else ""
+            raise NonFiniteLossError(
+                f"training stopped: {err}. Nothing was written for epoch {epoch}{kept}",
+                err.epoch,
+                err.step,
+                err.loss,
+                history,
+            ) from None
         test = evaluate(model, test_loader, device)
         if scheduler is not None:
             scheduler.step(test["top1"])
         row = {
             "epoch": epoch,
-            "lr": optimizer.lr,
+            "lr": lr,
             "train_loss": round(train["loss"], 6),
             "train_accuracy": round(train["accuracy"], 6),
             "test_loss": round(test["loss"], 6),
@@ -198,19 +503,27 @@ def fit(
             "test_top5": round(test["top5"], 6),
             "images_per_second": round(train["images_per_second"], 1),
             "seconds": round(train["seconds"], 1),
+            "skipped_steps": train["skipped_steps"],
         }
         history.append(row)
+        skipped_in_all += row["skipped_steps"]
+        skipped = (
+            f", {row['skipped_steps']} steps skipped (non-finite)" if row["skipped_steps"] else ""
+        )
         log(
             f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
             f"test loss {row['test_loss']:.4f} top-1 {row['test_top1']:.4f} top-5 "
-            f"{row['test_top5']:.4f} | {row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s"
+            f"{row['test_top5']:.4f} | {row['images_per_second']:.0f} img/s, "
+            f"{row['seconds']:.0f} s{skipped}"
         )
         if out is not None:
-            save_checkpoint(
-                out / "checkpoint.npz", model, optimizer, scheduler, train_loader, epoch, history
-            )
+            save_checkpoint(checkpoint, model, optimizer, scheduler, train_loader, epoch, history)
             write_csv(out / "log.csv", history)
-            plot_curves(history, out / "curves.png")
+            if not plot_curves(history, out / "curves.png") and not told_no_curves:
+                log("curves.png not written: matplotlib is missing (pip install 'minidl[plot]')")
+                told_no_curves = True
+    if skipped_in_all:
+        log(f"{skipped_in_all} steps were skipped for a non-finite loss or gradient")
     if out is not None:
         first_conv = next(p for name, p in model.named_parameters() if p.ndim == 4)
         save_filter_grid(first_conv.numpy(), out / "conv1_filters.png")
