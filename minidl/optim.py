@@ -92,7 +92,7 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    state_names = ("velocity",)  # the per-parameter buffers a checkpoint holds
+    state_names = ("velocity", "master")  # the per-parameter buffers a checkpoint holds
 
     def __init__(
         self,
@@ -158,7 +158,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction; weight_decay adds wd * w to the gradient."""
 
-    state_names = ("m", "v", "t")  # the per-parameter buffers a checkpoint holds
+    state_names = ("m", "v", "t", "master")  # the per-parameter buffers a checkpoint holds
 
     def __init__(
         self,
