@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
-# Tuned for speed (shifted adds, beta = 0.75 by square roots); plain loop: reference.py below.
+# Tuned for speed (shifted adds; beta = 0.75 by square roots). The plain loop, to read first:
+# tests/reference.py::local_response_norm
 def channel_window_sum(a, size: int):
     """out[:, c] = sum of a[:, j] for |j - c| <= size // 2, clipped at the edges. a: (N, C, ...)."""
     out = a.copy()
