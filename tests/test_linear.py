@@ -3,6 +3,7 @@ import pytest
 
 import minidl as mdl
 import minidl.functional as F
+from minidl.autograd import Function
 from tests import reference
 from tests.helpers import assert_all_close, assert_close, check_op, forward_backward, random
 
@@ -41,3 +42,22 @@ def test_shape_mismatch_names_both_shapes():
         F.linear(
             mdl.tensor(np.zeros((2, 4))), mdl.tensor(np.zeros((5, 4))), mdl.tensor(np.zeros(4))
         )
+
+
+class TimesTwoWrongBackward(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, dy):
+        return 3 * dy  # wrong on purpose: the derivative is 2
+
+
+def test_check_op_catches_a_wrong_gradient_and_a_wrong_forward():
+    with pytest.raises(AssertionError, match="gradcheck failed"):
+        check_op([(3, 2)], lambda x: 2 * x, TimesTwoWrongBackward.apply)
+    with pytest.raises(AssertionError, match="gradient of input 0"):  # torch sees it too
+        check_op([(3, 2)], lambda x: 2 * x, TimesTwoWrongBackward.apply, gradcheck=False)
+    with pytest.raises(AssertionError, match="forward"):  # right gradient, shifted values
+        check_op([(3, 2)], lambda x: 2 * x, lambda x: 2 * x + 1e-3)
