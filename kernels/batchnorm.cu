@@ -27,6 +27,11 @@
 // grid-stride; launch: any 1-D grid of 1-D blocks. batch_norm_update_running: one thread per
 // channel. Matches batch_norm_stats_numpy, batch_norm_forward_numpy and
 // batch_norm_backward_numpy.
+//
+// 16-bit storage (x, y, dy, dx, weight, bias in __half or __nv_bfloat16): the statistics shift,
+// offset, var, the running statistics, dweight and dbias are acc_t<T> (float) arrays, and every
+// sum runs in float: a 16-bit mean or variance would lose the precision the two passes keep.
+// minidl-types: float double __half __nv_bfloat16
 #include "common.cuh"
 
 __device__ __forceinline__ float real_sqrt(float x) { return sqrtf(x); }
@@ -40,30 +45,33 @@ __device__ __forceinline__ long long channel_at(long long j, int c, int C, long 
 }
 
 template <typename T>
-__global__ void batch_norm_stats(const T* x, T* shift, T* offset, T* var, int N, int C,
-                                 long long plane) {
-    __shared__ T partial[MINIDL_REDUCE_THREADS];
-    __shared__ T partial_sq[MINIDL_REDUCE_THREADS];
+__global__ void batch_norm_stats(const T* x, acc_t<T>* shift, acc_t<T>* offset, acc_t<T>* var,
+                                 int N, int C, long long plane) {
+    typedef acc_t<T> Acc;
+    __shared__ Acc partial[MINIDL_REDUCE_THREADS];
+    __shared__ Acc partial_sq[MINIDL_REDUCE_THREADS];
     int c = blockIdx.x;
     long long M = (long long)N * plane;
 
     // Pass 1: the plain mean, used as the centre of pass 2.
-    T sum = T(0);
-    for (long long j = threadIdx.x; j < M; j += blockDim.x) sum += x[channel_at(j, c, C, plane)];
+    Acc sum = Acc(0);
+    for (long long j = threadIdx.x; j < M; j += blockDim.x) {
+        sum += to_acc(x[channel_at(j, c, C, plane)]);
+    }
     partial[threadIdx.x] = sum;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half /= 2) {  // tree: 256 -> 128 -> ... -> 1
         if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
         __syncthreads();
     }
-    T s = partial[0] / T(M);
+    Acc s = partial[0] / Acc(M);
     __syncthreads();  // every thread has read partial[0] before it is overwritten
 
     // Pass 2: deviations from s, their sum (the correction) and their squares.
-    T d_sum = T(0);
-    T d_sq = T(0);
+    Acc d_sum = Acc(0);
+    Acc d_sq = Acc(0);
     for (long long j = threadIdx.x; j < M; j += blockDim.x) {
-        T d = x[channel_at(j, c, C, plane)] - s;
+        Acc d = to_acc(x[channel_at(j, c, C, plane)]) - s;
         d_sum += d;
         d_sq += d * d;
     }
@@ -78,52 +86,62 @@ __global__ void batch_norm_stats(const T* x, T* shift, T* offset, T* var, int N,
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        T o = partial[0] / T(M);
-        T v = partial_sq[0] / T(M) - o * o;  // o is tiny next to the spread: no cancellation
+        Acc o = partial[0] / Acc(M);
+        Acc v = partial_sq[0] / Acc(M) - o * o;  // o is tiny next to the spread: no cancellation
         shift[c] = s;
         offset[c] = o;
-        var[c] = v > T(0) ? v : T(0);
+        var[c] = v > Acc(0) ? v : Acc(0);
     }
 }
 
+// All acc_t<T>: launched with the running statistics' dtype (float for 16-bit x).
 template <typename T>
-__global__ void batch_norm_update_running(T* running_mean, T* running_var, const T* shift,
-                                          const T* offset, const T* var, int C, long long M,
-                                          T momentum) {
+__global__ void batch_norm_update_running(acc_t<T>* running_mean, acc_t<T>* running_var,
+                                          const acc_t<T>* shift, const acc_t<T>* offset,
+                                          const acc_t<T>* var, int C, long long M,
+                                          acc_t<T> momentum) {
+    typedef acc_t<T> Acc;
     FOR_EACH_INDEX(c, C) {
-        T unbiased = var[c] * (T(M) / T(M - 1));
-        running_mean[c] = (T(1) - momentum) * running_mean[c] + momentum * (shift[c] + offset[c]);
-        running_var[c] = (T(1) - momentum) * running_var[c] + momentum * unbiased;
+        Acc unbiased = var[c] * (Acc(M) / Acc(M - 1));
+        running_mean[c] =
+            (Acc(1) - momentum) * running_mean[c] + momentum * (shift[c] + offset[c]);
+        running_var[c] = (Acc(1) - momentum) * running_var[c] + momentum * unbiased;
     }
 }
 
 template <typename T>
-__global__ void batch_norm_forward(const T* x, const T* shift, const T* offset, const T* var,
-                                   const T* weight, const T* bias, T* y, long long total, int C,
-                                   long long plane, T eps) {
+__global__ void batch_norm_forward(const T* x, const acc_t<T>* shift, const acc_t<T>* offset,
+                                   const acc_t<T>* var, const T* weight, const T* bias, T* y,
+                                   long long total, int C, long long plane, acc_t<T> eps) {
+    typedef acc_t<T> Acc;
     FOR_EACH_INDEX(index, total) {
         // index = (n * C + c) * plane + p
         int c = (int)((index / plane) % C);
-        T invstd = T(1) / real_sqrt(var[c] + eps);
-        T xhat = ((x[index] - shift[c]) - offset[c]) * invstd;
-        y[index] = xhat * weight[c] + bias[c];
+        Acc invstd = Acc(1) / real_sqrt(var[c] + eps);
+        Acc xhat = ((to_acc(x[index]) - shift[c]) - offset[c]) * invstd;
+        y[index] = from_acc<T>(xhat * to_acc(weight[c]) + to_acc(bias[c]));
     }
 }
 
+// dweight and dbias are acc_t<T>: batch_norm_backward_input reads them unrounded (its
+// M dy - dbias - xhat dweight cancels); the caller rounds the returned gradients to T.
 template <typename T>
-__global__ void batch_norm_backward_reduce(const T* dy, const T* x, const T* shift,
-                                           const T* offset, const T* var, T* dweight, T* dbias,
-                                           int N, int C, long long plane, T eps) {
-    __shared__ T partial[MINIDL_REDUCE_THREADS];
-    __shared__ T partial_xhat[MINIDL_REDUCE_THREADS];
+__global__ void batch_norm_backward_reduce(const T* dy, const T* x, const acc_t<T>* shift,
+                                           const acc_t<T>* offset, const acc_t<T>* var,
+                                           acc_t<T>* dweight, acc_t<T>* dbias, int N, int C,
+                                           long long plane, acc_t<T> eps) {
+    typedef acc_t<T> Acc;
+    __shared__ Acc partial[MINIDL_REDUCE_THREADS];
+    __shared__ Acc partial_xhat[MINIDL_REDUCE_THREADS];
     int c = blockIdx.x;
     long long M = (long long)N * plane;
-    T sum_dy = T(0);
-    T sum_dy_d = T(0);  // sum dy * (x - mean); times invstd it is sum dy * xhat
+    Acc sum_dy = Acc(0);
+    Acc sum_dy_d = Acc(0);  // sum dy * (x - mean); times invstd it is sum dy * xhat
     for (long long j = threadIdx.x; j < M; j += blockDim.x) {
         long long at = channel_at(j, c, C, plane);
-        sum_dy += dy[at];
-        sum_dy_d += dy[at] * ((x[at] - shift[c]) - offset[c]);
+        Acc g = to_acc(dy[at]);
+        sum_dy += g;
+        sum_dy_d += g * ((to_acc(x[at]) - shift[c]) - offset[c]);
     }
     partial[threadIdx.x] = sum_dy;
     partial_xhat[threadIdx.x] = sum_dy_d;
@@ -142,21 +160,23 @@ __global__ void batch_norm_backward_reduce(const T* dy, const T* x, const T* shi
 }
 
 template <typename T>
-__global__ void batch_norm_backward_input(const T* dy, const T* x, const T* shift,
-                                          const T* offset, const T* var, const T* weight,
-                                          const T* dweight, const T* dbias, T* dx,
-                                          long long total, int C, long long plane, T eps,
-                                          int training) {
+__global__ void batch_norm_backward_input(const T* dy, const T* x, const acc_t<T>* shift,
+                                          const acc_t<T>* offset, const acc_t<T>* var,
+                                          const T* weight, const acc_t<T>* dweight,
+                                          const acc_t<T>* dbias, T* dx, long long total, int C,
+                                          long long plane, acc_t<T> eps, int training) {
+    typedef acc_t<T> Acc;
     long long M = total / C;
     FOR_EACH_INDEX(index, total) {
         int c = (int)((index / plane) % C);
-        T invstd = T(1) / real_sqrt(var[c] + eps);
+        Acc invstd = Acc(1) / real_sqrt(var[c] + eps);
+        Acc w = to_acc(weight[c]);
         if (training) {
-            T xhat = ((x[index] - shift[c]) - offset[c]) * invstd;
-            dx[index] = weight[c] * invstd / T(M) *
-                        (T(M) * dy[index] - dbias[c] - xhat * dweight[c]);
+            Acc xhat = ((to_acc(x[index]) - shift[c]) - offset[c]) * invstd;
+            dx[index] = from_acc<T>(w * invstd / Acc(M) *
+                                    (Acc(M) * to_acc(dy[index]) - dbias[c] - xhat * dweight[c]));
         } else {
-            dx[index] = weight[c] * invstd * dy[index];
+            dx[index] = from_acc<T>(w * invstd * to_acc(dy[index]));
         }
     }
 }

@@ -74,10 +74,11 @@ def from_bfloat16(bits):
 
 
 def to_storage(x, dtype):
-    """x rounded to ``dtype`` (float16, float32, float64, or BFLOAT16 bits)."""
+    """x rounded to ``dtype`` (float16, float32, float64, or BFLOAT16 bits); x itself when it
+    already is."""
     if np.dtype(dtype) == BFLOAT16:
         return to_bfloat16(x)
-    return x.astype(dtype)
+    return x.astype(dtype, copy=False)
 
 
 def to_float32(x):

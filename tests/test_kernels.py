@@ -213,14 +213,14 @@ MUTATIONS = [
     ),
     (
         "batchnorm.cu",
-        "T unbiased = var[c] * (T(M) / T(M - 1));",
-        "T unbiased = var[c];",
+        "Acc unbiased = var[c] * (Acc(M) / Acc(M - 1));",
+        "Acc unbiased = var[c];",
         batchnorm_ok,
     ),
     (
         "batchnorm.cu",
-        "(T(M) * dy[index] - dbias[c] - xhat * dweight[c]);",
-        "(T(M) * dy[index] - dbias[c]);",
+        "(Acc(M) * to_acc(dy[index]) - dbias[c] - xhat * dweight[c]));",
+        "(Acc(M) * to_acc(dy[index]) - dbias[c]));",
         batchnorm_ok,
     ),
     (
@@ -231,8 +231,8 @@ MUTATIONS = [
     ),
     (
         "batchnorm.cu",
-        "dx[index] = weight[c] * invstd * dy[index];",
-        "dx[index] = invstd * dy[index];",
+        "dx[index] = from_acc<T>(w * invstd * to_acc(dy[index]));",
+        "dx[index] = from_acc<T>(invstd * to_acc(dy[index]));",
         batchnorm_ok,
     ),
 ]

@@ -10,12 +10,12 @@ import pytest
 import minidl as mdl
 import minidl.functional as F
 from minidl import cuda, emulator, optim, precision
-from minidl.ops import activation, dropout, lrn, reduce
+from minidl.ops import activation, batchnorm, dropout, lrn, reduce
 from minidl.precision import BFLOAT16, from_bfloat16, to_bfloat16, to_float32, to_storage
 
 HALF_TYPES = [np.dtype(np.float16), BFLOAT16]
 HALF_IDS = ["float16", "bfloat16"]
-CONVERTED = ["activation.cu", "dropout.cu", "lrn.cu", "reduce.cu", "sgd.cu"]
+CONVERTED = ["activation.cu", "batchnorm.cu", "dropout.cu", "lrn.cu", "reduce.cu", "sgd.cu"]
 
 
 @pytest.fixture
@@ -316,7 +316,44 @@ def check_sgd(dtype):
     return True
 
 
+def check_batchnorm(dtype):
+    """Statistics, running update, forward and backward of a 16-bit x against float64 NumPy on
+    the same 16-bit values; the statistics and running buffers are float32 arrays."""
+    x16, x = inputs16((3, 4, 37), dtype, offset=3.0)
+    w16, w = inputs16((4,), dtype, seed=1)
+    b16, b = inputs16((4,), dtype, seed=2)
+    dy16, dy = inputs16(x.shape, dtype, seed=3)
+    stats = batchnorm.batch_norm_stats_cuda(x16)
+    assert all(s.dtype == np.float32 for s in stats)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
+    np.testing.assert_allclose(stats[0] + stats[1], mean, rtol=1e-6)
+    np.testing.assert_allclose(stats[2], var, rtol=1e-5)
+    running = [np.zeros(4, np.float32), np.ones(4, np.float32)]
+    batchnorm.update_running_cuda(*running, *stats, x.size // 4, 0.1)
+    np.testing.assert_allclose(running[0], 0.1 * mean, rtol=1e-6)
+    np.testing.assert_allclose(running[1], 0.9 + 0.1 * var * 111 / 110, rtol=1e-6)
+    y16 = batchnorm.batch_norm_forward_cuda(x16, *stats, w16, b16, 1e-5)
+    y_ref, xhat = batchnorm.batch_norm_forward_numpy(
+        x64, mean, np.zeros(4), var, w.astype(np.float64), b.astype(np.float64), 1e-5
+    )
+    assert_within_ulps(y16, y_ref, dtype, 1, "batch_norm forward")
+    for training in (True, False):
+        dx16, dw16, db16 = batchnorm.batch_norm_backward_cuda(
+            dy16, x16, *stats, w16, 1e-5, training
+        )
+        dx_ref, dw_ref, db_ref = batchnorm.batch_norm_backward_numpy(
+            dy.astype(np.float64), xhat, var, w.astype(np.float64), 1e-5, training
+        )
+        assert dw16.dtype == db16.dtype == dx16.dtype == np.dtype(dtype)
+        assert_within_ulps(dw16, dw_ref, dtype, 1, "batch_norm dweight")
+        assert_within_ulps(db16, db_ref, dtype, 1, "batch_norm dbias")
+        assert_within_ulps(dx16, dx_ref, dtype, 2, "batch_norm dx")
+    return True
+
+
 CHECKS = {
+    "batchnorm": check_batchnorm,
     "lrn": check_lrn,
     "dropout": check_dropout,
     "activation": check_activation,
@@ -349,6 +386,8 @@ MUTATIONS_16BIT = [
     ("lrn.cu", "s[index] = scale;", "s[index] = to_acc(from_acc<T>(scale));", "lrn"),
     ("reduce.cu", "partial[threadIdx.x] = sum;", "partial[threadIdx.x] = to_acc(from_acc<T>(sum));",
      "reduce"),
+    ("batchnorm.cu", "var[c] = v > Acc(0) ? v : Acc(0);",
+     "var[c] = to_acc(from_acc<T>(v > Acc(0) ? v : Acc(0)));", "batchnorm"),
     ("lrn.cu", "Acc scale = k + alpha * sum;", "Acc scale = k + alpha * to_acc(from_acc<T>(sum));",
      "lrn"),
 ]  # fmt: skip

@@ -36,6 +36,7 @@ import numpy as np
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
+from minidl.precision import to_storage
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
@@ -89,7 +90,8 @@ def update_running_numpy(running_mean, running_var, shift, offset, var, m, momen
 def batch_norm_stats_cuda(x):
     n, c, plane = x.shape
     xp = backend.xp("cuda")
-    shift, offset, var = (xp.empty((c,), dtype=x.dtype) for _ in range(3))
+    acc = cuda.accumulator(x.dtype)  # float32 statistics for 16-bit x (kernels/batchnorm.cu)
+    shift, offset, var = (xp.empty((c,), dtype=acc) for _ in range(3))
     cuda.launch(
         "batchnorm",
         "batch_norm_stats",
@@ -151,8 +153,8 @@ def batch_norm_forward_cuda(x, shift, offset, var, weight, bias, eps):
 def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
     n, c, plane = x.shape
     xp = backend.xp("cuda")
-    dweight = xp.empty((c,), dtype=x.dtype)
-    dbias = xp.empty((c,), dtype=x.dtype)
+    dweight = xp.empty((c,), dtype=cuda.accumulator(x.dtype))  # float32 for 16-bit x
+    dbias = xp.empty((c,), dtype=cuda.accumulator(x.dtype))
     cuda.launch(
         "batchnorm",
         "batch_norm_backward_reduce",
@@ -196,7 +198,8 @@ def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
             cuda.i32(1 if training else 0),
         ),
     )
-    return dx, dweight, dbias
+    # the parameters' gradients in the parameters' dtype (rounded once, from float32, if 16-bit)
+    return dx, to_storage(dweight, weight.dtype), to_storage(dbias, weight.dtype)
 
 
 # ---- autograd ------------------------------------------------------------------------------------
@@ -220,7 +223,7 @@ class BatchNormFunction(Function):
                 update = update_running_cuda if on_gpu else update_running_numpy
                 update(running_mean, running_var, *stats, m, momentum)
         else:
-            stats = (running_mean, xp.zeros((c,), dtype=x.dtype), running_var)
+            stats = (running_mean, xp.zeros((c,), dtype=running_mean.dtype), running_var)
         if on_gpu:
             y = batch_norm_forward_cuda(x, *stats, weight, bias, eps)
             ctx.save(x, stats, weight, training, eps, shape)
@@ -252,8 +255,14 @@ def _check_channel_vector(name: str, value, x, channels: int) -> None:
             f"batch_norm: {name} must have shape ({channels},) for x of shape {x.shape}, "
             f"got {value.shape}"
         )
-    if value.dtype != x.dtype:
-        raise TypeError(f"batch_norm: {name} has dtype {value.dtype}, x has {x.dtype}")
+    expected = x.dtype
+    if name.startswith("running") and x.dtype in (np.float16, cuda.BFLOAT16):
+        expected = cuda.accumulator(x.dtype)  # 16-bit x: float32 statistics (docs/precision.md)
+    if value.dtype != expected:
+        raise TypeError(
+            f"batch_norm: {name} has dtype {value.dtype}, expected {np.dtype(expected)} for x of "
+            f"dtype {x.dtype}"
+        )
 
 
 def batch_norm(
