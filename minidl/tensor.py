@@ -371,8 +371,6 @@ class Tensor:
         start, end = dim_index(start_dim, self.ndim), dim_index(end_dim, self.ndim)
         if start > end:
             raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
-        if self.ndim == 0:
-            return self.reshape(1)
         return self.reshape(self.shape[:start] + (-1,) + self.shape[end + 1 :])
 
     def permute(self, *dims):

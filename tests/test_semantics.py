@@ -222,11 +222,13 @@ PROMOTION = [
     pytest.param(lambda i: (i > 1) * True, id="bool*bool-stays-bool"),
     pytest.param(lambda i: i.astype(np.int32) + 1, id="int32+int-stays-int32"),
     pytest.param(lambda i: i.astype(np.uint8) - 3, id="uint8-int-wraps"),
+    pytest.param(lambda i: i.astype(np.uint8) + (-3), id="uint8+negative-int-wraps"),
     pytest.param(lambda i: i.astype(np.float16) + 0.1, id="float16+float-stays-float16"),
     pytest.param(lambda i: i.astype(np.float16) / 3, id="float16/int-stays-float16"),
     pytest.param(lambda i: i.astype(np.float32) * 2.5, id="float32*float-stays-float32"),
     pytest.param(lambda i: i.astype(np.float64) ** 2, id="float64**int-stays-float64"),
     pytest.param(lambda i: i + i.astype(np.float64), id="int+float64-tensor"),
+    pytest.param(lambda i: i * i.astype(np.float32), id="int*float32-tensor-is-float32"),
     pytest.param(lambda i: i.astype(np.float32) - i, id="float32-tensor-int"),
 ]
 
