@@ -55,11 +55,30 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--data", default=None, help="folder with the four Fashion-MNIST .gz files")
     p.add_argument("--out", default=None, help="output folder (default runs/fashion-<model>)")
-    p.add_argument("--resume", default=None, help="checkpoint.npz to continue from")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint.npz to continue from (its optimizer and lr unless --optimizer/--lr "
+        "say otherwise; docs/checkpoints.md)",
+    )
+    p.add_argument(
+        "--nonfinite",
+        choices=train.NONFINITE,
+        default="stop",
+        help="a step with a NaN/inf loss: stop the run (exit status 1) or skip the step",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
+
+
+def resumed_optimizer(summary: dict | None) -> str | None:
+    """The optimizer a checkpoint was trained with ("sgd" or "adam"), None without one: resuming
+    without --optimizer continues with it, not with the model's default."""
+    if summary is None:
+        return None
+    return {"SGD": "sgd", "Adam": "adam"}.get(summary["optimizer"])
 
 
 def resize_batch(size: int):
@@ -76,10 +95,17 @@ def resize_batch(size: int):
 def main(argv=None) -> float:
     args = parse_args(argv)
     alexnet = args.model == "alexnet"
-    size = args.size or (224 if alexnet else 28)
-    epochs = args.epochs or (10 if alexnet else 3)
-    opt_name = args.optimizer or ("sgd" if alexnet else "adam")
-    lr = args.lr or (0.01 if opt_name == "sgd" else 2e-3)
+    # 0 is a value, not "default": defaults are for options left out (is None)
+    size = args.size if args.size is not None else (224 if alexnet else 28)
+    epochs = args.epochs if args.epochs is not None else (10 if alexnet else 3)
+    if epochs < 0 or (args.limit is not None and args.limit < 1):
+        raise SystemExit("--epochs must be >= 0 and --limit >= 1")
+    resumed = train.checkpoint_summary(args.resume) if args.resume is not None else None
+    opt_name = args.optimizer or resumed_optimizer(resumed) or ("sgd" if alexnet else "adam")
+    lr = args.lr if args.lr is not None else (0.01 if opt_name == "sgd" else 2e-3)
+    lr_text = f"lr {lr}"
+    if resumed and args.lr is None and resumed_optimizer(resumed) == opt_name:
+        lr_text = f"lr {resumed['lr']} (the checkpoint's)"
     # under mpiexec -n N: join the job (rank r takes GPU r of its node); rank 0 alone prints
     distributed.init(args.device)
     say = print if distributed.is_main() else (lambda *args: None)
@@ -88,7 +114,7 @@ def main(argv=None) -> float:
     transform = resize_batch(size) if size != 28 else None
     train_set = data.fashion_mnist("train", args.data, transform)
     test_set = data.fashion_mnist("test", args.data, transform)
-    if args.limit:
+    if args.limit is not None:
         train_set = data.ArrayDataset(
             train_set.images[: args.limit], train_set.labels[: args.limit], train_set.transform
         )
@@ -131,22 +157,31 @@ def main(argv=None) -> float:
     say(
         f"training {args.model} ({model.num_parameters():,} parameters) "
         f"on {len(train_set)} images, {distributed.world_size()} process(es), "
-        f"{size}x{size}, {args.device}, {opt_name} lr {lr}, {epochs} epochs -> {out}"
+        f"{size}x{size}, {args.device}, {opt_name} {lr_text}, {epochs} epochs -> {out}"
     )
     start = time.perf_counter()
-    history = train.fit(
-        model,
-        train_loader,
-        test_loader,
-        optimizer,
-        epochs,
-        args.device,
-        scheduler=scheduler,
-        out_dir=out,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    accuracy = history[-1]["test_top1"] if history else float("nan")
+    try:
+        history = train.fit(
+            model,
+            train_loader,
+            test_loader,
+            optimizer,
+            epochs,
+            args.device,
+            scheduler=scheduler,
+            out_dir=out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            nonfinite=args.nonfinite,
+            resume_lr=args.lr,  # an lr given on the command line wins over the checkpoint's
+        )
+    except train.NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if history:
+        accuracy = history[-1]["test_top1"]
+    else:  # --epochs 0: the model as it is (fresh or resumed), evaluated, nothing written
+        accuracy = train.evaluate(model, test_loader, args.device)["top1"]
     say(f"wall time: {time.perf_counter() - start:.0f} s")
     say(f"test accuracy: {accuracy:.4f}")
     return accuracy

@@ -11,7 +11,7 @@ from minidl.data import transforms as T
 
 
 def write_idx(path, array, compress=True):
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
     header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
         f">{array.ndim}I", *array.shape
     )
