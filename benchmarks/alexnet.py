@@ -2,6 +2,14 @@
 
     python benchmarks/alexnet.py --device cpu --batch 16 --json cpu.json
     python benchmarks/alexnet.py --device cuda --batch 128 --json gpu.json      # TF32 off on both
+    python benchmarks/alexnet.py --device cuda --batch 128 --precision fp16     # vs torch autocast
+
+Precision (``--precision``, docs/precision.md), each side at the matching setting: fp32 (TF32 off
+on both), tf32 (TF32 GEMMs on both; PyTorch's cuDNN convolutions too), fp16 (minidl: float16
+model, float32 master weights and loss, GradScaler; PyTorch: autocast float16 + GradScaler), bf16
+(PyTorch's autocast bfloat16; minidl has no bfloat16 Tensor yet and says so). On the GPU the
+training step is also timed with PyTorch's defaults (cuDNN TF32 on, matmul TF32 off, float32).
+On the CPU only fp32 is measured.
 
 For each framework: forward per batch and forward+backward per batch (the classic TensorFlow
 AlexNet benchmark: burn-in steps, then mean +- std over timed steps), a full training step
@@ -14,6 +22,7 @@ our side is timed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -30,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import minidl as mdl  # noqa: E402
 import minidl.functional as F  # noqa: E402
-from minidl import cuda, optim  # noqa: E402
+from minidl import cuda, optim, precision  # noqa: E402
 from minidl.models.alexnet import AlexNet  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,10 +92,28 @@ def compare(ours: dict, theirs: dict | None) -> dict:
 
 # ---- the two frameworks --------------------------------------------------------------------------
 class Framework:
-    """What both sides share: the same calls for a backward pass and for clearing gradients."""
+    """What both sides share: the same calls for a backward pass and for clearing gradients,
+    and the precision hooks (autocast region, loss scaling) that are no-ops at fp32."""
+
+    scaler = None  # a GradScaler where the precision scales the loss (fp16)
 
     def backward(self, y, dy):
         y.backward(dy)
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def scale(self, loss):
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def step(self, loss, opt):
+        """Backward of the (scaled) loss and the optimizer step (skipped on inf/NaN, fp16)."""
+        self.scale(loss).backward()
+        if self.scaler is None:
+            opt.step()
+            return
+        self.scaler.step(opt)
+        self.scaler.update()
 
     def zero(self, tensors):
         for t in tensors:
@@ -96,25 +123,34 @@ class Framework:
 class Ours(Framework):
     name = "minidl"
 
-    def __init__(self, device: str):
-        self.device = device
+    def __init__(self, device: str, mode: str = "fp32"):
+        self.device, self.precision = device, precision.Precision(mode)
+        if self.precision.dtype == precision.BFLOAT16:
+            raise SystemExit(
+                "--precision bf16: minidl has bfloat16 kernels but no bfloat16 Tensor yet (NumPy "
+                "and CuPy have no bfloat16 dtype; docs/precision.md), so there is no minidl side "
+                "to time; run fp16 or tf32"
+            )
+        precision.set_tf32(self.precision.tf32)
+        self.scaler = precision.GradScaler() if self.precision.loss_scaling else None
 
     def sync(self):
         if self.device == "cuda":
             cuda.synchronize()
 
     def tensor(self, array, requires_grad=False):
-        return mdl.tensor(array, requires_grad=requires_grad, device=self.device)
+        dtype = self.precision.dtype if array.dtype.kind == "f" else None
+        return mdl.tensor(array, requires_grad=requires_grad, dtype=dtype, device=self.device)
 
     def model(self, seed=0):
         mdl.manual_seed(seed)
-        return AlexNet(num_classes=1000).to(self.device)
+        return self.precision.cast_model(AlexNet(num_classes=1000).to(self.device))
 
     def sgd(self, model):
         return optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     def loss(self, logits, target):
-        return F.cross_entropy(logits, target)
+        return F.cross_entropy(precision.Precision.loss_input(logits), target)  # float32
 
     def no_grad(self):
         return mdl.no_grad()
@@ -137,19 +173,35 @@ class Ours(Framework):
 class Theirs(Framework):
     name = "pytorch"
 
-    def __init__(self, torch, device: str, tf32: bool):
-        self.torch, self.device = torch, device
+    def __init__(self, torch, device: str, mode: str = "fp32"):
+        """mode: fp32, tf32, fp16, bf16 (autocast), or "defaults" (PyTorch's own settings)."""
+        self.torch, self.device, self.mode = torch, device, mode
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
         if device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
+            if mode == "defaults":  # PyTorch's: TF32 for cuDNN convolutions, not for matmuls
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = True
+            else:
+                torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+                torch.backends.cudnn.allow_tf32 = mode == "tf32"
             torch.backends.cudnn.benchmark = True
+        if mode == "fp16":
+            self.scaler = torch.amp.GradScaler(device)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return self.torch.autocast(device_type=self.device, dtype=self.dtype)
 
     def sync(self):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
     def tensor(self, array, requires_grad=False):
-        return self.torch.tensor(array, device=self.device, requires_grad=requires_grad)
+        t = self.torch.tensor(array, device=self.device)
+        if self.dtype is not None and t.is_floating_point():  # 16-bit inputs, as ours
+            t = t.to(self.dtype)
+        return t.requires_grad_(requires_grad)
 
     def model(self, seed=0):
         self.torch.manual_seed(seed)
@@ -191,10 +243,10 @@ def training_setup(fw, batch: int):
     opt = fw.sgd(model)
 
     def train_step():
-        loss = fw.loss(model(x), target)
+        with fw.autocast():
+            loss = fw.loss(model(x), target)
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        fw.step(loss, opt)
 
     return model, opt, x, target, train_step
 
@@ -203,11 +255,13 @@ def bench_model(fw, batch: int, warmup: int, steps: int) -> dict:
     model, opt, x, target, train_step = training_setup(fw, batch)
 
     def forward():
-        with fw.no_grad():
+        with fw.no_grad(), fw.autocast():
             model(x)
 
     def forward_backward():
-        fw.loss(model(x), target).backward()
+        with fw.autocast():
+            loss = fw.loss(model(x), target)
+        fw.scale(loss).backward()
         opt.zero_grad()
 
     model.eval()
@@ -260,7 +314,7 @@ def _peak_memory_child(framework: str, device: str, batch: int, queue) -> None:
         import torch  # imported in both children when it is there, so both carry its weight
     except ImportError:
         torch = None
-    fw = Ours(device) if framework == "minidl" else Theirs(torch, device, False)
+    fw = Ours(device) if framework == "minidl" else Theirs(torch, device)
     train_step = training_setup(fw, batch)[-1]
     for _ in range(2):
         train_step()
@@ -334,7 +388,13 @@ def parse_args(argv=None):
     p.add_argument("--ops", default="all", help="comma-separated op names, 'all' or 'none'")
     p.add_argument("--no-model", action="store_true", help="skip the whole-network timings")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 on both (GPU)")
+    p.add_argument(
+        "--precision",
+        choices=precision.MODES,
+        default="fp32",
+        help="fp32 (TF32 off on both), tf32, fp16 or bf16 mixed precision (GPU only)",
+    )
+    p.add_argument("--tf32", action="store_true", help="the same as --precision tf32")
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -342,13 +402,19 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.tf32:
-        os.environ["CUPY_TF32"] = "1"
+        args.precision = "tf32"
+    if args.device == "cpu" and args.precision != "fp32":
+        raise SystemExit(
+            f"--precision {args.precision} is measured on the GPU only (--device cuda): NumPy has "
+            "no TF32 and no BLAS for float16, and minidl runs 16-bit storage only in its CUDA "
+            "kernels (on the CPU, the kernel emulator checks them for correctness, not speed)"
+        )
     try:
         import torch
     except ImportError:
         torch = None
-    ours = Ours(args.device)
-    theirs = Theirs(torch, args.device, args.tf32) if torch is not None else None
+    ours = Ours(args.device, args.precision)
+    theirs = Theirs(torch, args.device, args.precision) if torch is not None else None
     names = list(OPS) if args.ops == "all" else [] if args.ops == "none" else args.ops.split(",")
     unknown = [n for n in names if n not in OPS]
     if unknown:
@@ -356,8 +422,9 @@ def main(argv=None) -> dict:
     results = {
         "device": args.device,
         "batch": args.batch,
-        "dtype": "float32",
-        "tf32": args.tf32,
+        "precision": args.precision,
+        "dtype": str(ours.precision.dtype),
+        "tf32": ours.precision.tf32,
         "warmup": args.warmup,
         "steps": args.steps,
         "platform": platform.platform(),
@@ -378,6 +445,14 @@ def main(argv=None) -> dict:
                     "ours_mb": cuda.cupy().get_default_memory_pool().total_bytes() / 2**20,
                     "theirs_mb": torch.cuda.max_memory_reserved() / 2**20 if torch else None,
                 }
+        if theirs is not None and args.device == "cuda":  # and against PyTorch's defaults
+            defaults = bench_model(
+                Theirs(torch, args.device, "defaults"), args.batch, args.warmup, args.steps
+            )
+            results["alexnet"]["train_step_vs_pytorch_defaults"] = compare(
+                mine["train_step"], defaults["train_step"]
+            )
+            theirs = Theirs(torch, args.device, args.precision)  # its flags back for the ops
     results["ops"] = {}
     for name in names:
         mine = bench_op(ours, name, args.batch, args.warmup, args.steps)

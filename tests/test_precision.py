@@ -576,3 +576,36 @@ def test_precision_modes():
     with precision.Precision("tf32").matmul_mode():
         assert precision.tf32_enabled()
     assert not precision.tf32_enabled()
+
+
+# ---- the benchmark's precision flag ------------------------------------------------------------
+def _bench():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import alexnet
+
+    return alexnet
+
+
+def test_benchmark_refuses_16bit_on_the_cpu_clearly():
+    bench = _bench()
+    for mode in ("tf32", "fp16", "bf16"):
+        with pytest.raises(SystemExit, match="GPU only"):
+            bench.main(["--precision", mode, "--ops", "relu1", "--no-model"])
+
+
+@pytest.mark.parametrize("name", ["relu1", "lrn2", "dropout7"])
+def test_benchmark_ops_run_in_float16_on_the_emulator(name, emulate):
+    """Our side of ``--precision fp16`` at batch 1 (the timings mean nothing here: this checks
+    that the float16 path runs and stays float16)."""
+    bench = _bench()
+    ours = bench.Ours("cuda", "fp16")
+    assert ours.scaler is not None and ours.scaler.get_scale() == 2.0**16
+    x = ours.tensor(np.ones((1, 3), dtype=np.float32))
+    assert x.dtype == np.float16
+    result = bench.bench_op(ours, name, 1, 0, 1)
+    assert result["forward_backward"]["median_ms"] > 0
+    with pytest.raises(SystemExit, match="bfloat16"):
+        bench.Ours("cuda", "bf16")
