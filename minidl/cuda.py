@@ -48,6 +48,7 @@ ARCHITECTURES = ("compute_75", "compute_80", "compute_90")
 _override_dir: Path | None = None
 _default_dir: Path | None = None
 _modules: dict = {}
+_module_types: dict = {}  # id(compiled module) -> the C types it is instantiated for
 
 
 # ---- where the sources are -----------------------------------------------------------------------
@@ -234,14 +235,18 @@ def _module(file):
 def launch(file: str | Path, kernel: str, dtype, grid, block, args) -> None:
     """Run ``kernel<T>`` from ``kernels/<file>.cu`` (or from a ``.cu`` path of your own) over
     ``grid`` x ``block`` threads."""
+    module = _module(file)
+    types = _module_types.get(id(module))
+    if types is None:  # once per compiled module: the types its "// minidl-types:" line names
+        types = _module_types[id(module)] = kernel_types(_source(file)[0].read_text())
     ctype = CTYPES.get(np.dtype(dtype))
-    if ctype is None:  # e.g. an integer tensor reaching a floating-point kernel
+    if ctype not in types:  # e.g. an integer tensor, or float16 in a float/double-only file
+        names = {c: "bfloat16" if d == BFLOAT16 else str(d) for d, c in CTYPES.items()}
         raise TypeError(
             f"{kernel} ({file}): no kernel instance for dtype {np.dtype(dtype)}; it is compiled "
-            f"for {', '.join(str(d) for d in CTYPES)}"
+            f"for {', '.join(names[t] for t in types)}"
         )
     name = f"{kernel}<{ctype}>"
-    module = _module(file)
     if backend.emulating():
         module.launch(name, tuple(grid), tuple(block), tuple(args))
     else:

@@ -411,8 +411,31 @@ def test_a_kernel_launch_with_a_dtype_it_has_no_instance_for_names_the_kernel(mo
 
     monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
     x = np.zeros(4, np.int64)
-    with pytest.raises(TypeError, match=r"relu_forward.*int64.*float32.*float64"):
+    with pytest.raises(TypeError, match=r"relu_forward \(activation\): .* int64; .* float32"):
         cuda.launch("activation", "relu_forward", x.dtype, (1,), (32,), (x, x, cuda.i64(4)))
+
+
+def test_a_launch_outside_a_files_minidl_types_names_the_types_it_has(monkeypatch, tmp_path):
+    from minidl import cuda
+
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    source = tmp_path / "twice.cu"
+    source.write_text(
+        '#include "common.cuh"\n'
+        "// minidl-types: float\n"
+        "template <typename T>\n"
+        "__global__ void twice(const T* x, T* y, long long total) {\n"
+        "    FOR_EACH_INDEX(i, total) { y[i] = x[i] + x[i]; }\n"
+        "}\n"
+    )
+    x, y = np.arange(4, dtype=np.float32), np.zeros(4, np.float32)
+    cuda.launch(source, "twice", x.dtype, (1,), (32,), (x, y, cuda.i64(4)))
+    np.testing.assert_array_equal(y, [0, 2, 4, 6])
+    x64 = x.astype(np.float64)
+    with pytest.raises(
+        TypeError, match=r"twice .*no kernel instance for dtype float64; .* float32$"
+    ):
+        cuda.launch(source, "twice", x64.dtype, (1,), (32,), (x64, x64, cuda.i64(4)))
 
 
 class Twice(Function):
