@@ -143,11 +143,11 @@ def _check_dtype_kinds(fn: type, tensors) -> None:
         if t.dtype.kind not in fn.dtype_kinds:
             name = op_name(fn)
             raise TypeError(
-                f"{name}: got a {t.dtype} tensor; {name} takes floating-point tensors (float32, "
+                f"{name}: got dtype {t.dtype}; {name} takes floating-point tensors (float32, "
                 "float64; float16 where its kernels have it), as in PyTorch: convert with "
                 ".float() or .double()"
                 if fn.dtype_kinds == "f"
-                else f"{name}: got a {t.dtype} tensor; {name} takes dtype kinds {fn.dtype_kinds!r}"
+                else f"{name}: got dtype {t.dtype}; {name} takes dtype kinds {fn.dtype_kinds!r}"
             )
 
 
