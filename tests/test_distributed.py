@@ -26,15 +26,17 @@ def mpiexec() -> str | None:
     return str(beside) if beside.exists() else shutil.which("mpiexec")
 
 
-def launch(scenario: str, out: Path, ranks: int = 2, timeout: float = 60, env=None):
-    """Run the worker on ``ranks`` processes; returns (exit code, output, seconds)."""
+def launch(scenario: str, out: Path, ranks: int = 2, timeout: float = 60, env=None, script=None):
+    """Run the worker (or ``script`` with ``scenario`` as its arguments) on ``ranks`` processes;
+    returns (exit code, output, seconds)."""
     pytest.importorskip("mpi4py")
     if mpiexec() is None:
         pytest.skip('mpiexec not found: pip install "minidl[mpi]"')
     env = dict(
         os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", **(env or {})
     )
-    command = [mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), scenario, str(out)]
+    program = [str(script), *scenario.split()] if script else [str(WORKER), scenario, str(out)]
+    command = [mpiexec(), "-n", str(ranks), sys.executable, *program]
     start = time.perf_counter()
     done = subprocess.run(
         ["timeout", "-k", "5", str(timeout), *command],
@@ -207,6 +209,16 @@ def test_a_global_batch_the_ranks_cannot_split_fails_the_job_clearly(tmp_path):
     assert "global batch size 3 does not split evenly over 2 ranks" in output, output[-3000:]
     assert "rank 0: " in output or "rank 1: " in output
     assert seconds < 20
+
+
+def test_the_papers_two_towers_on_two_ranks_equal_the_grouped_alexnet(tmp_path):
+    """examples/two_tower_alexnet.py: model parallelism, one tower per rank, exchanging
+    activations at conv3, fc6, fc7 and fc8; 2 SGD steps in float64 against AlexNet(groups=2).
+    LRN's alpha is 1, so that the channels a tower borrows across its edge matter."""
+    script = Path(__file__).parents[1] / "examples" / "two_tower_alexnet.py"
+    code, output, _ = launch("--steps 2 --alpha 1 --tolerance 1e-12", tmp_path, script=script)
+    assert code == 0, f"exit code {code}:\n{output[-3000:]}"
+    assert "largest |two towers - one process| over the weights after 2 steps" in output
 
 
 # ---- NCCL on a GPU -------------------------------------------------------------------------
