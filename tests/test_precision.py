@@ -9,7 +9,7 @@ import pytest
 
 import minidl as mdl
 import minidl.functional as F
-from minidl import cuda, emulator, optim, precision
+from minidl import backend, cuda, emulator, optim, precision
 from minidl.ops import activation, batchnorm, dropout, lrn, reduce
 from minidl.precision import BFLOAT16, from_bfloat16, to_bfloat16, to_float32, to_storage
 
@@ -235,16 +235,24 @@ def inputs16(shape, dtype, seed=0, offset=0.0):
     return x16, to_float32(x16)
 
 
+def run(fn, *args):
+    """fn on device "cuda" (NumPy under the emulator, CuPy on a GPU); arrays back as NumPy."""
+    out = fn(*(backend.move(a, "cuda") if isinstance(a, np.ndarray) else a for a in args))
+    if isinstance(out, tuple):
+        return tuple(backend.to_numpy(o) for o in out)
+    return backend.to_numpy(out)
+
+
 def check_lrn(dtype):
     a16, a = inputs16((2, 7, 3, 5), dtype)
-    b16, s = lrn.local_response_norm_forward_cuda(a16, 5, 1.0, 0.75, 2.0)
+    b16, s = run(lrn.local_response_norm_forward_cuda, a16, 5, 1.0, 0.75, 2.0)
     b_ref, s_ref, _ = lrn.local_response_norm_forward_numpy(a, 5, 1.0, 0.75, 2.0)
     assert s.dtype == np.float32, "LRN's scale is kept in float32 for 16-bit storage"
     np.testing.assert_allclose(s, s_ref, rtol=2e-6)
     assert_within_ulps(b16, b_ref, dtype, 1, "lrn forward")
     db16, db = inputs16(a.shape, dtype, seed=1)
     b = to_float32(b16)  # backward starts from the stored 16-bit b, as the kernel does
-    da16 = lrn.local_response_norm_backward_cuda(db16, a16, b16, s, 5, 1.0, 0.75)
+    da16 = run(lrn.local_response_norm_backward_cuda, db16, a16, b16, s, 5, 1.0, 0.75)
     da_ref = lrn.local_response_norm_backward_numpy(db, a, b, s_ref, s_ref**-0.75, 5, 1.0, 0.75)
     assert_within_ulps(da16, da_ref, dtype, 2, "lrn backward")
     return True
@@ -253,11 +261,11 @@ def check_lrn(dtype):
 def check_dropout(dtype):
     x16, x = inputs16((5, 301), dtype)
     key, p = 0x1234_5678_9ABC_DEF0, 0.3
-    y16 = dropout.dropout_forward_cuda(x16, key, p)
+    y16 = run(dropout.dropout_forward_cuda, x16, key, p)
     mask = dropout.dropout_mask_numpy(key, x.shape, p)
     scale = np.float32(1 / (1 - p))
     assert np.array_equal(to_float32(y16), round16(np.where(mask, x * scale, 0), dtype))
-    dx16 = dropout.dropout_backward_cuda(x16, key, p)
+    dx16 = run(dropout.dropout_backward_cuda, x16, key, p)
     assert np.array_equal(to_float32(dx16), to_float32(y16))
     return True
 
@@ -265,12 +273,12 @@ def check_dropout(dtype):
 def check_activation(dtype):
     x16, x = inputs16((3, 5, 4, 7), dtype)
     b16, b = inputs16((5,), dtype, seed=2)
-    y16 = activation.relu_forward_cuda(x16)
+    y16 = run(activation.relu_forward_cuda, x16)
     assert np.array_equal(to_float32(y16), np.maximum(x, 0))
     dy16, dy = inputs16(x.shape, dtype, seed=3)
-    dx16 = activation.relu_backward_cuda(dy16, y16)
+    dx16 = run(activation.relu_backward_cuda, dy16, y16)
     assert np.array_equal(to_float32(dx16), dy * (x > 0))
-    z16 = activation.bias_relu_forward_cuda(x16, b16)
+    z16 = run(activation.bias_relu_forward_cuda, x16, b16)
     expected = round16(activation.bias_relu_forward_numpy(x, b), dtype)  # x + b in float32
     assert np.array_equal(to_float32(z16), expected)
     return True
@@ -283,7 +291,7 @@ def check_reduce(dtype):
         x * 300 + np.float32(1000.0) * np.sign(np.arange(x.size) % 2 - 0.5).reshape(x.shape), dtype
     )
     x = to_float32(x16)
-    out16 = reduce.channel_sum_cuda(x16)
+    out16 = run(reduce.channel_sum_cuda, x16)
     reference = x.astype(np.float64).sum(axis=(0, 2, 3)).astype(np.float32)
     assert_within_ulps(out16, reference, dtype, 1, "channel_sum")
     return True
@@ -294,12 +302,14 @@ def check_sgd(dtype):
     a gradient scale; the parameter is the master rounded to 16 bits."""
     for rule in (0, 1):
         w16, w = inputs16((700,), dtype)
-        master, v = w.copy(), np.zeros_like(w)
+        w16, master = backend.move(w16, "cuda"), backend.move(w.copy(), "cuda")  # in place
+        v = backend.move(np.zeros_like(w), "cuda")
         master_ref, v_ref = w.copy(), np.zeros_like(w)
         sgd = optim.SGD([mdl.nn.Parameter(np.zeros(1))], lr=0.1, momentum=0.9, weight_decay=0.01)
         sgd.rule = "paper" if rule else "pytorch"
         for step in range(3):
             g16, g = inputs16(w.shape, dtype, seed=10 + step)
+            g16 = backend.move(g16, "cuda")
             cuda.launch(
                 "sgd",
                 "sgd_step",
@@ -310,6 +320,7 @@ def check_sgd(dtype):
                  cuda.i32(rule)),
             )  # fmt: skip
             sgd._step_numpy(master_ref, g * np.float32(0.5), v_ref)
+        master, v, w16 = (backend.to_numpy(a) for a in (master, v, w16))
         np.testing.assert_allclose(master, master_ref, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(v, v_ref, rtol=1e-6, atol=1e-7)
         assert np.array_equal(to_float32(w16), round16(master, dtype))
@@ -323,24 +334,25 @@ def check_batchnorm(dtype):
     w16, w = inputs16((4,), dtype, seed=1)
     b16, b = inputs16((4,), dtype, seed=2)
     dy16, dy = inputs16(x.shape, dtype, seed=3)
-    stats = batchnorm.batch_norm_stats_cuda(x16)
+    stats = run(batchnorm.batch_norm_stats_cuda, x16)
     assert all(s.dtype == np.float32 for s in stats)
     x64 = x.astype(np.float64)
     mean, var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
     np.testing.assert_allclose(stats[0] + stats[1], mean, rtol=1e-6)
     np.testing.assert_allclose(stats[2], var, rtol=1e-5)
-    running = [np.zeros(4, np.float32), np.ones(4, np.float32)]
-    batchnorm.update_running_cuda(*running, *stats, x.size // 4, 0.1)
+    running = [backend.move(np.full(4, v, np.float32), "cuda") for v in (0, 1)]  # in place
+    run(batchnorm.update_running_cuda, *running, *stats, x.size // 4, 0.1)
+    running = [backend.to_numpy(r) for r in running]
     np.testing.assert_allclose(running[0], 0.1 * mean, rtol=1e-6)
     np.testing.assert_allclose(running[1], 0.9 + 0.1 * var * 111 / 110, rtol=1e-6)
-    y16 = batchnorm.batch_norm_forward_cuda(x16, *stats, w16, b16, 1e-5)
+    y16 = run(batchnorm.batch_norm_forward_cuda, x16, *stats, w16, b16, 1e-5)
     y_ref, xhat = batchnorm.batch_norm_forward_numpy(
         x64, mean, np.zeros(4), var, w.astype(np.float64), b.astype(np.float64), 1e-5
     )
     assert_within_ulps(y16, y_ref, dtype, 1, "batch_norm forward")
     for training in (True, False):
-        dx16, dw16, db16 = batchnorm.batch_norm_backward_cuda(
-            dy16, x16, *stats, w16, 1e-5, training
+        dx16, dw16, db16 = run(
+            batchnorm.batch_norm_backward_cuda, dy16, x16, *stats, w16, 1e-5, training
         )
         dx_ref, dw_ref, db_ref = batchnorm.batch_norm_backward_numpy(
             dy.astype(np.float64), xhat, var, w.astype(np.float64), 1e-5, training
@@ -364,16 +376,16 @@ CHECKS = {
 
 @pytest.mark.parametrize("dtype", HALF_TYPES, ids=HALF_IDS)
 @pytest.mark.parametrize("op", sorted(CHECKS))
-def test_16bit_kernel_matches_numpy(op, dtype, emulate):
+def test_16bit_kernel_matches_numpy(op, dtype, kernel_device):
     assert CHECKS[op](dtype)
 
 
-def test_dropout_mask_is_the_same_at_every_precision(emulate):
+def test_dropout_mask_is_the_same_at_every_precision(kernel_device):
     x = np.random.default_rng(0).uniform(0.5, 2.0, (4, 257)).astype(np.float32)
     key = 987654321
     zeros = []
     for dtype in (np.dtype(np.float32), np.dtype(np.float64), *HALF_TYPES):
-        y = dropout.dropout_forward_cuda(to_storage(x, dtype), key, 0.5)
+        y = run(dropout.dropout_forward_cuda, to_storage(x, dtype), key, 0.5)
         zeros.append(to_float32(y) == 0)
     assert all(np.array_equal(zeros[0], z) for z in zeros[1:])
     assert 0.4 < zeros[0].mean() < 0.6
