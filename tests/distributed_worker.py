@@ -163,6 +163,10 @@ def main(scenario: str, out: Path) -> None:
     elif scenario == "fail":
         planted_failure()
         result = {}
+    elif scenario == "mismatch":  # rank 1 builds a wider layer than rank 0
+        model = nn.Sequential(nn.Linear(4, 3 + distributed.rank()))
+        distributed.broadcast_parameters(model)
+        result = {}
     elif scenario == "batch3":  # a global batch of 3 cannot split over 2 ranks
         data.DataLoader(small_data(), 3)
         result = {}

@@ -211,6 +211,14 @@ def test_a_global_batch_the_ranks_cannot_split_fails_the_job_clearly(tmp_path):
     assert seconds < 20
 
 
+def test_ranks_with_different_models_fail_the_job_naming_the_difference(tmp_path):
+    code, output, seconds = launch("mismatch", tmp_path, timeout=60)
+    assert code not in (0, 124, 137), f"exit code {code}:\n{output[-3000:]}"
+    assert "the model's state_dict differs between ranks: rank 1 has" in output, output[-3000:]
+    assert "(4, 4)" in output and "(3, 4)" in output  # the two shapes of 0.weight
+    assert seconds < 20
+
+
 def test_the_papers_two_towers_on_two_ranks_equal_the_grouped_alexnet(tmp_path):
     """examples/two_tower_alexnet.py: model parallelism, one tower per rank, exchanging
     activations at conv3, fc6, fc7 and fc8; 2 SGD steps in float64 against AlexNet(groups=2).
