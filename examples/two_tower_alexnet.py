@@ -49,7 +49,7 @@ class AllGatherChannels(Function):
 
     @staticmethod
     def forward(ctx, x, replicated):
-        comm = distributed._get().comm
+        comm = distributed.comm()
         x = np.ascontiguousarray(x)
         parts = np.empty((TOWERS, *x.shape), dtype=x.dtype)
         comm.Allgather(x, parts)
@@ -171,7 +171,7 @@ def main(argv=None) -> float:
     tower = Tower(full, rank)
     tower_losses = sgd_steps(tower, tower.parameters(), batches)
     mine = {name: p.numpy() for name, p in tower.named_parameters()}
-    everyone = distributed._get().comm.gather(mine, root=0)
+    everyone = distributed.comm().gather(mine, root=0)
     if rank != 0:
         return 0.0
     one_losses = sgd_steps(full, full.parameters(), batches)

@@ -126,6 +126,11 @@ def is_main() -> bool:
     return _get().rank == 0
 
 
+def comm():
+    """The job's MPI communicator (mpi4py's ``MPI.COMM_WORLD``); None in a plain process."""
+    return _get().comm
+
+
 def barrier() -> None:
     """Wait until every rank gets here (e.g. until rank 0 has written a file the others read)."""
     world = _get()

@@ -139,7 +139,7 @@ def gather(result: dict) -> dict:
     """Every rank's result, on rank 0, keyed "rank{r}/..."."""
     if distributed.world_size() == 1:
         return {f"rank0/{k}": v for k, v in result.items()}
-    everything = distributed._get().comm.gather(result, root=0)
+    everything = distributed.comm().gather(result, root=0)
     if everything is None:
         return {}
     return {f"rank{r}/{k}": v for r, part in enumerate(everything) for k, v in part.items()}
