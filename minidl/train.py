@@ -490,6 +490,7 @@ def fit(
                 err.loss,
                 history,
             ) from None
+        distributed.broadcast_parameters(model)  # BatchNorm's running statistics: rank 0's
         test = evaluate(model, test_loader, device)
         if scheduler is not None:
             scheduler.step(test["top1"])
