@@ -34,6 +34,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--model", choices=["small", "alexnet"], default="small")
     p.add_argument(
+        "--norm",
+        choices=["lrn", "batch"],
+        default="lrn",
+        help="small net only: the paper's LRN (default) or BatchNorm2d in its place",
+    )
+    p.add_argument(
         "--size", type=int, default=None, help="input side (default 28 small, 224 alexnet)"
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -95,6 +101,8 @@ def resize_batch(size: int):
 def main(argv=None) -> float:
     args = parse_args(argv)
     alexnet = args.model == "alexnet"
+    if alexnet and args.norm != "lrn":
+        raise SystemExit("--norm batch is for the small net; --model alexnet keeps the paper's LRN")
     # 0 is a value, not "default": defaults are for options left out (is None)
     size = args.size if args.size is not None else (224 if alexnet else 28)
     epochs = args.epochs if args.epochs is not None else (10 if alexnet else 3)
@@ -139,6 +147,7 @@ def main(argv=None) -> float:
             in_channels=1,
             init=args.init or "kaiming",
             dropout=args.dropout if args.dropout is not None else 0.3,
+            norm=args.norm,
         )
     model.to(args.device)
     model.summary((1, size, size), show=distributed.is_main())

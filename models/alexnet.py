@@ -37,7 +37,9 @@ class AlexNet(nn.Module):
             raise ValueError(f"AlexNet: init must be one of {INITS}, got {init!r}")
         side = feature_size(input_size)
         if side < 1:
-            raise ValueError(f"AlexNet: input_size {input_size} is too small (needs at least 63)")
+            raise ValueError(
+                f"AlexNet: input_size {input_size} is too small (needs at least {MIN_INPUT_SIZE})"
+            )
         self.features = nn.Sequential(
             conv1=nn.Conv2d(in_channels, 96, 11, stride=4),
             relu1=nn.ReLU(),
@@ -79,6 +81,11 @@ def feature_size(input_size: int) -> int:
     return (side - 3) // 2 + 1  # pool5
 
 
+# The smallest input side with an output left after pool5, computed rather than written down:
+# pool5 needs 3, so pool2 needs 7 and pool1 15, and conv1 (11x11, stride 4) gives 15 from 67.
+MIN_INPUT_SIZE = next(n for n in range(11, 1000) if feature_size(n) >= 1)
+
+
 class SmallAlexNet(nn.Module):
     """AlexNet's layer kinds at 28x28 (conv, ReLU, LRN, overlapping pool, grouped convs, dropout,
     three fully connected layers), small enough to train on Fashion-MNIST in minutes on a CPU.
@@ -88,6 +95,10 @@ class SmallAlexNet(nn.Module):
         conv3 96 x 3x3 pad 1, conv4 96 x 3x3 pad 1 (2 groups), conv5 64 x 3x3 pad 1 (2 groups)
                                         -> 6, pool 3/2 -> 2
         fc6 256 -> 512, fc7 512 -> 512, fc8 512 -> classes (dropout before fc6 and fc7)
+
+    ``norm="batch"`` puts BatchNorm2d (PyTorch's defaults) where the LRN layers are, after the
+    ReLUs of conv1 and conv2: the same net with the paper's normalization swapped for Ioffe and
+    Szegedy's (2015), which replaced LRN in later networks.
     """
 
     def __init__(
@@ -97,16 +108,25 @@ class SmallAlexNet(nn.Module):
         groups: int = 2,
         init: str = "kaiming",
         dropout: float = 0.5,
+        norm: str = "lrn",
     ):
         super().__init__()
+        if norm not in ("lrn", "batch"):
+            raise ValueError(f"SmallAlexNet: norm must be 'lrn' or 'batch', got {norm!r}")
+
+        def normalization(channels: int) -> nn.Module:
+            if norm == "batch":
+                return nn.BatchNorm2d(channels)
+            return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+
         self.features = nn.Sequential(
             conv1=nn.Conv2d(in_channels, 32, 5, padding=2),
             relu1=nn.ReLU(),
-            norm1=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            norm1=normalization(32),
             pool1=nn.MaxPool2d(3, 2),
             conv2=nn.Conv2d(32, 64, 5, padding=2, groups=groups),
             relu2=nn.ReLU(),
-            norm2=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            norm2=normalization(64),
             pool2=nn.MaxPool2d(3, 2),
             conv3=nn.Conv2d(64, 96, 3, padding=1),
             relu3=nn.ReLU(),

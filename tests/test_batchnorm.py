@@ -349,3 +349,26 @@ def test_load_state_dict_checks_buffer_shapes():
     del state["running_var"]
     with pytest.raises(KeyError, match="running_var"):
         bn.load_state_dict(state)
+
+
+def test_small_alexnet_batch_norm_variant():
+    from minidl.models.alexnet import SmallAlexNet
+
+    model = SmallAlexNet(norm="batch")
+    assert isinstance(model.features.norm1, nn.BatchNorm2d)
+    assert model.features.norm2.num_features == 64
+    assert "features.norm1.running_mean" in model.state_dict()
+    x = mdl.tensor(random((4, 1, 28, 28)), dtype=np.float32)
+    mdl.functional.cross_entropy(model(x), np.array([0, 1, 2, 3])).backward()
+    assert model.features.norm1.weight.grad is not None
+    assert not np.array_equal(model.features.norm1.running_mean.numpy(), np.zeros(32))
+    assert isinstance(SmallAlexNet().features.norm1, nn.LocalResponseNorm)  # the default
+    with pytest.raises(ValueError, match="norm must be 'lrn' or 'batch'"):
+        SmallAlexNet(norm="group")
+
+
+def test_summary_leaves_running_statistics_and_mode_alone(capsys):
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3))
+    model.summary((1, 5, 5))
+    assert model.training and model[1].training
+    assert np.array_equal(model[1].running_var.numpy(), np.ones(3))

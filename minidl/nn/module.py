@@ -221,8 +221,9 @@ class Module:
         return "\n".join(lines) + "\n)"
 
     def summary(self, input_shape, batch_size: int = 1, show: bool = True) -> list[tuple]:
-        """Run a batch of zeros through the model and print each layer's output shape and
-        parameter count (the table every AlexNet write-up shows). Returns the rows."""
+        """Run a batch of zeros through the model (in eval mode, under no_grad) and print each
+        layer's output shape and parameter count (the table every AlexNet write-up shows).
+        Returns the rows."""
         global _recording
         names = {id(m): name for name, m in self.named_modules()}
         params = self.parameters()
@@ -231,12 +232,16 @@ class Module:
         xp = backend.xp(device)
         x = Tensor._wrap(xp.zeros((batch_size, *input_shape), dtype=dtype), device, False)
         _recording = []
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()  # eval: BatchNorm's running statistics are not touched by the zeros
         try:
             with no_grad():
                 self(x)
             calls = _recording
         finally:
             _recording = None
+            for m, mode in modes:
+                object.__setattr__(m, "training", mode)
         rows = [
             (names.get(id(m), "?"), type(m).__name__, tuple(out.shape[1:]), m.num_parameters())
             for m, out in calls
