@@ -7,7 +7,8 @@ to 256, centre 256x256, mean RGB subtracted, a random 227x227 crop, a random hor
 PCA colour noise (eigenvectors/eigenvalues of the training set's RGB covariance, N(0, 0.1)).
 Testing averages the softmax over ten crops (four corners, centre, and their mirrors). SGD with
 momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 when validation accuracy stops improving.
---resize/--crop shrink everything for a quick run (AlexNet needs a crop of at least 63).
+--resize/--crop shrink everything for a quick run (AlexNet needs a crop of at least 67).
+A step with a NaN or inf loss stops the run with exit status 1 (--nonfinite skip skips it).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--out", default="runs/imagefolder")
     p.add_argument("--resume", default=None)
+    p.add_argument("--nonfinite", choices=train.NONFINITE, default="stop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--no-progress", action="store_true")
@@ -109,18 +111,23 @@ def main(argv=None) -> float:
         model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, rule="paper"
     )
     scheduler = optim.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=2)
-    history = train.fit(
-        model,
-        train_loader,
-        val_loader,
-        optimizer,
-        args.epochs,
-        args.device,
-        scheduler=scheduler,
-        out_dir=args.out,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    try:
+        history = train.fit(
+            model,
+            train_loader,
+            val_loader,
+            optimizer,
+            args.epochs,
+            args.device,
+            scheduler=scheduler,
+            out_dir=args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            nonfinite=args.nonfinite,
+        )
+    except train.NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     top1 = history[-1]["test_top1"] if history else float("nan")
     top5 = history[-1]["test_top5"] if history else float("nan")
     print(f"ten-crop top-1 error: {1 - top1:.4f}, top-5 error: {1 - top5:.4f}")

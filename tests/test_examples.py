@@ -198,3 +198,14 @@ def test_resume_uses_the_optimizer_and_lr_asked_for(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sgd lr 0.01" in out and "lr 0.01 (asked for) replaces the checkpoint's 0.025" in out
     assert train.checkpoint_summary(checkpoint)["lr"] == 0.005
+
+
+def test_alexnets_smallest_input_is_the_one_the_docs_give():
+    from minidl.models.alexnet import MIN_INPUT_SIZE, AlexNet, feature_size
+
+    assert MIN_INPUT_SIZE == 67  # by hand: pool5 needs 3, pool2 7, pool1 15; (67 - 11) // 4 + 1
+    assert feature_size(67) == 1 and feature_size(66) == 0
+    with pytest.raises(ValueError, match="input_size 66 is too small .needs at least 67"):
+        AlexNet(input_size=66)
+    doc = load("train_imagefolder").__doc__
+    assert "a crop of at least 67" in doc
