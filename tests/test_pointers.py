@@ -18,10 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SUFFIXES = {".py", ".md", ".cu", ".cuh", ".h", ".toml", ".cfg"}
 SELF = "tests/test_pointers.py"
 
-# Paths that name something which is not in the checkout, on purpose.
-NOT_IN_THE_CHECKOUT = {
-    "minidl/kernels": "where kernels/ lands inside an installed wheel (pyproject.toml)",
-    "minidl/models": "where models/ lands inside an installed wheel (pyproject.toml)",
+# Where folders of the checkout land inside an installed wheel (pyproject.toml's package-dir):
+# minidl/models/alexnet.py is models/alexnet.py here.
+IN_THE_WHEEL = {"minidl/kernels": "kernels", "minidl/models": "models"}
+# Paths in other projects' repositories that a citation names (not ours to check).
+OTHER_PROJECTS = {
+    "examples/flower17/dataset.sh": "Intel dffml's download script, cited in minidl/data/flowers.py",
 }
 
 
@@ -71,8 +73,11 @@ def broken_pointers(root: Path, files: list[str]) -> list[str]:
             for match in pattern.finditer(line):
                 target, function = match.group(1).rstrip("/."), match.group(2)
                 function = function and function.rstrip(".")  # a sentence's full stop
-                if target in NOT_IN_THE_CHECKOUT:
+                if target in OTHER_PROJECTS:
                     continue
+                for installed, here in IN_THE_WHEEL.items():
+                    if target == installed or target.startswith(installed + "/"):
+                        target = here + target[len(installed) :]
                 where = root / target
                 if target not in present:
                     problems.append(f"{name}:{number}: {target} does not exist (in git)")
@@ -103,13 +108,19 @@ def test_a_planted_broken_pointer_is_reported(tmp_path):
                 "see docs/max_pool2d.md",  # line 4: missing page
                 "tests/reference.py::max_pool2d_reference",  # line 5: missing function
                 "f'kernels/{file}.cu' is built at run time",  # fine
+                "minidl/kernels/pool.cu is kernels/pool.cu in a wheel",  # fine
+                "minidl/kernels/lrn.cu",  # line 8: missing in either place
             ]
         )
     )
-    problems = broken_pointers(tmp_path, ["docs/page.md", "kernels/pool.cu", "tests/reference.py"])
+    (tmp_path / "minidl").mkdir()
+    (tmp_path / "minidl" / "__init__.py").write_text("")
+    tracked = ["docs/page.md", "kernels/pool.cu", "minidl/__init__.py", "tests/reference.py"]
+    problems = broken_pointers(tmp_path, tracked)
     assert problems == [
         "docs/page.md:4: docs/max_pool2d.md does not exist (in git)",
         "docs/page.md:5: tests/reference.py defines no max_pool2d_reference",
+        "docs/page.md:8: kernels/lrn.cu does not exist (in git)",
     ]
 
 
