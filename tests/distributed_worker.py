@@ -108,6 +108,19 @@ def fit_runs(out: Path) -> dict:
     return result
 
 
+def fit_batchnorm() -> dict:
+    """One epoch of fit() with BatchNorm: each rank updates the running statistics from its own
+    shard, and fit makes them rank 0's before evaluating."""
+    mdl.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(108, 4))
+    model.double()
+    optimizer = optim.SGD(model.parameters(), lr=0.1)
+    train_loader = data.DataLoader(small_data(), 8, shuffle=True, seed=3, workers=0)
+    test_loader = data.DataLoader(small_data(12), 6, workers=0)
+    train.fit(model, train_loader, test_loader, optimizer, 1, progress=False)
+    return {f"state/{k}": v for k, v in model.state_dict().items()}
+
+
 def broadcast() -> dict:
     """Parameters and buffers that differ by rank, made equal to rank 0's."""
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
@@ -158,6 +171,8 @@ def main(scenario: str, out: Path) -> None:
         }
     elif scenario == "fit":
         result = fit_runs(out)
+    elif scenario == "fit_batchnorm":
+        result = fit_batchnorm()
     elif scenario == "broadcast":
         result = broadcast()
     elif scenario == "fail":

@@ -196,6 +196,13 @@ def test_fit_on_two_ranks_writes_only_from_rank_0_and_resumes_exactly(tmp_path):
     np.testing.assert_array_equal(ranks["rank1/test_top1"], single["test_top1"])
 
 
+def test_fit_evaluates_with_rank_0s_batchnorm_statistics_on_every_rank(tmp_path):
+    ranks = run_ok("fit_batchnorm", tmp_path)
+    for name in ("state/1.running_mean", "state/1.running_var"):
+        assert not np.all(ranks[f"rank0/{name}"] == ranks[f"rank0/{name}"][0])  # they moved
+        np.testing.assert_array_equal(ranks[f"rank1/{name}"], ranks[f"rank0/{name}"])
+
+
 def test_a_rank_that_raises_ends_the_job_within_seconds(tmp_path):
     code, output, seconds = launch("fail", tmp_path, timeout=60)
     assert code not in (0, 124, 137), f"exit code {code}:\n{output[-3000:]}"
