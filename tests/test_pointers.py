@@ -23,7 +23,7 @@ SELF = "tests/test_pointers.py"
 IN_THE_WHEEL = {"minidl/kernels": "kernels", "minidl/models": "models"}
 # Paths in other projects' repositories that a citation names (not ours to check).
 OTHER_PROJECTS = {
-    "examples/flower17/dataset.sh": "Intel dffml's download script, cited in minidl/data/flowers.py",
+    "examples/flower17/dataset.sh": "Intel dffml's download script (minidl/data/flowers.py)",
 }
 
 
