@@ -149,7 +149,15 @@ def _compile(unit: str, path: Path, library: Path, include_dirs=()) -> None:
         str(partial),
         str(cpp),
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"emulator: the C++ compiler {compiler!r} was not found (it is $CXX, or g++ when "
+            "CXX is not set). Install one (Debian/Ubuntu: apt-get install g++; Fedora: dnf "
+            "install gcc-c++; macOS: xcode-select --install) or set CXX to a compiler on your "
+            "PATH, e.g. CXX=clang++"
+        ) from None
     if result.returncode != 0:
         raise RuntimeError(
             f"emulator: {compiler} could not compile {path.name}:\n{result.stderr[-4000:]}"

@@ -210,3 +210,15 @@ def test_a_checkpoint_reaches_the_disk_before_its_name_does(tmp_path, monkeypatc
     train.save_checkpoint(tmp_path / "c.npz", nn.Linear(3, 2))
     assert events == [("fsync", "file"), ("replace", "c.npz"), ("fsync", "folder")]
     assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_a_missing_compiler_for_the_emulator_says_what_to_do(tmp_path, monkeypatch):
+    from minidl import emulator
+
+    monkeypatch.setenv("MINIDL_CACHE", str(tmp_path))  # an empty cache: load() must compile
+    monkeypatch.setenv("CXX", "no-such-compiler-g++")
+    with pytest.raises(RuntimeError) as info:
+        emulator.load(ROOT / "kernels" / "dropout.cu")
+    message = str(info.value)
+    assert "'no-such-compiler-g++' was not found" in message and "$CXX" in message
+    assert "apt-get install g++" in message
