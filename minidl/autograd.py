@@ -169,7 +169,10 @@ def _check_float_dtypes(op: str, tensors) -> None:
     dtypes = {t.dtype for t in tensors if t.dtype.kind == "f"}
     if len(dtypes) > 1:
         names = sorted(str(d) for d in dtypes)
-        raise TypeError(f"{op}: all floating-point tensors must share one dtype, got {names}")
+        raise TypeError(
+            f"{op}: all floating-point tensors must share one dtype, got {names} (PyTorch would "
+            "widen to the larger; minidl asks: convert one with .float() or .double())"
+        )
 
 
 def backward(root, grad) -> None:

@@ -241,12 +241,23 @@ class Tensor:
         a, b = self._promote(other)
         return Add.apply(b, a)
 
+    def _sub_operands(self, other) -> tuple[Tensor, Tensor]:
+        other_is_bool = isinstance(other, (bool, np.bool_)) or (
+            isinstance(other, Tensor) and other.dtype == bool
+        )
+        if self.dtype == bool or other_is_bool:
+            raise TypeError(
+                "sub: subtraction, the `-` operator, with a bool tensor is not supported (as in "
+                "PyTorch); to invert a mask use mask == False, or convert with .astype(int)"
+            )
+        return self._promote(other)
+
     def __sub__(self, other):
-        a, b = self._promote(other)
+        a, b = self._sub_operands(other)
         return Sub.apply(a, b)
 
     def __rsub__(self, other):
-        a, b = self._promote(other)
+        a, b = self._sub_operands(other)
         return Sub.apply(b, a)
 
     def __mul__(self, other):
@@ -258,10 +269,12 @@ class Tensor:
         return Mul.apply(b, a)
 
     def _true_divide_operands(self, other) -> tuple[Tensor, Tensor]:
-        # "/" is true division: integers (and bools) divide in the default float dtype
+        # "/" is true division: integers (and bools) divide in the default float dtype, from
+        # their own values (a negative Python int must not wrap into a uint8 tensor's dtype first)
         a, b = self._promote(other)
         if a.dtype.kind != "f":
-            a, b = a.astype(DEFAULT_DTYPE), b.astype(DEFAULT_DTYPE)
+            a = self.astype(DEFAULT_DTYPE)
+            b = other.astype(DEFAULT_DTYPE) if isinstance(other, Tensor) else a._promote(other)[1]
         return a, b
 
     def __truediv__(self, other):
@@ -276,6 +289,9 @@ class Tensor:
         return Neg.apply(self)
 
     def __pow__(self, other):
+        if self.dtype.kind != "f" and isinstance(other, numbers.Integral) and other < 0:
+            # checked before promotion wraps -3 into an unsigned dtype (NumPy's own message)
+            raise ValueError("pow: Integers to negative integer powers are not allowed.")
         a, b = self._promote(other)
         return Pow.apply(a, b)
 

@@ -6,6 +6,8 @@ where PyTorch has the behaviour; ops with a GPU branch run on both devices (the 
 the kernel emulator).
 """
 
+import operator
+
 import numpy as np
 import pytest
 
@@ -257,6 +259,58 @@ def test_python_scalars_promote_as_torch(fn, device):
     theirs = _as_torch(fn)(torch.tensor(values))
     assert ours.dtype == np.dtype(str(theirs.dtype).removeprefix("torch."))
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+DTYPES = ["bool", "uint8", "int8", "int32", "int64", "float16", "float32", "float64"]
+BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul}
+BINARY.update({"div": operator.truediv, "pow": operator.pow})
+# Not covered on purpose: a bool tensor or a bool to a power (PyTorch gives bool or refuses; we
+# give NumPy's int8); two different float dtypes are refused by name (the test after these).
+
+
+def _values(dtype):
+    return np.array([True, False, True]) if dtype == "bool" else np.array([1, 2, 3]).astype(dtype)
+
+
+def _outcome(op, a, b):
+    """op(a, b) as (dtype name, float64 values), or ("error", None) when it is refused."""
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # x / 0 is inf, as in PyTorch
+            result = op(a, b)
+    except (TypeError, ValueError, RuntimeError):
+        return "error", None
+    return str(result.dtype).removeprefix("torch."), result.numpy().astype(np.float64)
+
+
+def _assert_same_outcome(op, ours, theirs, case):
+    (ours_dtype, ours_values), (dtype, values) = _outcome(op, *ours), _outcome(op, *theirs)
+    assert ours_dtype == dtype, f"{case}: ours {ours_dtype}, PyTorch {dtype}"
+    if values is not None:
+        np.testing.assert_allclose(ours_values, values, rtol=1e-3, err_msg=case)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_python_scalar_and_tensor_dtype_promotes_as_torch(dtype):
+    ours, theirs = mdl.tensor(_values(dtype)), torch.tensor(_values(dtype))
+    for scalar in [True, 2, -3, 0, 0.5, -1.5]:
+        for name, op in BINARY.items():
+            if name == "pow" and (dtype == "bool" or scalar is True):
+                continue
+            case = f"{dtype} {name} {scalar!r}"
+            _assert_same_outcome(op, (ours, scalar), (theirs, scalar), case)
+            _assert_same_outcome(op, (scalar, ours), (scalar, theirs), f"{case}, reflected")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tensors_of_two_dtype_categories_promote_as_torch(dtype):
+    for other in DTYPES:
+        two_floats = dtype.startswith("float") and other.startswith("float") and dtype != other
+        ours = mdl.tensor(_values(dtype)), mdl.tensor(_values(other))
+        theirs = torch.tensor(_values(dtype)), torch.tensor(_values(other))
+        for name, op in BINARY.items():
+            if two_floats or (name == "pow" and "bool" in (dtype, other)):
+                continue
+            _assert_same_outcome(op, ours, theirs, f"{dtype} {name} {other}")
 
 
 def test_integer_to_a_negative_integer_power_is_refused_as_torch():
