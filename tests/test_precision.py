@@ -621,3 +621,37 @@ def test_benchmark_ops_run_in_float16_on_the_emulator(name, emulate):
     assert result["forward_backward"]["median_ms"] > 0
     with pytest.raises(SystemExit, match="bfloat16"):
         bench.Ours("cuda", "bf16")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_float16_training_follows_float32(device, monkeypatch):
+    """A small classifier trained in float16 (model cast, float32 loss and master weights,
+    GradScaler) follows the same run in float32 step for step, and learns."""
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 20)).astype(np.float32)  # small: the loss kernel has barriers
+    t = (x[:, :3] @ np.array([1.0, -1.0, 0.5]) > 0).astype(np.int64) + (x[:, 3] > 1)
+
+    def train(mode):
+        mdl.manual_seed(0)
+        model = mdl.nn.Sequential(mdl.nn.Linear(20, 32), mdl.nn.ReLU(), mdl.nn.Linear(32, 3))
+        model.to(device)
+        mode.cast_model(model)
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scaler = precision.GradScaler(enabled=mode.loss_scaling)
+        xs = mode.cast_input(mdl.tensor(x, device=device))
+        losses = []
+        for _ in range(15):
+            loss = F.cross_entropy(mode.loss_input(model(xs)), t)
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.numpy()))
+        return np.array(losses), scaler
+
+    reference, _ = train(precision.Precision("fp32"))
+    half, scaler = train(precision.Precision("fp16"))
+    assert scaler.get_scale() == 2.0**16 and scaler.skipped_steps == 0
+    assert half[-1] < 0.5 * half[0]
+    np.testing.assert_allclose(half, reference, rtol=0.02, atol=0.01)
