@@ -395,6 +395,40 @@ def test_advanced_indexing_follows_torch_axis_order(index, device):
     compare_with_torch(lambda t: t[index], lambda t: t[_torch_index(index)], [x], device)
 
 
+def random_index(rng, shape):
+    """A random mix of integers, slices, lists, 2-D index arrays, None and one Ellipsis."""
+    index, dim = [], 0
+    for _ in range(rng.integers(1, 5)):
+        kind = rng.integers(0, 6) if dim < len(shape) else 4
+        if kind == 0:
+            index.append(int(rng.integers(-shape[dim], shape[dim])))
+        elif kind == 1:
+            index.append(slice(int(rng.integers(0, 2)), None, int(rng.integers(1, 3))))
+        elif kind == 2:
+            index.append([int(v) for v in rng.integers(0, shape[dim], rng.integers(1, 4))])
+        elif kind == 3:
+            index.append(rng.integers(0, shape[dim], (2, 2)))
+        elif kind == 4:
+            index.append(None)
+        elif not any(i is Ellipsis for i in index):
+            index.append(Ellipsis)
+            dim = len(shape) - 1
+        dim += kind in (0, 1, 2, 3)
+    return tuple(index)
+
+
+def test_random_mixed_indices_follow_torch():
+    rng = np.random.default_rng(0)
+    x = random((3, 4, 5, 6))
+    for _ in range(300):
+        index = random_index(rng, x.shape)
+        try:
+            torch.tensor(x)[_torch_index(index)]
+        except IndexError:
+            continue  # an index PyTorch refuses (e.g. two Ellipsis-free lists of other lengths)
+        compare_with_torch(lambda t: t[index], lambda t: t[_torch_index(index)], [x])  # noqa: B023
+
+
 def test_a_0d_integer_index_counts_as_an_integer_as_torch():
     x = random((2, 3, 4))
     ours = mdl.tensor(x)[mdl.tensor(np.array(0)), :, [1, 2]]
