@@ -457,6 +457,13 @@ def test_tensor_keeps_the_dtype_torch_tensor_keeps(data):
     assert mdl.tensor(data).dtype == np.dtype(expected)
 
 
+def test_tensor_of_non_numbers_is_refused_by_name():
+    with pytest.raises(TypeError, match="tensor: data must be booleans, integers or floats"):
+        mdl.tensor(np.array(["a", "b"]))
+    with pytest.raises(TypeError, match=r"got dtype object \(a list of Tensors\?"):
+        mdl.tensor([mdl.tensor(1.0), mdl.tensor(2.0)])
+
+
 def test_float16_gradients_stay_float16():
     x = mdl.tensor(np.array([1.0, 2.0], np.float16), requires_grad=True)
     (x * x).sum().backward()
