@@ -62,13 +62,19 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 
 def all_finite(arrays) -> bool:
-    """True when no array holds a NaN or an inf: the sum of their sums (a NaN or an inf anywhere
-    makes it NaN or inf). np.sum of a CuPy array runs on the GPU (NumPy hands it to CuPy), so a
-    GPU sends back one number, not one per array."""
+    """True when no array holds a NaN or an inf.
+
+    Fast path: the sum of their sums, in float32 or wider (a NaN or an inf anywhere makes it NaN
+    or inf); np.sum of a CuPy array runs on the GPU (NumPy hands it to CuPy), so a GPU sends back
+    one number. Only when that sum is not finite, which huge finite values can also cause, is
+    each array looked at element by element."""
     total = 0.0
-    for a in arrays:
-        total = total + np.sum(a, dtype=np.float64)
-    return math.isfinite(float(total))
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is what is looked for
+        for a in arrays:
+            total = total + np.sum(a, dtype=np.result_type(a.dtype, np.float32))
+    if math.isfinite(float(total)):
+        return True
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 def _gradients(optimizer) -> list:

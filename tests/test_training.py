@@ -330,3 +330,10 @@ def test_without_matplotlib_the_run_says_once_how_to_get_curves(tmp_path, monkey
     notes = [m for m in messages if "curves.png" in m]
     assert notes == ["curves.png not written: matplotlib is missing (pip install 'minidl[plot]')"]
     assert not (tmp_path / "curves.png").exists() and (tmp_path / "log.csv").is_file()
+
+
+def test_all_finite_is_exact():
+    big = np.full(4, 3e38, np.float32)  # finite, but their float32 sum is not
+    assert train.all_finite([big, np.ones(3, np.float16)])
+    for bad in (np.nan, np.inf, -np.inf):
+        assert not train.all_finite([np.ones(5, np.float32), np.array([1.0, bad])])
