@@ -337,3 +337,25 @@ def test_all_finite_is_exact():
     assert train.all_finite([big, np.ones(3, np.float16)])
     for bad in (np.nan, np.inf, -np.inf):
         assert not train.all_finite([np.ones(5, np.float32), np.array([1.0, bad])])
+
+
+def test_an_epoch_of_only_nonfinite_steps_stops_even_when_skipping():
+    model, opt, sched, loader, test_loader = tiny_setup()
+    loader.dataset.images[:, 0, 0] = np.nan  # every image
+    with pytest.raises(train.NonFiniteLossError, match="epoch 1, all 6 steps had a non-finite"):
+        run((model, opt, sched, loader, test_loader), 1, nonfinite="skip")
+
+
+def test_a_checkpoint_from_before_the_meta_entry_still_resumes(tmp_path):
+    run(tiny_setup(), 1, out_dir=tmp_path)
+    arrays = train.read_checkpoint(tmp_path / "checkpoint.npz")
+    del arrays["meta"]  # as written before the optimizer's kind was recorded
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert train.checkpoint_summary(tmp_path / "old.npz")["optimizer"] == "SGD"  # from "velocity"
+    setup = tiny_setup()
+    run(setup, 1, resume=tmp_path / "old.npz")
+    assert setup[1].state[0]["velocity"].any()
+    messages = []
+    setup = tiny_setup(optimizer="adam", lr=1e-3)
+    run(setup, 1, resume=tmp_path / "old.npz", log=messages.append)
+    assert "holds SGD's state; this run trains with Adam" in messages[0]
