@@ -15,11 +15,11 @@
 # %% [markdown]
 # # 5. Training a small AlexNet, and looking inside it
 #
-# The layers of notebooks 2-4 put together: `SmallAlexNet` (`minidl/models/alexnet.py`) keeps
-# AlexNet's layer kinds (conv, ReLU, LRN, overlapping max-pool, grouped convolutions, dropout,
-# three fully connected layers) at a size for 28x28 grey images. We train it on Fashion-MNIST
-# (Xiao et al. 2017: 70,000 images of clothes in 10 classes), then look inside, as the paper's
-# section 6 does:
+# The layers of notebooks 2-4 put together: `SmallAlexNet` (`models/alexnet.py`, imported from
+# `minidl.models`) keeps AlexNet's layer kinds (conv, ReLU, LRN, overlapping max-pool, grouped
+# convolutions, dropout, three fully connected layers) at a size for 28x28 grey images. We train
+# it on Fashion-MNIST (Xiao et al. 2017: 70,000 images of clothes in 10 classes), then look
+# inside, as the paper's section 6 does:
 #
 # - the loss and accuracy curves;
 # - the first layer's filters (the paper's Figure 3);
