@@ -127,10 +127,10 @@ assert ok
 # ## The kernel, in your own folder
 #
 # In your project this is a file you edit beside your script, say `my_kernels/rms_norm.cu`.
-# Here the notebook writes it into a fresh temporary folder, so that running the course leaves
-# nothing behind. The layout follows `kernels/*.cu`: a header saying what the file computes, the
-# thread mapping, the launch shape and the NumPy twin; then kernels templated over the element
-# type `T` (the loader instantiates `float` and `double`).
+# Here the notebook writes it into a folder under the system's temporary folder, so that running
+# the course writes nothing into the repository. The layout follows `kernels/*.cu`: a header
+# saying what the file computes, the thread mapping, the launch shape and the NumPy twin; then
+# kernels templated over the element type `T` (the loader instantiates `float` and `double`).
 #
 # One block per row. Each of the block's threads sums a strided share of the row into a
 # register, writes it to **shared memory** (visible to the whole block), and then a **tree**
@@ -196,7 +196,9 @@ __global__ void rms_norm_backward(const T* dy, const T* y, const T* rms, T* dx, 
 }
 """
 
-my_folder = Path(tempfile.mkdtemp(prefix="my_kernels_"))  # your own folder
+# your own folder (a fixed one, so a rerun finds its compiled kernel in minidl's cache)
+my_folder = Path(tempfile.gettempdir()) / "minidl-course" / "my_kernels"
+my_folder.mkdir(parents=True, exist_ok=True)
 (my_folder / "rms_norm.cu").write_text(RMS_NORM_CU)
 print("wrote", my_folder / "rms_norm.cu")
 
