@@ -56,17 +56,13 @@ def max_pool2d_loops(x, k, s):
     oh, ow = (h_ - k) // s + 1, (w_ - k) // s + 1
     y = np.empty((n_, c_, oh, ow), dtype=x.dtype)
     argmax = np.empty((n_, c_, oh, ow), dtype=np.int64)
-    for n in range(n_):
-        for c in range(c_):
-            for oy in range(oh):
-                for ox in range(ow):
-                    best, where = -np.inf, -1
-                    for i in range(k):
-                        for j in range(k):
-                            h, w = oy * s + i, ox * s + j
-                            if x[n, c, h, w] > best:  # strict: ties keep the first maximum
-                                best, where = x[n, c, h, w], h * w_ + w
-                    y[n, c, oy, ox], argmax[n, c, oy, ox] = best, where
+    for n, c, oy, ox in np.ndindex(n_, c_, oh, ow):  # every output
+        best, where = -np.inf, -1
+        for i, j in np.ndindex(k, k):  # its window, in row-major order
+            h, w = oy * s + i, ox * s + j
+            if x[n, c, h, w] > best:  # strict: ties keep the first maximum
+                best, where = x[n, c, h, w], h * w_ + w
+        y[n, c, oy, ox], argmax[n, c, oy, ox] = best, where
     return y, argmax
 
 
