@@ -11,7 +11,9 @@
                                       # split between them (docs/distributed.md)
 
 Writes runs/<name>/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}; --resume continues
-from a checkpoint. The last line printed is "test accuracy: 0.xxxx".
+from a checkpoint, with its optimizer and learning rate unless --optimizer or --lr say otherwise
+(docs/checkpoints.md). A NaN or inf loss stops the run with exit status 1, the last checkpoint
+kept (--nonfinite skip skips such steps instead). The last line printed is "test accuracy: 0.xxxx".
 """
 
 from __future__ import annotations
