@@ -158,7 +158,7 @@ class Ours(Framework):
     def op(self, kind, params):
         if kind == "conv":
             return lambda x, w, b: F.conv2d(
-                x, w, b, params["stride"], params["padding"], params["groups"]
+                x, w, b, params["stride"], params["padding"], 1, params["groups"]
             )
         if kind == "linear":
             return F.linear

@@ -98,7 +98,12 @@ def test_gradcheck_on_gpu(kernel_device):
         ((1, 5, 5, 5), (2, 5, 3, 3), dict(groups=2), "not divisible by groups=2"),
         ((1, 4, 5, 5), (3, 2, 3, 3), dict(groups=2), "output channels 3 are not divisible"),
         ((1, 3, 4, 4), (2, 3, 7, 7), dict(padding=1), "larger than the padded input 6x6"),
-        ((3, 4, 4), (2, 3, 3, 3), dict(), "x must be 4-D"),
+        ((4, 4), (2, 3, 3, 3), dict(), r"x must be 4-D \(N, C, H, W\) \(or unbatched"),
+        ((1, 3, 5, 5), (2, 3, 3, 3), dict(padding="same", stride=2), "'same' needs stride 1"),
+        ((1, 3, 5, 5), (2, 3, 3, 3), dict(padding="full"), "'valid' or 'same', got 'full'"),
+        ((1, 3, 5, 5), (2, 3, 3, 3), dict(dilation=0), "dilation must be >= 1"),
+        ((1, 3, 5, 5), (2, 3, 3, 3), dict(dilation=3), r"kernel 3x3 \(dilated to 7x7\) is larger"),
+        ((1, 3, 5, 5), (2, 3, 3, 3), dict(padding=(1, 1, 0, 0)), "int or a pair of ints"),
         ((1, 3, 5, 5), (2, 3, 3, 3), dict(stride=0), "stride must be >= 1"),
     ],
 )
@@ -148,3 +153,110 @@ def test_matmul_nt_split_k(shape, kernel_device, dtype):
     out = backend.to_numpy(gemm.matmul_nt_split_k(xp.asarray(a), b_view))
     assert out.shape == (g, p, 5)
     assert_close(out, np.matmul(a, b.transpose(0, 2, 1)), dtype)
+
+
+# ---- PyTorch's options: dilation, padding "same"/"valid", unbatched input ------------------------
+# Named records: x, weight shapes and the keyword arguments, passed the same to both libraries.
+OPTION_CASES = [
+    pytest.param(dict(x=(2, 3, 9, 8), w=(4, 3, 3, 3), dilation=2), id="dilation2"),
+    pytest.param(
+        dict(
+            x=(1, 4, 11, 10),
+            w=(4, 2, 3, 2),
+            stride=(2, 1),
+            padding=(2, 1),
+            dilation=(2, 3),
+            groups=2,
+        ),
+        id="dilation-pairs-stride-padding-g2",
+    ),
+    pytest.param(dict(x=(2, 2, 7, 8), w=(3, 2, 3, 3), padding="same"), id="same-k3"),
+    pytest.param(dict(x=(1, 2, 7, 6), w=(3, 2, 4, 2), padding="same"), id="same-even-k"),
+    pytest.param(
+        dict(x=(1, 2, 8, 9), w=(2, 2, 2, 3), padding="same", dilation=(3, 2)),
+        id="same-even-k-odd-dilation",
+    ),
+    pytest.param(
+        dict(x=(1, 4, 7, 7), w=(4, 2, 3, 3), padding="same", dilation=2, groups=2), id="same-g2"
+    ),
+    pytest.param(dict(x=(2, 3, 6, 7), w=(2, 3, 3, 2), padding="valid"), id="valid"),
+    pytest.param(dict(x=(3, 7, 6), w=(4, 3, 3, 3), padding=1), id="unbatched"),
+    pytest.param(
+        dict(x=(2, 6, 5), w=(2, 1, 2, 2), dilation=2, groups=2), id="unbatched-dilation-g2"
+    ),
+]
+
+
+def make_options(case, seed=0):
+    kwargs = {k: v for k, v in case.items() if k not in ("x", "w")}
+    arrays = (random(case["x"], seed), random(case["w"], seed + 1), random(case["w"][:1], seed + 2))
+    return arrays, kwargs
+
+
+def reference_options(x, w, b, kwargs):
+    """tests/reference.py's loop; "same" padding as PyTorch splits it (the odd one after)."""
+    as_pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    stride, dilation = as_pair(kwargs.get("stride", 1)), as_pair(kwargs.get("dilation", 1))
+    padding = kwargs.get("padding", 0)
+    if padding == "same":
+        (kh, kw), (dh, dw) = w.shape[2:], dilation
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        padding = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    padding = (0, 0) if padding == "valid" else as_pair(padding)
+    batched = x[None] if x.ndim == 3 else x
+    y = reference.conv2d(batched, w, b, stride, padding, kwargs.get("groups", 1), dilation)
+    return y[0] if x.ndim == 3 else y
+
+
+def assert_matches_torch(fn, torch_fn, arrays):
+    """One call per case: forward and every input gradient against PyTorch (float64), and
+    minidl's own float64 gradient check."""
+    torch = pytest.importorskip("torch")
+    expected = torch_forward_backward(torch, lambda *a: torch_fn(torch, *a), arrays)
+    assert_all_close(forward_backward(fn, arrays), expected)
+    assert mdl.gradcheck(fn, [mdl.tensor(a, requires_grad=True) for a in arrays])
+
+
+@pytest.mark.parametrize("case", OPTION_CASES)
+def test_options_match_naive_reference(case):
+    (x, w, b), kwargs = make_options(case)
+    y = F.conv2d(mdl.tensor(x), mdl.tensor(w), mdl.tensor(b), **kwargs).numpy()
+    expected = reference_options(x, w, b, kwargs)
+    assert y.shape == expected.shape
+    assert_close(y, expected)
+
+
+@pytest.mark.parametrize("case", OPTION_CASES)
+def test_options_match_torch_and_gradcheck(case):
+    arrays, kwargs = make_options(case)
+    assert_matches_torch(
+        lambda x, w, b: F.conv2d(x, w, b, **kwargs),
+        lambda torch, x, w, b: torch.nn.functional.conv2d(x, w, b, **kwargs),
+        arrays,
+    )
+
+
+@pytest.mark.parametrize("case", OPTION_CASES)
+def test_options_kernel_matches_numpy(case, kernel_device, dtype):
+    arrays, kwargs = make_options(case)
+    fn = lambda x, w, b: F.conv2d(x, w, b, **kwargs)  # noqa: E731
+    expected = forward_backward(fn, arrays, "cpu", dtype)
+    assert_all_close(forward_backward(fn, arrays, kernel_device, dtype), expected, dtype)
+
+
+def test_nn_conv2d_options_match_torch():
+    torch = pytest.importorskip("torch")
+    kwargs = dict(stride=1, padding="same", dilation=(2, 1), groups=2, bias=True)
+    ours = mdl.nn.Conv2d(4, 6, (2, 3), dtype=np.float64, **kwargs)
+    theirs = torch.nn.Conv2d(4, 6, (2, 3), dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.tensor(ours.weight.numpy()))
+        theirs.bias.copy_(torch.tensor(ours.bias.numpy()))
+    x = random((4, 7, 8))  # unbatched
+    assert_close(ours(mdl.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy())
+    assert "dilation=(2, 1)" in repr(ours)
+
+
+def test_nn_conv2d_refuses_other_padding_modes():
+    with pytest.raises(ValueError, match="padding_mode='reflect' is not supported"):
+        mdl.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")

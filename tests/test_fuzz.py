@@ -2,9 +2,9 @@
 path and PyTorch (float64, forward and every input gradient).
 
 The explicit case lists in each op's tests name the branches; this draws strides, paddings,
-groups, kernel and image sizes at random (fixed seeds) to catch what no list thought of. Batch
-sizes up to 64 make the weight gradient long enough to be split on a GPU (split-K). A few cases
-run under the emulator on every machine; the whole draw runs on a GPU.
+dilations, groups, kernel and image sizes at random (fixed seeds) to catch what no list thought
+of. Batch sizes up to 64 make the weight gradient long enough to be split on a GPU (split-K). A
+few cases run under the emulator on every machine; the whole draw runs on a GPU.
 """
 
 import functools
@@ -26,10 +26,12 @@ def draw(rng, case):
     kh, kw = int(rng.integers(1, 8)), int(rng.integers(1, 8))
     sh, sw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
     ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
-    h = int(rng.integers(max(1, kh - 2 * ph), 40))
-    w = int(rng.integers(max(1, kw - 2 * pw), 40))
+    dh, dw = int(rng.choice([1, 1, 2, 3])), int(rng.choice([1, 1, 2, 3]))
+    reach_h, reach_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # the dilated kernel
+    h = int(rng.integers(max(1, reach_h - 2 * ph), 40 + reach_h))
+    w = int(rng.integers(max(1, reach_w - 2 * pw), 40 + reach_w))
     n = int(rng.integers(1, 9)) * (8 if case % 10 == 0 else 1)
-    conv = dict(stride=(sh, sw), padding=(ph, pw), groups=groups)
+    conv = dict(stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
     arrays = [random((n, c, h, w), case), random((o, c // groups, kh, kw), case + 1)]
     arrays.append(random((o,), case + 2))
     yield (
@@ -38,10 +40,11 @@ def draw(rng, case):
         lambda torch, x, w, b: torch.nn.functional.conv2d(x, w, b, **conv),
         arrays,
     )
-    k, s = int(rng.integers(1, 6)), int(rng.integers(1, 4))
-    pool = dict(kernel_size=k, stride=s, padding=int(rng.integers(0, k // 2 + 1)))
+    k, s, d = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.choice([1, 1, 2, 3]))
+    pool = dict(kernel_size=k, stride=s, padding=int(rng.integers(0, k // 2 + 1)), dilation=d)
     pool["ceil_mode"] = bool(rng.integers(0, 2))
-    x = random((2, 3, int(rng.integers(k, 30)), int(rng.integers(k, 30))), case + 3)
+    reach = d * (k - 1) + 1
+    x = random((2, 3, int(rng.integers(reach, 30)), int(rng.integers(reach, 30))), case + 3)
     yield (
         f"max_pool2d x{x.shape} {pool}",
         lambda x: F.max_pool2d(x, **pool),

@@ -109,6 +109,31 @@ def loss_ok():
     return _matches(lambda z: F.cross_entropy(z, t), [random((4, 300))])
 
 
+def conv_dilated_ok():
+    arrays = (random((2, 2, 11, 10)), random((4, 2, 3, 3), 1), random((4,), 2))
+    kw = dict(stride=(1, 2), padding=(2, 1), dilation=(2, 3))  # dh != dw != sh: each one shows
+    return _matches(lambda x, w, b: F.conv2d(x, w, b, **kw), arrays)
+
+
+def pool_dilated_ok():
+    kw = dict(kernel_size=3, stride=(2, 1), padding=1, dilation=(2, 3), ceil_mode=True)
+    return _matches(lambda x: F.max_pool2d(x, **kw), [distinct((2, 2, 11, 12))])
+
+
+def loss_options_ok():
+    """Class weights, an ignored target, label smoothing, every row's sum over 300 classes."""
+    t = np.array([3, -100, 9, 299])
+    weight = np.linspace(0.5, 2.0, 300)
+    return _matches(
+        lambda z: F.cross_entropy(z, t, weight=weight, label_smoothing=0.2), [random((4, 300))]
+    )
+
+
+def loss_soft_ok():
+    p = np.random.default_rng(5).dirichlet(np.ones(300), size=4)
+    return _matches(lambda z: F.cross_entropy(z, p, reduction="none"), [random((4, 300))])
+
+
 def _batchnorm_run(device):
     running = [mdl.tensor(np.zeros(4), device=device), mdl.tensor(np.ones(4), device=device)]
     arrays = [random((3, 4, 10, 11)) + 2.0, random((4,), 1), random((4,), 2)]
@@ -139,17 +164,24 @@ def sgd_ok():
 
 
 MUTATIONS = [
-    ("conv.cu", "int h = top + i;", "int h = top + i + 1;", conv_ok),
+    ("conv.cu", "int h = top + i * dh;", "int h = top + i * dh + 1;", conv_ok),
     ("conv.cu", "int oy_hi = min(hp / sh, OH - 1);", "int oy_hi = min(hp / sh, OH - 2);", conv_ok),
     (
         "conv.cu",
-        "int ox_lo = wp < kw ? 0 : (wp - kw) / sw + 1;",
-        "int ox_lo = wp < kw ? 0 : (wp - kw) / sw + 2;",
+        "int ox_lo = wp < reach_w ? 0 : (wp - reach_w) / sw + 1;",
+        "int ox_lo = wp < reach_w ? 0 : (wp - reach_w) / sw + 2;",
         conv_ok,
     ),
+    # dilation arithmetic: a tap that ignores dilation, a reach without it, a tap off its grid
+    ("conv.cu", "int w = left + j * dw;", "int w = left + j;", conv_dilated_ok),
+    ("conv.cu", "int reach_h = dh * (kh - 1) + 1;", "int reach_h = kh;", conv_dilated_ok),
+    ("conv.cu", "int j = dj / dw;", "int j = dj / dh;", conv_dilated_ok),
+    ("conv.cu", "if (di % dh != 0) continue;", "if (di % sh != 0) continue;", conv_dilated_ok),
     ("conv.cu", "int n = col / (OW * OH);", "int n = col / (OW * OH + 1);", conv_ok),
     ("conv.cu", "int o = index / M;", "int o = index / (M + 1);", conv_ok),
-    ("pool.cu", "int w = ox * sw - pw + j;", "int w = ox * sw - pw + j + 1;", pool_ok),
+    ("pool.cu", "int w = ox * sw - pw + j * dw;", "int w = ox * sw - pw + j * dw + 1;", pool_ok),
+    ("pool.cu", "int h = oy * sh - ph + i * dh;", "int h = oy * sh - ph + i;", pool_dilated_ok),
+    ("pool.cu", "int reach_w = dw * (kw - 1) + 1;", "int reach_w = kw;", pool_dilated_ok),
     ("pool.cu", "if (v > best) {", "if (v >= best) {", pool_ties_ok),
     (
         "pool.cu",
@@ -184,6 +216,31 @@ MUTATIONS = [
         loss_ok,
     ),
     ("loss.cu", "long long n = i / K;", "long long n = i / (K + 1);", loss_ok),
+    (
+        "loss.cu",
+        "T spread = smoothing / T(K);",
+        "T spread = smoothing / T(K - 1);",
+        loss_options_ok,
+    ),
+    (
+        "loss.cu",
+        "partial_q[threadIdx.x] += partial_q[threadIdx.x + half];",
+        "partial_q[threadIdx.x] += partial_q[threadIdx.x + half / 2];",
+        loss_options_ok,
+    ),
+    (
+        "loss.cu",
+        "counted[n] = t[n] == ignore_index ? T(0) : weight[t[n]];",
+        "counted[n] = t[n] == ignore_index ? T(0) : T(1);",
+        loss_options_ok,
+    ),
+    ("loss.cu", "* q_sum[n] - q);", "* q_sum[n] - q * T(0.5));", loss_options_ok),
+    (
+        "loss.cu",
+        "if (soft) return weight[k] * ((T(1) - smoothing) * p[n * K + k] + spread);",
+        "if (soft) return weight[k] * ((T(1) - smoothing) * p[n * K + k + 1] + spread);",
+        loss_soft_ok,
+    ),
     ("sgd.cu", "m -= lr * v[i];", "m -= lr * g;", sgd_ok),
     (
         "activation.cu",

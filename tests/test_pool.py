@@ -55,7 +55,7 @@ def test_forward_and_argmax_match_naive_reference(case):
     (kh, kw_), (sh, sw), (ph, pw) = (as_pair(kw[k]) for k in ("kernel_size", "stride", "padding"))
     oh = pool_output_size(x.shape[2], kh, sh, ph, kw["ceil_mode"])
     ow = pool_output_size(x.shape[3], kw_, sw, pw, kw["ceil_mode"])
-    _, arg = max_pool2d_forward_numpy(x, kh, kw_, sh, sw, ph, pw, oh, ow)
+    _, arg = max_pool2d_forward_numpy(x, kh, kw_, sh, sw, ph, pw, 1, 1, oh, ow)
     assert np.array_equal(arg, arg_ref)
 
 
@@ -114,8 +114,125 @@ def test_kernel_ties_and_determinism(kernel_device):
         (dict(kernel_size=3, padding=2), "padding 2 along h must be at most half"),
         (dict(kernel_size=9), "larger than the padded input"),
         (dict(kernel_size=0), "kernel_size must be >= 1"),
+        (dict(kernel_size=2, dilation=0), "dilation must be >= 1"),
+        (dict(kernel_size=3, dilation=3), r"kernel 3x3 \(dilated to 7x7\) is larger"),
+        (dict(kernel_size=2, padding=2, dilation=3), "padding 2 along h must be at most half"),
     ],
 )
 def test_errors(kw, message):
     with pytest.raises(ValueError, match=message):
         F.max_pool2d(mdl.tensor(np.zeros((1, 1, 5, 5))), **kw)
+
+
+# ---- PyTorch's options: dilation, unbatched input, return_indices, integer tensors ---------------
+# Named records: the input shape and the keyword arguments, passed the same to both libraries.
+OPTION_CASES = [
+    pytest.param(dict(x=(2, 2, 9, 10), kernel_size=3, dilation=2), id="dilation2"),
+    pytest.param(
+        dict(x=(1, 3, 11, 9), kernel_size=(3, 2), stride=(2, 1), padding=1, dilation=(2, 3)),
+        id="dilation-pairs-padding",
+    ),
+    pytest.param(
+        dict(x=(2, 2, 10, 11), kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True),
+        id="dilation-ceil-mode",
+    ),
+    pytest.param(dict(x=(3, 8, 7), kernel_size=3, stride=2, padding=1), id="unbatched"),
+    pytest.param(dict(x=(2, 9, 9), kernel_size=2, dilation=3, ceil_mode=True), id="unbatched-dil"),
+]
+
+
+def options(case):
+    return {k: v for k, v in case.items() if k != "x"}
+
+
+def reference_options(x, kwargs):
+    """tests/reference.py's loop, with PyTorch's defaults filled in; unbatched as a batch of one."""
+    as_pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    kernel = as_pair(kwargs["kernel_size"])
+    stride = as_pair(kwargs.get("stride", kernel))
+    padding, dilation = as_pair(kwargs.get("padding", 0)), as_pair(kwargs.get("dilation", 1))
+    batched = x[None] if x.ndim == 3 else x
+    y, arg = reference.max_pool2d(
+        batched, kernel, stride, padding, kwargs.get("ceil_mode", False), dilation
+    )
+    return (y[0], arg[0]) if x.ndim == 3 else (y, arg)
+
+
+@pytest.mark.parametrize("case", OPTION_CASES)
+def test_options_match_naive_reference(case):
+    x = distinct(case["x"])
+    y, indices = F.max_pool2d(mdl.tensor(x), return_indices=True, **options(case))
+    y_ref, arg_ref = reference_options(x, options(case))
+    assert y.shape == y_ref.shape and indices.dtype == np.int64
+    assert_close(y.numpy(), y_ref)
+    assert np.array_equal(indices.numpy(), arg_ref)
+
+
+@pytest.mark.parametrize("case", OPTION_CASES)
+def test_options_match_torch_and_gradcheck(case):
+    torch = pytest.importorskip("torch")
+    kw, x = options(case), distinct(case["x"])
+    fn = lambda x: F.max_pool2d(x, **kw)  # noqa: E731
+    ours = forward_backward(fn, [x])
+    theirs = torch_forward_backward(torch, lambda x: torch.nn.functional.max_pool2d(x, **kw), [x])
+    assert_all_close(ours, theirs)
+    assert mdl.gradcheck(fn, [mdl.tensor(x, requires_grad=True)])
+    _, indices = torch.nn.functional.max_pool2d(torch.tensor(x), return_indices=True, **kw)
+    _, ours = F.max_pool2d(mdl.tensor(x), return_indices=True, **kw)
+    assert np.array_equal(ours.numpy(), indices.numpy())
+
+
+@pytest.mark.parametrize("case", OPTION_CASES)
+def test_options_kernel_matches_numpy(case, kernel_device, dtype):
+    kw, x = options(case), distinct(case["x"])
+    fn = lambda x: F.max_pool2d(x, **kw)  # noqa: E731
+    expected = forward_backward(fn, [x], "cpu", dtype)
+    assert_all_close(forward_backward(fn, [x], kernel_device, dtype), expected, dtype)
+    indices = F.max_pool2d(mdl.tensor(x, device=kernel_device), return_indices=True, **kw)[1]
+    assert np.array_equal(indices.numpy(), reference_options(x, kw)[1])
+
+
+INTEGER_DTYPES = [np.int8, np.uint8, np.int16, np.int32, np.int64]
+
+
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+@pytest.mark.parametrize("int_dtype", INTEGER_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_integer_tensor_with_padding(int_dtype, device, monkeypatch):
+    """PyTorch pools integer tensors on the CPU; padding holds the dtype's smallest value and
+    never wins, even against a real cell holding that value (the top rows here)."""
+    torch = pytest.importorskip("torch")
+    low, high = np.iinfo(int_dtype).min, np.iinfo(int_dtype).max
+    if device == "emulated" and int_dtype == np.int64:
+        low, high = -(2**53), 2**53  # pooled as double there (see the next test)
+    x = np.random.default_rng(0).integers(low, high, (2, 3, 7, 8), dtype=int_dtype)
+    x[:, :, :2] = low
+    if device == "emulated":
+        monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    kw = dict(kernel_size=3, stride=2, padding=1, dilation=(1, 2), ceil_mode=True)
+    y, indices = F.max_pool2d(
+        mdl.tensor(x, device="cuda" if device == "emulated" else "cpu"), return_indices=True, **kw
+    )
+    y_t, indices_t = torch.nn.functional.max_pool2d(torch.tensor(x), return_indices=True, **kw)
+    assert y.dtype == int_dtype
+    assert np.array_equal(y.numpy(), y_t.numpy())
+    assert np.array_equal(indices.numpy(), indices_t.numpy())
+    y_ref, arg_ref = reference_options(x, kw)
+    assert np.array_equal(y.numpy(), y_ref) and np.array_equal(indices.numpy(), arg_ref)
+
+
+def test_kernel_refuses_int64_beyond_double_precision(monkeypatch):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    x = mdl.tensor(np.full((1, 1, 4, 4), 2**60, dtype=np.int64), device="cuda")
+    with pytest.raises(TypeError, match=r"max_pool2d: on the GPU an int64 tensor .* 2\*\*53"):
+        F.max_pool2d(x, 2)
+
+
+def test_nn_max_pool2d_options_match_torch():
+    torch = pytest.importorskip("torch")
+    kw = dict(kernel_size=3, stride=2, padding=1, dilation=2, return_indices=True, ceil_mode=True)
+    x = distinct((3, 11, 10))  # unbatched
+    y, indices = mdl.nn.MaxPool2d(**kw)(mdl.tensor(x))
+    y_t, indices_t = torch.nn.MaxPool2d(**kw)(torch.tensor(x))
+    assert_close(y.numpy(), y_t.numpy())
+    assert np.array_equal(indices.numpy(), indices_t.numpy())
+    assert "dilation=2" in repr(mdl.nn.MaxPool2d(**kw))

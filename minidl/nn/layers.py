@@ -28,11 +28,18 @@ class Conv2d(Module):
         kernel_size,
         stride=1,
         padding=0,
+        dilation=1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         dtype=np.float32,
     ):
         super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"Conv2d: padding_mode={padding_mode!r} is not supported; minidl pads with zeros "
+                f"only (padding_mode='zeros')"
+            )
         _check_sizes("Conv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
@@ -42,6 +49,7 @@ class Conv2d(Module):
         kh, kw = pair("Conv2d", "kernel_size", kernel_size, minimum=1)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = (kh, kw), stride, padding, groups
+        self.dilation, self.padding_mode = dilation, padding_mode
         fan_in = in_channels // groups * kh * kw
         self.weight = Parameter(np.zeros((out_channels, in_channels // groups, kh, kw), dtype))
         init.default_uniform_(self.weight, fan_in)
@@ -52,12 +60,15 @@ class Conv2d(Module):
             self.register_parameter("bias", None)
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, groups={self.groups}"
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}"
         )
 
 
@@ -84,20 +95,35 @@ class Linear(Module):
 
 
 class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        dilation=1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+    ):
         super().__init__()
-        self.kernel_size, self.stride, self.padding, self.ceil_mode = (
-            kernel_size,
-            stride,
-            padding,
-            ceil_mode,
-        )
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.return_indices, self.ceil_mode = dilation, return_indices, ceil_mode
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        return F.max_pool2d(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            self.return_indices,
+        )
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
 
 
 class LocalResponseNorm(Module):

@@ -1,12 +1,19 @@
-"""2-D convolution (cross-correlation, as every framework computes it): stride, padding, groups.
+"""2-D convolution (cross-correlation, as every framework computes it): stride, padding,
+dilation, groups (docs/conv.md; the plain loop is conv2d in tests/reference.py).
 
-    y[n, o, oy, ox] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * xpad[n, c, oy*sh+i, ox*sw+j]
+    y[n, o, oy, ox] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j]
+                                 * xpad[n, c, oy*sh + i*dh, ox*sw + j*dw]
+
+Dilation (dh, dw) spreads the kernel's taps dh rows apart: the effective kernel is
+dh*(kh - 1) + 1 rows tall, and OH = (H + pad_top + pad_bottom - dh*(kh - 1) - 1) // sh + 1.
+Padding is zeros: an int, an (h, w) pair, "valid" (none) or "same" (stride 1; the total
+dh*(kh - 1) is split with the odd one out at the bottom/right, as PyTorch does).
 
 Both paths lower it to GEMMs through im2col (Chellapilla et al. 2006). The columns are laid out
 channels-first and batch-second, so that one GEMM per group covers the whole batch (large,
 BLAS-friendly products instead of N small ones):
 
-    cols[(c, i, j), (n, oy, ox)] = xpad[n, c, oy*sh + i, ox*sw + j]         im2col, (C*kh*kw, N*L)
+    cols[(c, i, j), (n, oy, ox)] = xpad[n, c, oy*sh + i*dh, ox*sw + j*dw]   im2col, (C*kh*kw, N*L)
     y[g] = w[g] @ cols[g]        per group g: (Og, K) @ (K, N*L), K = Cg*kh*kw, L = OH*OW
 
 and backward is three products, with dy in the same (O, N*L) layout:
@@ -36,35 +43,62 @@ if TYPE_CHECKING:
     from minidl.tensor import Tensor
 
 
+def conv_output_size(size: int, k: int, s: int, pad_before: int, pad_after: int, d: int) -> int:
+    return (size + pad_before + pad_after - d * (k - 1) - 1) // s + 1
+
+
+def same_padding(k: int, d: int) -> tuple[int, int]:
+    """padding="same" (stride 1): the total d*(k - 1), the odd one out after (PyTorch's split)."""
+    total = d * (k - 1)
+    return total // 2, total - total // 2
+
+
 # ---- NumPy ---------------------------------------------------------------------------------------
-def im2col_numpy(x, kh, kw, sh, sw, ph, pw, oh, ow):
-    """x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), rows (c, i, j), columns (n, oy, ox)."""
-    n, c = x.shape[:2]
+def _padding_after(size, k, s, pad, d, out):
+    """Padding the last window needs past the input: pad for symmetric padding or less, more
+    for "same" with an even effective kernel (the extra cell sits at the bottom/right)."""
+    return max(0, (out - 1) * s + d * (k - 1) + 1 - size - pad)
+
+
+def im2col_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), rows (c, i, j), columns (n, oy, ox).
+    (ph, pw) pad the top and left; the bottom and right get what the last window reaches."""
+    n, c, h, w = x.shape
     xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W): each window offset is then one block of rows
-    if ph or pw:
-        xt = np.pad(xt, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    pb, pr = _padding_after(h, kh, sh, ph, dh, oh), _padding_after(w, kw, sw, pw, dw, ow)
+    if ph or pw or pb or pr:
+        xt = np.pad(xt, ((0, 0), (0, 0), (ph, pb), (pw, pr)))
     cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
     for i in range(kh):
+        top = i * dh
         for j in range(kw):
-            cols[:, i, j] = xt[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+            left = j * dw
+            cols[:, i, j] = xt[
+                :, :, top : top + sh * (oh - 1) + 1 : sh, left : left + sw * (ow - 1) + 1 : sw
+            ]
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
-def col2im_numpy(dcols, x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
+def col2im_numpy(dcols, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     """dcols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W); overlapping windows add up."""
     n, c, h, w = x_shape
     dcols = dcols.reshape(c, kh, kw, n, oh, ow)
-    dxt = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
+    pb, pr = _padding_after(h, kh, sh, ph, dh, oh), _padding_after(w, kw, sw, pw, dw, ow)
+    dxt = np.zeros((c, n, ph + h + pb, pw + w + pr), dtype=dcols.dtype)
     for i in range(kh):
+        top = i * dh
         for j in range(kw):
-            dxt[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw] += dcols[
-                :, i, j
-            ]
+            left = j * dw
+            window = (
+                slice(top, top + sh * (oh - 1) + 1, sh),
+                slice(left, left + sw * (ow - 1) + 1, sw),
+            )
+            dxt[:, :, window[0], window[1]] += dcols[:, i, j]
     return dxt[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
 
 
 # ---- CUDA (kernels/conv.cu) ----------------------------------------------------------------------
-def im2col_cuda(x, kh, kw, sh, sw, ph, pw, oh, ow):
+def im2col_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     n, c, h, w = x.shape
     if n * oh * ow >= 2**31:  # the kernels index a row of cols with 32-bit integers
         raise ValueError(f"conv2d: N*OH*OW = {n * oh * ow} is too large for the GPU kernels")
@@ -76,12 +110,12 @@ def im2col_cuda(x, kh, kw, sh, sw, ph, pw, oh, ow):
         x.dtype,
         cuda.grid_for(windows),
         (cuda.THREADS,),
-        (x, cols, cuda.i64(windows), *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
+        (x, cols, cuda.i64(windows), *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)),
     )
     return cols
 
 
-def col2im_cuda(dcols, x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
+def col2im_cuda(dcols, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     n, c, h, w = x_shape
     dx = backend.xp("cuda").empty(x_shape, dtype=dcols.dtype)
     cuda.launch(
@@ -90,7 +124,12 @@ def col2im_cuda(dcols, x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
         dx.dtype,
         cuda.grid_for(dx.size),
         (cuda.THREADS,),
-        (dcols, dx, cuda.i64(dx.size), *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
+        (
+            dcols,
+            dx,
+            cuda.i64(dx.size),
+            *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow),
+        ),
     )
     return dx
 
@@ -110,16 +149,18 @@ def bias_add_cuda(y, b):
 # ---- autograd ------------------------------------------------------------------------------------
 class Conv2dFunction(Function):
     @staticmethod
-    def forward(ctx, x, w, b, stride, padding, groups):
+    def forward(ctx, x, w, b, stride, padding, dilation, groups):
         # x: (N, C, H, W), w: (O, C/G, kh, kw), b: (O,) or None -> y: (N, O, OH, OW)
+        # padding: (top, bottom, left, right)
         on_gpu = ctx.device == "cuda"
         xp = backend.xp(ctx.device)
         n, c, h, wd = x.shape
         o, cg, kh, kw = w.shape
-        (sh, sw), (ph, pw) = stride, padding
-        oh = (h + 2 * ph - kh) // sh + 1
-        ow = (wd + 2 * pw - kw) // sw + 1
-        geometry = (kh, kw, sh, sw, ph, pw, oh, ow)
+        (sh, sw), (dh, dw) = stride, dilation
+        ph, pb, pw, pr = padding
+        oh = conv_output_size(h, kh, sh, ph, pb, dh)
+        ow = conv_output_size(wd, kw, sw, pw, pr, dw)
+        geometry = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
         if on_gpu:
             x = xp.ascontiguousarray(x)
             cols = im2col_cuda(x, *geometry)
@@ -177,22 +218,30 @@ def conv2d(
     weight: Tensor,
     bias: Tensor | None = None,
     stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
     groups: int = 1,
 ) -> Tensor:
-    """2-D convolution. x: (N, C, H, W), weight: (O, C // groups, kh, kw), bias: (O,).
+    """2-D convolution. x: (N, C, H, W) or unbatched (C, H, W), weight: (O, C // groups, kh, kw),
+    bias: (O,). Returns (N, O, OH, OW), or (O, OH, OW) for an unbatched x, with
+    OH = (H + 2*pad_h - dilation_h*(kh - 1) - 1) // stride_h + 1.
 
-    ``stride`` and ``padding`` are an int or an (h, w) pair. Returns (N, O, OH, OW) with
-    OH = (H + 2*pad_h - kh) // stride_h + 1.
+    ``stride``, ``padding`` and ``dilation`` are an int or an (h, w) pair; ``padding`` may also
+    be "valid" (no padding) or "same" (output the size of the input; stride 1 only).
     """
-    require_tensor("conv2d", "x", x, ndim=4, layout="(N, C, H, W)")
+    require_tensor("conv2d", "x", x)
+    if x.ndim == 3:  # unbatched (C, H, W), as PyTorch takes it: a batch of one
+        y = conv2d(x.reshape(1, *x.shape), weight, bias, stride, padding, dilation, groups)
+        return y.reshape(y.shape[1:])
+    require_tensor("conv2d", "x", x, ndim=4, layout="(N, C, H, W) (or unbatched (C, H, W))")
     require_tensor("conv2d", "weight", weight, ndim=4, layout="(out, in // groups, kh, kw)")
     stride = pair("conv2d", "stride", stride, minimum=1)
-    padding = pair("conv2d", "padding", padding, minimum=0)
+    dilation = pair("conv2d", "dilation", dilation, minimum=1)
     if not isinstance(groups, (int, np.integer)) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive integer, got {groups!r}")
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
+    pads = _paddings(padding, stride, dilation, (kh, kw))  # (top, bottom, left, right)
     if c % groups:
         raise ValueError(f"conv2d: input channels {c} are not divisible by groups={groups}")
     if o % groups:
@@ -202,13 +251,38 @@ def conv2d(
             f"conv2d: weight has {cg} input channels per group, expected C // groups = "
             f"{c} // {groups} = {c // groups} (x: {x.shape}, weight: {weight.shape})"
         )
-    if kh > h + 2 * padding[0] or kw > w + 2 * padding[1]:
+    reach_h, reach_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    padded_h, padded_w = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    if reach_h > padded_h or reach_w > padded_w:
+        dilated = "" if dilation == (1, 1) else f" (dilated to {reach_h}x{reach_w})"
         raise ValueError(
-            f"conv2d: kernel {kh}x{kw} is larger than the padded input "
-            f"{h + 2 * padding[0]}x{w + 2 * padding[1]}"
+            f"conv2d: kernel {kh}x{kw}{dilated} is larger than the padded input "
+            f"{padded_h}x{padded_w}"
         )
     if bias is not None:
         require_tensor("conv2d", "bias", bias, ndim=1, layout="(out,)")
         if bias.shape[0] != o:
             raise ValueError(f"conv2d: bias has shape {bias.shape}, expected ({o},)")
-    return Conv2dFunction.apply(x, weight, bias, stride=stride, padding=padding, groups=int(groups))
+    return Conv2dFunction.apply(
+        x, weight, bias, stride=stride, padding=pads, dilation=dilation, groups=int(groups)
+    )
+
+
+def _paddings(padding, stride, dilation, kernel) -> tuple[int, int, int, int]:
+    """conv2d's ``padding`` argument as (top, bottom, left, right)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding != "same":
+            raise ValueError(
+                f"conv2d: padding must be an int, an (h, w) pair, 'valid' or 'same', "
+                f"got {padding!r}"
+            )
+        if stride != (1, 1):
+            raise ValueError(
+                f"conv2d: padding='same' needs stride 1 (as in PyTorch), got stride={stride}"
+            )
+        (kh, kw), (dh, dw) = kernel, dilation
+        return (*same_padding(kh, dh), *same_padding(kw, dw))
+    ph, pw = pair("conv2d", "padding", padding, minimum=0)
+    return ph, ph, pw, pw

@@ -1,4 +1,5 @@
-"""Softmax, log-softmax and the softmax cross-entropy loss, all computed from logits.
+"""Softmax, log-softmax and the softmax cross-entropy loss, all computed from logits
+(docs/loss.md; the plain loops are cross_entropy and cross_entropy_options in tests/reference.py).
 
     lse[n]  = m[n] + log sum_k exp(z[n, k] - m[n]),    m[n] = max_k z[n, k]   (log-sum-exp)
     loss    = mean_n (lse[n] - z[n, t[n]])  (computed as (m - z_t) + log sum, exact for huge logits)
@@ -7,6 +8,17 @@
 Subtracting the row maximum keeps every exp() at most 1, so logits of 1e4 are fine. The GPU path
 of the loss is ``kernels/loss.cu`` (one block per row: shared-memory reductions for the max and
 the sum); softmax and log_softmax are plain array math on both devices.
+
+PyTorch's options (class ``weight`` w, ``ignore_index``, ``label_smoothing`` eps, probability
+targets, ``reduction``) all make row n's loss a weighted sum of its log-probabilities:
+
+    loss[n] = -sum_k q[n, k] log softmax(z)[n, k],     dz[n, k] = softmax(z)[n, k] Q[n] - q[n, k]
+    q[n, k] = w[k] ((1 - eps) [k == t[n]] + eps / K)   (0 for a row whose t[n] == ignore_index)
+    q[n, k] = w[k] ((1 - eps) p[n, k] + eps / K)       (probability targets p)
+
+with Q[n] = sum_k q[n, k]. "mean" divides the sum by sum_n w[t[n]] over rows not ignored (the
+number of rows for probability targets), "sum" does not, "none" keeps one loss per row. Logits
+(N, K, d1, ...) are rows (N*d1*..., K) with the class axis moved last.
 """
 
 from __future__ import annotations
@@ -47,6 +59,43 @@ def cross_entropy_backward_numpy(dloss, z, t, lse):
     return dz * (dloss / n)
 
 
+def target_weights_numpy(z, t, p, weight, ignore_index, smoothing):
+    """q: (M, K), the weight each log-probability gets in its row's loss (module docstring)."""
+    m, k = z.shape
+    if p is not None:
+        return weight * ((1 - smoothing) * p + smoothing / k)
+    hit = np.zeros((m, k), dtype=z.dtype)
+    kept = t != ignore_index
+    hit[np.arange(m)[kept], t[kept]] = 1 - smoothing
+    q = weight * (hit + smoothing / k)
+    q[~kept] = 0
+    return q
+
+
+def cross_entropy_options_forward_numpy(z, t, p, weight, ignore_index, smoothing):
+    """z: (M, K); t: (M,) int or None; p: (M, K) or None; weight: (K,) -> losses, lse, Q,
+    counted: (M,) (counted: what "mean" divides by, w[t] or 0 if ignored; 1 for p)."""
+    q = target_weights_numpy(z, t, p, weight, ignore_index, smoothing)
+    m = z.max(axis=1)
+    log_sum = np.log(np.exp(z - m[:, None]).sum(axis=1))
+    q_sum = q.sum(axis=1)
+    # sum q (m - z) + Q log_sum rather than Q lse - sum q z: exact for logits of 1e4
+    losses = (q * (m[:, None] - z)).sum(axis=1) + q_sum * log_sum
+    if p is not None:
+        counted = np.ones_like(m)
+    else:
+        counted = np.where(t == ignore_index, 0, weight[np.where(t == ignore_index, 0, t)])
+    return losses, m + log_sum, q_sum, counted.astype(z.dtype)
+
+
+def cross_entropy_options_backward_numpy(
+    scale, z, t, p, weight, ignore_index, smoothing, lse, q_sum
+):
+    """scale: (M,) the reduction's factor per row -> dz: (M, K)."""
+    q = target_weights_numpy(z, t, p, weight, ignore_index, smoothing)
+    return scale[:, None] * (np.exp(z - lse[:, None]) * q_sum[:, None] - q)
+
+
 # ---- CUDA (kernels/loss.cu) ----------------------------------------------------------------------
 def cross_entropy_forward_cuda(z, t):
     n, k = z.shape
@@ -78,6 +127,66 @@ def cross_entropy_backward_cuda(dloss, z, t, lse):
     return dz
 
 
+def cross_entropy_options_forward_cuda(z, t, p, weight, ignore_index, smoothing):
+    m, k = z.shape
+    xp = backend.xp("cuda")
+    losses, lse, q_sum, counted = (xp.empty((m,), dtype=z.dtype) for _ in range(4))
+    soft = p is not None
+    t = xp.zeros((1,), dtype=np.int32) if soft else t  # the unused one: a placeholder
+    p = p if soft else xp.zeros((1,), dtype=z.dtype)
+    cuda.launch(
+        "loss",
+        "cross_entropy_options_forward",
+        z.dtype,
+        (m,),
+        (cuda.REDUCE_THREADS,),
+        (
+            z,
+            t,
+            p,
+            weight,
+            losses,
+            lse,
+            q_sum,
+            counted,
+            *cuda.i32(m, k, soft, ignore_index),
+            *cuda.real(z.dtype, smoothing),
+        ),
+    )
+    return losses, lse, q_sum, counted
+
+
+def cross_entropy_options_backward_cuda(
+    scale, z, t, p, weight, ignore_index, smoothing, lse, q_sum
+):
+    xp = backend.xp("cuda")
+    soft = p is not None
+    t = xp.zeros((1,), dtype=np.int32) if soft else t
+    p = p if soft else xp.zeros((1,), dtype=z.dtype)
+    dz = xp.empty_like(z)
+    cuda.launch(
+        "loss",
+        "cross_entropy_options_backward",
+        z.dtype,
+        cuda.grid_for(z.size),
+        (cuda.THREADS,),
+        (
+            z,
+            t,
+            p,
+            weight,
+            lse,
+            q_sum,
+            scale,
+            dz,
+            cuda.i64(z.size),
+            *cuda.i32(z.shape[1], soft, ignore_index),
+            *cuda.real(z.dtype, smoothing),
+        ),
+    )
+    return dz
+
+
 # ---- autograd ------------------------------------------------------------------------------------
 class CrossEntropyFunction(Function):
     @staticmethod
@@ -99,26 +208,166 @@ class CrossEntropyFunction(Function):
         return cross_entropy_backward_numpy(dloss, z, t, lse), None
 
 
-def cross_entropy(logits: Tensor, target) -> Tensor:
-    """Mean softmax cross-entropy. logits: (N, K) float; target: (N,) integer classes in [0, K)."""
+class CrossEntropyOptionsFunction(Function):
+    @staticmethod
+    def forward(ctx, z, t, p, weight, ignore_index, smoothing, reduction):
+        # z: (M, K) logits; t: (M,) int32 classes, or p: (M, K) probabilities; weight: (K,)
+        # -> losses (M,) for reduction "none", else a scalar
+        options = (weight, ignore_index, smoothing)
+        if ctx.device == "cuda":
+            z = backend.xp("cuda").ascontiguousarray(z)
+            losses, lse, q_sum, counted = cross_entropy_options_forward_cuda(z, t, p, *options)
+        else:
+            losses, lse, q_sum, counted = cross_entropy_options_forward_numpy(z, t, p, *options)
+        denominator = counted.sum() if reduction == "mean" else None
+        ctx.save(z, t, p, options, lse, q_sum, reduction, denominator)
+        if reduction == "none":
+            return losses
+        if reduction == "sum":
+            return losses.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):  # every target ignored: 0/0 = nan
+            return losses.sum() / denominator
+
+    @staticmethod
+    def backward(ctx, dloss):
+        z, t, p, options, lse, q_sum, reduction, denominator = ctx.saved
+        xp = backend.xp(ctx.device)
+        if reduction == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dloss = dloss / denominator
+        scale = xp.ascontiguousarray(xp.broadcast_to(dloss, lse.shape), dtype=z.dtype)
+        if ctx.device == "cuda":
+            dz = cross_entropy_options_backward_cuda(scale, z, t, p, *options, lse, q_sum)
+        else:
+            dz = cross_entropy_options_backward_numpy(scale, z, t, p, *options, lse, q_sum)
+        return dz, None, None, None
+
+
+def cross_entropy(
+    logits: Tensor,
+    target,
+    weight=None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Softmax cross-entropy from logits, with PyTorch's options.
+
+    logits: (N, K), unbatched (K,), or (N, K, d1, ...). target: integer class indices of the
+    logits' shape without the class axis ((N,), (), (N, d1, ...)), each in [0, K) or equal to
+    ``ignore_index`` (that element counts for nothing); or class probabilities, a float tensor of
+    the logits' shape. ``weight``: (K,) per-class weights. ``reduction``: "mean" (over elements
+    not ignored, weighted by their class's weight), "sum" or "none" (a loss per element, of the
+    target's shape). ``label_smoothing`` eps in [0, 1] mixes the target with the uniform
+    distribution: (1 - eps) target + eps / K. The formulas are in the module docstring.
+    """
     from minidl.tensor import Tensor
 
-    require_tensor("cross_entropy", "logits", logits, ndim=2, layout="(N, classes)")
-    t = target.data if isinstance(target, Tensor) else target
-    t = backend.to_numpy(t) if not isinstance(t, (list, tuple)) else np.asarray(t)
-    if t.dtype.kind not in "iu":
-        raise TypeError(
-            f"cross_entropy: target must hold integer class indices, got dtype {t.dtype}"
-        )
-    n, k = logits.shape
-    if t.shape != (n,):
-        raise ValueError(f"cross_entropy: target has shape {t.shape}, expected ({n},)")
-    if t.size and (t.min() < 0 or t.max() >= k):
+    require_tensor("cross_entropy", "logits", logits)
+    if logits.ndim == 0:
         raise ValueError(
-            f"cross_entropy: target values must lie in [0, {k}), got min {t.min()}, max {t.max()}"
+            "cross_entropy: logits must be (N, classes), (classes,) or (N, classes, ...)"
         )
-    t = backend.move(t.astype(np.int32), logits.device)
-    return CrossEntropyFunction.apply(logits, t)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(
+            f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
+        )
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(
+            f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing!r}"
+        )
+    k = logits.shape[0 if logits.ndim == 1 else 1]
+    if isinstance(target, Tensor) and target.requires_grad:
+        raise ValueError(
+            "cross_entropy: gradients with respect to the target are not supported; "
+            "pass target.detach()"
+        )
+    t = target.data if isinstance(target, Tensor) else target
+    t = np.asarray(t) if isinstance(t, (list, tuple, int, float)) else t
+    soft = t.dtype.kind == "f"
+    element_shape = logits.shape[:1] + logits.shape[2:] if logits.ndim > 1 else ()
+    if soft:
+        if t.shape != logits.shape:
+            raise ValueError(
+                f"cross_entropy: probability target has shape {t.shape}, expected the logits' "
+                f"shape {logits.shape}"
+            )
+        if t.dtype != logits.dtype:
+            raise TypeError(
+                f"cross_entropy: probability target has dtype {t.dtype}, expected the logits' "
+                f"dtype {logits.dtype}"
+            )
+        if ignore_index != -100:
+            raise ValueError(
+                "cross_entropy: ignore_index is not supported for probability targets "
+                "(as in PyTorch)"
+            )
+    else:
+        if t.dtype.kind not in "iu":
+            raise TypeError(
+                f"cross_entropy: target must hold integer class indices or float probabilities, "
+                f"got dtype {t.dtype}"
+            )
+        if t.shape != element_shape:
+            raise ValueError(
+                f"cross_entropy: target has shape {t.shape}, expected {element_shape} for "
+                f"logits of shape {logits.shape}"
+            )
+        t = backend.to_numpy(t)
+        bad = (t != ignore_index) & ((t < 0) | (t >= k))
+        if bad.any():
+            raise ValueError(
+                f"cross_entropy: target values must lie in [0, {k}) or equal ignore_index "
+                f"{ignore_index}, got {t[bad].ravel()[0]}"
+            )
+    w = _class_weights(weight, k, logits)
+
+    # Rows: move the class axis last, (N, K, d1, ...) -> (N*d1*..., K)
+    z = logits
+    if z.ndim != 2:  # (K,) or (N, K, d1, ...); AlexNet's (N, K) goes through unchanged
+        z = z.reshape(1, k) if z.ndim == 1 else z.permute(0, *range(2, z.ndim), 1).reshape(-1, k)
+    plain = not soft and w is None and reduction == "mean" and label_smoothing == 0.0
+    if plain and not (t == ignore_index).any():
+        # AlexNet's loss: the fast path of one reduction kernel and one element-wise kernel
+        t_rows = backend.move(t.reshape(-1).astype(np.int32), logits.device)
+        return CrossEntropyFunction.apply(z, t_rows)
+    xp = backend.xp(logits.device)
+    if soft:
+        t = backend.move(t, logits.device)
+        p = xp.moveaxis(t, 1, -1) if t.ndim > 2 else t
+        p_rows, t_rows = xp.ascontiguousarray(p.reshape(-1, k)), None
+    else:
+        p_rows, t_rows = None, backend.move(t.reshape(-1).astype(np.int32), logits.device)
+    if w is None:
+        w = xp.ones((k,), dtype=logits.dtype)
+    losses = CrossEntropyOptionsFunction.apply(
+        z,
+        t_rows,
+        p_rows,
+        w,
+        ignore_index=int(ignore_index),
+        smoothing=float(label_smoothing),
+        reduction=reduction,
+    )
+    return losses.reshape(element_shape) if reduction == "none" else losses
+
+
+def _class_weights(weight, k, logits):
+    """cross_entropy's ``weight``: None, or a (K,) array on the logits' device and dtype."""
+    from minidl.tensor import Tensor
+
+    if weight is None:
+        return None
+    w = weight.data if isinstance(weight, Tensor) else weight
+    if isinstance(w, (list, tuple)):
+        w = np.asarray(w, dtype=logits.dtype)  # Python numbers carry no dtype of their own
+    if w.shape != (k,):
+        raise ValueError(f"cross_entropy: weight has shape {w.shape}, expected ({k},)")
+    if w.dtype != logits.dtype:
+        raise TypeError(
+            f"cross_entropy: weight has dtype {w.dtype}, expected the logits' dtype {logits.dtype}"
+        )
+    return backend.move(w, logits.device)
 
 
 class LogSoftmaxFunction(Function):

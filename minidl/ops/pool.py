@@ -1,9 +1,11 @@
 """2-D max-pooling, overlapping when stride < kernel (AlexNet: 3x3, stride 2; paper section 3.4).
+docs/pool.md; the plain loop is max_pool2d in tests/reference.py.
 
-    y[n, c, oy, ox] = max_{i < kh, j < kw} xpad[n, c, oy*sh + i, ox*sw + j]
+    y[n, c, oy, ox] = max_{i < kh, j < kw} xpad[n, c, oy*sh + i*dh, ox*sw + j*dw]
 
-Padding is implicit -inf: a padded cell never wins. ``argmax`` records, for every output, the
-flat index ``h * W + w`` of the winning input pixel (PyTorch's ``return_indices`` layout); ties
+with dilation (dh, dw) spacing the window's taps (1: a dense window).
+Padding is implicit -inf (an integer tensor's smallest value): a padded cell never wins.
+``argmax`` records, for every output, the flat index ``h * W + w`` of the winning input pixel (PyTorch's ``return_indices`` layout); ties
 go to the first maximum in row-major window order (a strict ``>`` while scanning i, then j).
 
 Backward sends each output's gradient to its argmax:
@@ -16,8 +18,8 @@ therefore gathers: one thread per input pixel visits the few windows that contai
 atomics, so two runs give equal bits. The NumPy path scatters with ``np.bincount``, also exact
 and deterministic.
 
-Output size (PyTorch's rule): OH = floor((H + 2p - k) / s) + 1, or with ``ceil_mode`` the ceiling,
-dropping a last window that would start past the input and its left padding.
+Output size (PyTorch's rule): OH = floor((H + 2p - d*(k - 1) - 1) / s) + 1, or with ``ceil_mode``
+the ceiling, dropping a last window that would start past the input and its left padding.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ if TYPE_CHECKING:
     from minidl.tensor import Tensor
 
 
-def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
-    span = size + 2 * p - k
+def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool, d: int = 1) -> int:
+    span = size + 2 * p - d * (k - 1) - 1  # the effective (dilated) kernel is d*(k - 1) + 1
     out = (span + (s - 1 if ceil_mode else 0)) // s + 1
     if ceil_mode and (out - 1) * s >= size + p:
         out -= 1  # the last window must start inside the input or its left padding
@@ -43,23 +45,31 @@ def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
-def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, oh, ow):
+def lowest(dtype):
+    """What padding holds: -inf for floats, the smallest value for integers (never bigger than a
+    real cell, and a tie with a real cell goes to the real cell; see the integer pass below)."""
+    return -np.inf if np.dtype(dtype).kind == "f" else np.iinfo(dtype).min
+
+
+def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     """x: (N, C, H, W) -> y: (N, C, OH, OW), argmax: (N, C, OH, OW) int32 into H*W."""
     n, c, h, w = x.shape
-    # -inf padding on every side; ceil_mode windows may reach past the right/bottom padding.
-    extra_h = max(0, (oh - 1) * sh + kh - (h + 2 * ph))
-    extra_w = max(0, (ow - 1) * sw + kw - (w + 2 * pw))
+    pad_value = lowest(x.dtype)
+    # padding on every side; ceil_mode windows may reach past the right/bottom padding.
+    extra_h = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
+    extra_w = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
     xpad = x
     if ph or pw or extra_h or extra_w:
         padding = ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w))
-        xpad = np.pad(x, padding, constant_values=-np.inf)
+        xpad = np.pad(x, padding, constant_values=pad_value)
 
     def window(i, j):  # the (i, j) cell of every window: (N, C, OH, OW)
-        return xpad[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+        top, left = i * dh, j * dw
+        return xpad[:, :, top : top + sh * (oh - 1) + 1 : sh, left : left + sw * (ow - 1) + 1 : sw]
 
     # Tuned for speed (in-place passes, a sentinel); the plain loop: tests/reference.py::max_pool2d
     # Pass 1: the maximum, in place.
-    y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+    y = np.full((n, c, oh, ow), pad_value, dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             np.maximum(y, window(i, j), out=y)
@@ -68,16 +78,24 @@ def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, oh, ow):
     # is about three times faster than np.copyto(..., where=hit).
     sentinel = np.int16(kh * kw)
     first = np.full((n, c, oh, ow), sentinel, dtype=np.int16)
+    top = (np.arange(oh, dtype=np.int32) * sh - ph)[:, None]  # window corners in the input
+    left = (np.arange(ow, dtype=np.int32) * sw - pw)[None, :]
+    integer = x.dtype.kind != "f"
     for k in range(kh * kw):
-        hit = window(*divmod(k, kw)) == y
+        i, j = divmod(k, kw)
+        hit = window(i, j) == y
+        if integer:  # a padded cell ties with a real iinfo.min: only real cells may win
+            hit &= (top + i * dh >= 0) & (top + i * dh < h) & (left + j * dw >= 0)
+            hit &= left + j * dw < w
         np.minimum(first, hit * np.int16(k - sentinel) + sentinel, out=first)
     best = first.astype(np.int32)
-    # Offset k of window (oy, ox) is input pixel (oy*sh - ph + k // kw, ox*sw - pw + k % kw).
-    top = (np.arange(oh, dtype=np.int32) * sh - ph)[:, None]
-    left = (np.arange(ow, dtype=np.int32) * sw - pw)[None, :]
-    argmax = (top + best // kw) * w + (left + best % kw)
+    # Offset k of window (oy, ox) is input pixel (oy*sh - ph + (k // kw)*dh, ox*sw - pw + ...).
+    argmax = (top + best // kw * dh) * w + (left + best % kw * dw)
     # No winner: a window holding only -inf (padding, or -inf inputs), or a NaN maximum.
-    argmax[(y == -np.inf) | (first == sentinel)] = -1
+    if integer:
+        argmax[first == sentinel] = -1  # cannot happen: every window holds a real cell
+    else:
+        argmax[(y == -np.inf) | (first == sentinel)] = -1
     return y, argmax
 
 
@@ -92,9 +110,20 @@ def max_pool2d_backward_numpy(dy, argmax, x_shape):
 
 
 # ---- CUDA (kernels/pool.cu) ----------------------------------------------------------------------
-def max_pool2d_forward_cuda(x, kh, kw, sh, sw, ph, pw, oh, ow):
+def max_pool2d_forward_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     n, c, h, w = x.shape
     xp = backend.xp("cuda")
+    integer = x.dtype.kind != "f"
+    if integer:
+        # The kernels are instantiated for float and double. Every integer up to 32 bits (and
+        # int64 within +-2**53) is a double exactly, and a maximum of exact values is exact, so
+        # the double kernel pools integers without rounding; y goes back to x's dtype.
+        if x.dtype.itemsize == 8 and x.size and max(int(x.max()), -int(x.min())) > 2**53:
+            raise TypeError(
+                f"max_pool2d: on the GPU an {x.dtype} tensor is pooled as double, which holds "
+                f"integers only up to 2**53 in magnitude; this one holds larger values"
+            )
+        x = x.astype(np.float64)
     y = xp.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = xp.empty((n, c, oh, ow), dtype=np.int32)
     cuda.launch(
@@ -103,12 +132,18 @@ def max_pool2d_forward_cuda(x, kh, kw, sh, sw, ph, pw, oh, ow):
         x.dtype,
         cuda.grid_for(y.size),
         (cuda.THREADS,),
-        (x, y, argmax, cuda.i64(y.size), *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
+        (
+            x,
+            y,
+            argmax,
+            cuda.i64(y.size),
+            *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow),
+        ),
     )
     return y, argmax
 
 
-def max_pool2d_backward_cuda(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, oh, ow):
+def max_pool2d_backward_cuda(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     n, c, h, w = x_shape
     dx = backend.xp("cuda").empty(x_shape, dtype=dy.dtype)
     cuda.launch(
@@ -117,7 +152,13 @@ def max_pool2d_backward_cuda(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, oh, ow
         dy.dtype,
         cuda.grid_for(dx.size),
         (cuda.THREADS,),
-        (dy, argmax, dx, cuda.i64(dx.size), *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)),
+        (
+            dy,
+            argmax,
+            dx,
+            cuda.i64(dx.size),
+            *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow),
+        ),
     )
     return dx
 
@@ -125,18 +166,21 @@ def max_pool2d_backward_cuda(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, oh, ow
 # ---- autograd ------------------------------------------------------------------------------------
 class MaxPool2dFunction(Function):
     @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding, ceil_mode):
-        # x: (N, C, H, W) -> y: (N, C, OH, OW)
-        (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode, indices=None):
+        # x: (N, C, H, W) -> y: (N, C, OH, OW); ``indices``, a list, receives the argmax
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
         h, w = x.shape[2:]
-        oh = pool_output_size(h, kh, sh, ph, ceil_mode)
-        ow = pool_output_size(w, kw, sw, pw, ceil_mode)
-        geometry = (kh, kw, sh, sw, ph, pw, oh, ow)
+        oh = pool_output_size(h, kh, sh, ph, ceil_mode, dh)
+        ow = pool_output_size(w, kw, sw, pw, ceil_mode, dw)
+        geometry = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
         if ctx.device == "cuda":
             x = backend.xp("cuda").ascontiguousarray(x)
             y, argmax = max_pool2d_forward_cuda(x, *geometry)
+            y = y.astype(x.dtype, copy=False)  # integers were pooled as double
         else:
             y, argmax = max_pool2d_forward_numpy(x, *geometry)
+        if indices is not None:
+            indices.append(argmax)
         ctx.save(x.shape, argmax, geometry)
         return y
 
@@ -154,24 +198,55 @@ def max_pool2d(
     kernel_size: int | tuple[int, int],
     stride: int | tuple[int, int] | None = None,
     padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
     ceil_mode: bool = False,
-) -> Tensor:
-    """Max-pooling over (H, W): x (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size."""
-    require_tensor("max_pool2d", "x", x, ndim=4, layout="(N, C, H, W)")
+    return_indices: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Max-pooling over (H, W): x (N, C, H, W) -> (N, C, OH, OW), or unbatched (C, H, W) ->
+    (C, OH, OW). ``stride`` defaults to kernel_size. Float or integer x (integers pad with the
+    dtype's smallest value). With ``return_indices`` also returns the argmax as int64, the flat
+    index h * W + w of each winner in its plane (PyTorch's layout, for max_unpool2d)."""
+    require_tensor("max_pool2d", "x", x)
+    if x.ndim == 3:  # unbatched (C, H, W), as PyTorch takes it: a batch of one
+        out = max_pool2d(
+            x.reshape(1, *x.shape), kernel_size, stride, padding, dilation, ceil_mode, True
+        )
+        y, indices = (t.reshape(t.shape[1:]) for t in out)
+        return (y, indices) if return_indices else y
+    require_tensor("max_pool2d", "x", x, ndim=4, layout="(N, C, H, W) (or unbatched (C, H, W))")
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"max_pool2d: x must hold floats or integers, got dtype {x.dtype}")
     kernel_size = pair("max_pool2d", "kernel_size", kernel_size, minimum=1)
     stride = kernel_size if stride is None else pair("max_pool2d", "stride", stride, minimum=1)
     padding = pair("max_pool2d", "padding", padding, minimum=0)
+    dilation = pair("max_pool2d", "dilation", dilation, minimum=1)
     h, w = x.shape[2:]
     for k, p, axis in zip(kernel_size, padding, "hw"):
+        # PyTorch checks p <= k // 2 and p <= (effective kernel) // 2; with dilation >= 1 the
+        # effective kernel d*(k - 1) + 1 is at least k, so the first rule is the one that binds
         if p > k // 2:
             raise ValueError(
                 f"max_pool2d: padding {p} along {axis} must be at most half the kernel size {k}"
             )
-    if kernel_size[0] > h + 2 * padding[0] or kernel_size[1] > w + 2 * padding[1]:
+    reach = [d * (k - 1) + 1 for k, d in zip(kernel_size, dilation)]
+    if reach[0] > h + 2 * padding[0] or reach[1] > w + 2 * padding[1]:
+        dilated = "" if dilation == (1, 1) else f" (dilated to {reach[0]}x{reach[1]})"
         raise ValueError(
-            f"max_pool2d: kernel {kernel_size[0]}x{kernel_size[1]} is larger than the padded "
-            f"input {h + 2 * padding[0]}x{w + 2 * padding[1]}"
+            f"max_pool2d: kernel {kernel_size[0]}x{kernel_size[1]}{dilated} is larger than the "
+            f"padded input {h + 2 * padding[0]}x{w + 2 * padding[1]}"
         )
-    return MaxPool2dFunction.apply(
-        x, kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=bool(ceil_mode)
+    argmax = [] if return_indices else None
+    y = MaxPool2dFunction.apply(
+        x,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=bool(ceil_mode),
+        indices=argmax,
     )
+    if not return_indices:
+        return y
+    from minidl.tensor import Tensor
+
+    return y, Tensor._wrap(argmax[0].astype(np.int64), x.device, False)
