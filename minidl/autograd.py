@@ -17,6 +17,8 @@ import re
 import time
 from collections import defaultdict
 
+import numpy as np
+
 _grad_enabled = True
 # While profile() runs: op name -> [forward seconds, backward seconds, calls], and what to call
 # before each clock read (waiting for the GPU).
@@ -155,9 +157,11 @@ def _output_array(fn: type, out):
     """forward's result as an array (a Tensor gives its array); anything else is refused."""
     from minidl.tensor import Tensor
 
+    if type(out) is np.ndarray or isinstance(out, np.generic):  # the common case first
+        return out
     if isinstance(out, Tensor):
         return out.data
-    if hasattr(out, "shape") and hasattr(out, "dtype") and out.dtype != object:
+    if hasattr(out, "shape") and hasattr(out, "dtype") and out.dtype.kind != "O":
         return out
     raise TypeError(
         f"{fn.__name__}.forward must return one array (NumPy or CuPy) or Tensor, "

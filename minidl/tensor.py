@@ -216,6 +216,8 @@ class Tensor:
     def _promote(self, other) -> tuple[Tensor, Tensor]:
         """(self, other) as two tensors, promoted as PyTorch does (see the module docstring)."""
         if isinstance(other, Tensor):
+            if other.data.dtype == self.data.dtype:
+                return self, other
             mine, theirs = _CATEGORY[self.dtype.kind], _CATEGORY[other.dtype.kind]
             if mine == _FLOAT and theirs < _FLOAT:
                 return self, other.astype(self.dtype)
@@ -223,7 +225,7 @@ class Tensor:
                 return self.astype(other.dtype), other
             return self, other
         xp = backend.xp(self.device)
-        if isinstance(other, numbers.Number):
+        if type(other) in (float, int) or isinstance(other, numbers.Number):
             category = _scalar_category(other)
             a = self
             if category > _CATEGORY[self.dtype.kind]:
@@ -422,6 +424,8 @@ _DEFAULT_OF_CATEGORY = {_INT: np.int64, _FLOAT: DEFAULT_DTYPE}
 
 
 def _scalar_category(value) -> int:
+    if type(value) is float:  # the common case first: isinstance with an ABC is slow
+        return _FLOAT
     if isinstance(value, (bool, np.bool_)):
         return _BOOL
     if isinstance(value, numbers.Integral):

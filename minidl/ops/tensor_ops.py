@@ -37,7 +37,7 @@ def dim_index(dim, ndim: int) -> int:
 
     Out of range is PyTorch's IndexError, never NumPy's silent wrap-around (``dim % ndim``).
     """
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+    if type(dim) is not int and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral)):
         raise TypeError(f"dim must be an int, got {dim!r}")
     low, high = -max(ndim, 1), max(ndim, 1) - 1
     if not low <= dim <= high:
@@ -55,9 +55,9 @@ def dim_tuple(dims, ndim: int) -> tuple[int, ...] | None:
     """
     if dims is None:
         return None
-    if isinstance(dims, numbers.Integral):
-        dims = (dims,)
-    dims = tuple(dims)
+    if type(dims) is int or isinstance(dims, numbers.Integral):
+        axis = dim_index(dims, ndim)  # checked even on a 0-d tensor
+        return (axis,) if ndim > 0 else ()
     if not dims:
         return None
     axes = [dim_index(d, ndim) for d in dims]
@@ -325,6 +325,8 @@ def torch_index(index, ndim: int) -> tuple[tuple, tuple | None]:
     integers and arrays, apply the integers (with the slices and Nones, a view) first. Returns
     (index, None) when NumPy's order is PyTorch's already.
     """
+    if type(index) in (int, slice):  # the common cases, no arrays: NumPy's order is PyTorch's
+        return index, None
     index = index if isinstance(index, tuple) else (index,)
     index = tuple(int(i) if _is_integer(i) else i for i in index)
     has_int = any(isinstance(i, int) and not isinstance(i, bool) for i in index)
