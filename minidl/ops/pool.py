@@ -5,8 +5,9 @@ docs/pool.md; the plain loop is max_pool2d in tests/reference.py.
 
 with dilation (dh, dw) spacing the window's taps (1: a dense window).
 Padding is implicit -inf (an integer tensor's smallest value): a padded cell never wins.
-``argmax`` records, for every output, the flat index ``h * W + w`` of the winning input pixel (PyTorch's ``return_indices`` layout); ties
-go to the first maximum in row-major window order (a strict ``>`` while scanning i, then j).
+``argmax`` records, for every output, the flat index ``h * W + w`` of the winning input pixel
+(PyTorch's ``return_indices`` layout); ties go to the first maximum in row-major window order (a
+strict ``>`` while scanning i, then j).
 
 Backward sends each output's gradient to its argmax:
 
