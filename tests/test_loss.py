@@ -212,6 +212,18 @@ def test_options_are_stable_for_huge_logits(kernel_device):
         assert np.all(np.isfinite(t.grad.numpy()))
 
 
+@pytest.mark.parametrize(
+    "logits, message",
+    [
+        (np.zeros((2, 3), np.int64), "logits must be floating point, got dtype int64"),
+        (np.float64(1.0), r"logits must be \(N, classes\)"),
+    ],
+)
+def test_logits_errors(logits, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        F.cross_entropy(mdl.tensor(logits), np.array([0, 1]))
+
+
 def test_a_target_needing_a_gradient_is_refused():
     p = mdl.tensor(np.full((2, 3), 1 / 3), requires_grad=True)
     with pytest.raises(ValueError, match="gradients with respect to the target"):

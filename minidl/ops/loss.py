@@ -100,8 +100,8 @@ def cross_entropy_options_backward_numpy(
 def cross_entropy_forward_cuda(z, t):
     n, k = z.shape
     xp = backend.xp("cuda")
-    losses = xp.empty((n,), dtype=z.dtype)
-    lse = xp.empty((n,), dtype=z.dtype)
+    losses = xp.empty((n,), dtype=cuda.accumulator(z.dtype))  # float32 for 16-bit z (loss.cu)
+    lse = xp.empty((n,), dtype=cuda.accumulator(z.dtype))
     cuda.launch(
         "loss",
         "cross_entropy_forward",
@@ -130,7 +130,8 @@ def cross_entropy_backward_cuda(dloss, z, t, lse):
 def cross_entropy_options_forward_cuda(z, t, p, weight, ignore_index, smoothing):
     m, k = z.shape
     xp = backend.xp("cuda")
-    losses, lse, q_sum, counted = (xp.empty((m,), dtype=z.dtype) for _ in range(4))
+    acc = cuda.accumulator(z.dtype)  # float32 for 16-bit z (loss.cu)
+    losses, lse, q_sum, counted = (xp.empty((m,), dtype=acc) for _ in range(4))
     soft = p is not None
     t = xp.zeros((1,), dtype=np.int32) if soft else t  # the unused one: a placeholder
     p = p if soft else xp.zeros((1,), dtype=z.dtype)
@@ -198,7 +199,7 @@ class CrossEntropyFunction(Function):
         else:
             losses, lse = cross_entropy_forward_numpy(z, t)
         ctx.save(z, t, lse)
-        return losses.mean()
+        return losses.mean().astype(z.dtype, copy=False)  # 16-bit z: float32 losses, one rounding
 
     @staticmethod
     def backward(ctx, dloss):
@@ -221,12 +222,13 @@ class CrossEntropyOptionsFunction(Function):
             losses, lse, q_sum, counted = cross_entropy_options_forward_numpy(z, t, p, *options)
         denominator = counted.sum() if reduction == "mean" else None
         ctx.save(z, t, p, options, lse, q_sum, reduction, denominator)
+        # 16-bit z: losses are float32 on the GPU (loss.cu), rounded to z's dtype once, here
         if reduction == "none":
-            return losses
+            return losses.astype(z.dtype, copy=False)
         if reduction == "sum":
-            return losses.sum()
+            return losses.sum().astype(z.dtype, copy=False)
         with np.errstate(invalid="ignore", divide="ignore"):  # every target ignored: 0/0 = nan
-            return losses.sum() / denominator
+            return (losses.sum() / denominator).astype(z.dtype, copy=False)
 
     @staticmethod
     def backward(ctx, dloss):
@@ -235,7 +237,7 @@ class CrossEntropyOptionsFunction(Function):
         if reduction == "mean":
             with np.errstate(invalid="ignore", divide="ignore"):
                 dloss = dloss / denominator
-        scale = xp.ascontiguousarray(xp.broadcast_to(dloss, lse.shape), dtype=z.dtype)
+        scale = xp.ascontiguousarray(xp.broadcast_to(dloss, lse.shape), dtype=lse.dtype)
         if ctx.device == "cuda":
             dz = cross_entropy_options_backward_cuda(scale, z, t, p, *options, lse, q_sum)
         else:
@@ -268,6 +270,8 @@ def cross_entropy(
         raise ValueError(
             "cross_entropy: logits must be (N, classes), (classes,) or (N, classes, ...)"
         )
+    if logits.dtype.kind != "f":
+        raise TypeError(f"cross_entropy: logits must be floating point, got dtype {logits.dtype}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(
             f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
