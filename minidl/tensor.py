@@ -225,7 +225,9 @@ class Tensor:
                 return self.astype(other.dtype), other
             return self, other
         xp = backend.xp(self.device)
-        if type(other) in (float, int) or isinstance(other, numbers.Number):
+        if type(other) in (float, int) and self.dtype.kind == "f":  # the common case, fast
+            return self, Tensor._wrap(xp.asarray(other, dtype=self.dtype), self.device, False)
+        if isinstance(other, numbers.Number):
             category = _scalar_category(other)
             a = self
             if category > _CATEGORY[self.dtype.kind]:
