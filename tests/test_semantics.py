@@ -61,9 +61,9 @@ MATMUL_SHAPES = [
 
 
 @pytest.mark.parametrize("a_shape, b_shape", MATMUL_SHAPES)
-def test_matmul_follows_torch_matmul_for_vectors_and_batches(a_shape, b_shape):
+def test_matmul_follows_torch_matmul_for_vectors_and_batches(a_shape, b_shape, device):
     compare_with_torch(
-        lambda a, b: a @ b, lambda a, b: a @ b, [random(a_shape), random(b_shape, 1)]
+        lambda a, b: a @ b, lambda a, b: a @ b, [random(a_shape), random(b_shape, 1)], device
     )
 
 
@@ -179,6 +179,14 @@ def test_mean_over_an_empty_dim_is_nan_as_torch(shape, dim, device):
     theirs = torch.tensor(x)
     expected = theirs.mean() if dim is None else theirs.mean(dim)
     assert_same((ours.mean() if dim is None else ours.mean(dim)).numpy(), expected.numpy())
+
+
+def test_max_over_an_empty_dim_raises_index_error_as_torch():
+    with pytest.raises(IndexError, match="Expected reduction dim 0 to have non-zero size"):
+        torch.ones(0, 3).amax(0)
+    with pytest.raises(IndexError, match="max: cannot reduce over a dimension of size 0"):
+        mdl.tensor(np.ones((0, 3))).max(0)
+    assert mdl.tensor(np.ones((0, 3))).max(1).shape == (0,) == tuple(torch.ones(0, 3).amax(1).shape)
 
 
 def test_mean_of_an_integer_tensor_is_refused_as_torch():
@@ -338,9 +346,9 @@ BASES = np.array([-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5])
 EXPONENTS = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0])
 
 
-def test_pow_gradients_match_torch_for_every_sign_of_base_and_exponent():
+def test_pow_gradients_match_torch_for_every_sign_of_base_and_exponent(device):
     a, b = np.meshgrid(BASES, EXPONENTS, indexing="ij")
-    compare_with_torch(lambda a, b: a**b, lambda a, b: a**b, [a, b])
+    compare_with_torch(lambda a, b: a**b, lambda a, b: a**b, [a, b], device)
 
 
 @pytest.mark.parametrize("exponent", [0, 0.5, 1, 2, -1, 3, -2, 2.5])
