@@ -212,6 +212,7 @@ def test_bias_relu_on_an_empty_batch_is_empty(device):
 
 
 # ---- type promotion with Python scalars ----------------------------------------------------------
+# Named examples on an int64 tensor; the sweeps below cover every dtype.
 PROMOTION = [
     pytest.param(lambda i: i + 0.5, id="int+float"),
     pytest.param(lambda i: 0.5 + i, id="float+int"),
@@ -230,41 +231,14 @@ PROMOTION = [
     pytest.param(lambda i: (i > 1) + 1, id="bool+int-is-int64"),
     pytest.param(lambda i: (i > 1) + 0.5, id="bool+float-is-float32"),
     pytest.param(lambda i: (i > 1) * True, id="bool*bool-stays-bool"),
-    pytest.param(lambda i: i.astype(np.int32) + 1, id="int32+int-stays-int32"),
-    pytest.param(lambda i: i.astype(np.uint8) - 3, id="uint8-int-wraps"),
-    pytest.param(lambda i: i.astype(np.uint8) + (-3), id="uint8+negative-int-wraps"),
-    pytest.param(lambda i: i.astype(np.float16) + 0.1, id="float16+float-stays-float16"),
-    pytest.param(lambda i: i.astype(np.float16) / 3, id="float16/int-stays-float16"),
-    pytest.param(lambda i: i.astype(np.float32) * 2.5, id="float32*float-stays-float32"),
-    pytest.param(lambda i: i.astype(np.float64) ** 2, id="float64**int-stays-float64"),
-    pytest.param(lambda i: i + i.astype(np.float64), id="int+float64-tensor"),
-    pytest.param(lambda i: i * i.astype(np.float32), id="int*float32-tensor-is-float32"),
-    pytest.param(lambda i: i.astype(np.float32) - i, id="float32-tensor-int"),
 ]
-
-
-def _as_torch(fn):
-    """The same expression on torch tensors: astype(np.x) becomes .to(torch.x)."""
-
-    def run(t):
-        original = torch.Tensor.astype if hasattr(torch.Tensor, "astype") else None
-        torch.Tensor.astype = lambda self, d: self.to(getattr(torch, np.dtype(d).name))
-        try:
-            return fn(t)
-        finally:
-            if original is None:
-                del torch.Tensor.astype
-            else:
-                torch.Tensor.astype = original
-
-    return run
 
 
 @pytest.mark.parametrize("fn", PROMOTION)
 def test_python_scalars_promote_as_torch(fn, device):
     values = np.array([1, 2, 3])
     ours = fn(mdl.tensor(values, device=device))
-    theirs = _as_torch(fn)(torch.tensor(values))
+    theirs = fn(torch.tensor(values))
     assert ours.dtype == np.dtype(str(theirs.dtype).removeprefix("torch."))
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
