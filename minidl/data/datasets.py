@@ -240,10 +240,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 class ImageFolder:
     """root/<class>/**/<image>; classes are the sorted sub-folder names (torchvision's rules).
 
-    Files are found in each class folder and its sub-folders (sorted), by extension
-    (``IMAGE_EXTENSIONS``, case-insensitive). Hidden entries (names starting with ".", such as
-    ``.ipynb_checkpoints`` or ``.DS_Store``) are skipped everywhere, so they never become a
-    class and never shift the labels; a class folder with no image is an error naming it.
+    As in torchvision: files are found in each class folder and its sub-folders (sorted), by
+    extension (``IMAGE_EXTENSIONS``, case-insensitive), and a class folder with no image is an
+    error naming it. Beyond torchvision (which makes ``.ipynb_checkpoints`` a class, its issue
+    2831): hidden entries (names starting with ".", such as ``.ipynb_checkpoints`` or
+    ``.DS_Store``) are skipped everywhere, so they never become a class nor shift the labels.
     ``ds[i]`` returns (transform(image), label) where image is an (H, W, 3) uint8 RGB array.
     """
 
