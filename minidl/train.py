@@ -486,9 +486,7 @@ def fit(
                 model, train_loader, optimizer, device, progress, f"epoch {epoch}", nonfinite, epoch
             )
         except NonFiniteLossError as err:
-            kept = ""
-            if checkpoint is not None:
-                kept = f"; {checkpoint} is as it was" if checkpoint.exists() else ""
+            kept = f"; {checkpoint} is as it was" if checkpoint and checkpoint.exists() else ""
             raise NonFiniteLossError(
                 f"training stopped: {err}. Nothing was written for epoch {epoch}{kept}",
                 err.epoch,
