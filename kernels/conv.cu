@@ -15,6 +15,9 @@
 //
 // Launch: any 1-D grid of 1-D blocks (grid-stride loops). The GEMMs in between are cuBLAS
 // (cupy.matmul); the bias gradient is kernels/reduce.cu's channel_sum.
+// 16-bit storage: im2col copies values (exact), col2im sums in float and rounds once, bias_add
+// adds in float and rounds once.
+// minidl-types: float double __half __nv_bfloat16
 #include "common.cuh"
 
 template <typename T>
@@ -40,7 +43,7 @@ __global__ void im2col(const T* x, T* cols, long long total, int N, int C, int H
             for (int j = 0; j < kw; ++j) {
                 int w = left + j * dw;
                 bool inside = h >= 0 && h < H && w >= 0 && w < W;
-                out[(long long)(i * kw + j) * M] = inside ? plane[h * W + w] : T(0);
+                out[(long long)(i * kw + j) * M] = inside ? plane[h * W + w] : from_acc<T>(0);
             }
         }
     }
@@ -71,7 +74,7 @@ __global__ void col2im(const T* dcols, T* dx, long long total, int N, int C, int
         int oy_hi = min(hp / sh, OH - 1);
         int ox_lo = wp < reach_w ? 0 : (wp - reach_w) / sw + 1;
         int ox_hi = min(wp / sw, OW - 1);
-        T sum = T(0);
+        acc_t<T> sum = 0;
         for (int oy = oy_lo; oy <= oy_hi; ++oy) {
             int di = hp - oy * sh;
             if (di % dh != 0) continue;  // between two dilated taps
@@ -81,10 +84,10 @@ __global__ void col2im(const T* dcols, T* dx, long long total, int N, int C, int
                 if (dj % dw != 0) continue;
                 int j = dj / dw;
                 long long row = ((long long)c * kh + i) * kw + j;
-                sum += dcols[((row * N + n) * OH + oy) * OW + ox];
+                sum += to_acc(dcols[((row * N + n) * OH + oy) * OW + ox]);
             }
         }
-        dx[index] = sum;
+        dx[index] = from_acc<T>(sum);
     }
 }
 
@@ -92,6 +95,6 @@ template <typename T>
 __global__ void bias_add(T* y, const T* b, long long total, int O, int M) {
     FOR_EACH_INDEX(index, total) {
         int o = index / M;
-        y[index] += b[o];
+        y[index] = from_acc<T>(to_acc(y[index]) + to_acc(b[o]));
     }
 }

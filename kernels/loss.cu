@@ -22,16 +22,24 @@
 //   cross_entropy_options_backward  dz[n, k] = scale[n] * (exp(z[n, k] - lse[n]) * Q[n] - q[n, k])
 //       scale[n]: the reduction's factor (dloss / sum(counted), dloss, or dloss[n]); one thread
 //       per element, any 1-D launch.
+//
+// 16-bit storage (z, p, weight, dz in __half or __nv_bfloat16): softmax cross-entropy runs in
+// float (acc_t<T>): the maximum, the sum of exponentials, its log and the weighted sums, and the
+// per-row outputs losses, lse, Q, counted and the backward's scale are acc_t<T> arrays. Only dz is
+// rounded to T. A float16 sum of 1000 exponentials would keep about 3 significant digits.
+// minidl-types: float double __half __nv_bfloat16
 #include "common.cuh"
 
 template <typename T>
-__global__ void cross_entropy_forward(const T* z, const int* t, T* losses, T* lse, int N, int K) {
-    __shared__ T partial[MINIDL_REDUCE_THREADS];
+__global__ void cross_entropy_forward(const T* z, const int* t, acc_t<T>* losses, acc_t<T>* lse,
+                                      int N, int K) {
+    typedef acc_t<T> Acc;
+    __shared__ Acc partial[MINIDL_REDUCE_THREADS];
     int n = blockIdx.x;
     const T* row = z + (long long)n * K;
 
-    T m = real_neg_inf(T(0));
-    for (int k = threadIdx.x; k < K; k += blockDim.x) m = row[k] > m ? row[k] : m;
+    Acc m = real_neg_inf(Acc(0));
+    for (int k = threadIdx.x; k < K; k += blockDim.x) m = to_acc(row[k]) > m ? to_acc(row[k]) : m;
     partial[threadIdx.x] = m;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half /= 2) {
@@ -42,8 +50,8 @@ __global__ void cross_entropy_forward(const T* z, const int* t, T* losses, T* ls
     m = partial[0];
     __syncthreads();  // everyone has read the maximum before partial is reused
 
-    T sum = T(0);
-    for (int k = threadIdx.x; k < K; k += blockDim.x) sum += real_exp(row[k] - m);
+    Acc sum = Acc(0);
+    for (int k = threadIdx.x; k < K; k += blockDim.x) sum += real_exp(to_acc(row[k]) - m);
     partial[threadIdx.x] = sum;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half /= 2) {
@@ -51,48 +59,51 @@ __global__ void cross_entropy_forward(const T* z, const int* t, T* losses, T* ls
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        T log_sum = real_log(partial[0]);
+        Acc log_sum = real_log(partial[0]);
         lse[n] = m + log_sum;
-        losses[n] = (m - row[t[n]]) + log_sum;  // not lse - z[t]: exact for logits of 1e4
+        losses[n] = (m - to_acc(row[t[n]])) + log_sum;  // not lse - z[t]: exact for logits of 1e4
     }
 }
 
 template <typename T>
-__global__ void cross_entropy_backward(const T* z, const int* t, const T* lse, T* dz,
-                                       long long total, int K, T scale) {
+__global__ void cross_entropy_backward(const T* z, const int* t, const acc_t<T>* lse, T* dz,
+                                       long long total, int K, acc_t<T> scale) {
+    typedef acc_t<T> Acc;
     FOR_EACH_INDEX(i, total) {
         long long n = i / K;
         int k = i % K;
-        T target = (k == t[n]) ? T(1) : T(0);
-        dz[i] = (real_exp(z[i] - lse[n]) - target) * scale;
+        Acc target = (k == t[n]) ? Acc(1) : Acc(0);
+        dz[i] = from_acc<T>((real_exp(to_acc(z[i]) - lse[n]) - target) * scale);
     }
 }
 
 // q[n, k] of the options kernels: the weight log p[n, k] gets in row n's loss (see the header).
 // soft: p holds probabilities (N, K) and t is unused; else t holds class indices and p is unused.
 template <typename T>
-__device__ T target_weight(const int* t, const T* p, const T* weight, long long n, int k, int K,
-                           int soft, int ignore_index, T smoothing) {
-    T spread = smoothing / T(K);  // label smoothing gives every class eps / K
-    if (soft) return weight[k] * ((T(1) - smoothing) * p[n * K + k] + spread);
+__device__ acc_t<T> target_weight(const int* t, const T* p, const T* weight, long long n, int k,
+                                  int K, int soft, int ignore_index, acc_t<T> smoothing) {
+    typedef acc_t<T> Acc;
+    Acc spread = smoothing / Acc(K);  // label smoothing gives every class eps / K
+    if (soft) return to_acc(weight[k]) * ((Acc(1) - smoothing) * to_acc(p[n * K + k]) + spread);
     int tn = t[n];
-    if (tn == ignore_index) return T(0);
-    return weight[k] * ((k == tn ? T(1) - smoothing : T(0)) + spread);
+    if (tn == ignore_index) return Acc(0);
+    return to_acc(weight[k]) * ((k == tn ? Acc(1) - smoothing : Acc(0)) + spread);
 }
 
 template <typename T>
 __global__ void cross_entropy_options_forward(const T* z, const int* t, const T* p,
-                                              const T* weight, T* losses, T* lse, T* q_sum,
-                                              T* counted, int N, int K, int soft,
-                                              int ignore_index, T smoothing) {
-    __shared__ T partial[MINIDL_REDUCE_THREADS];
-    __shared__ T partial_q[MINIDL_REDUCE_THREADS];
+                                              const T* weight, acc_t<T>* losses, acc_t<T>* lse,
+                                              acc_t<T>* q_sum, acc_t<T>* counted, int N, int K,
+                                              int soft, int ignore_index, acc_t<T> smoothing) {
+    typedef acc_t<T> Acc;
+    __shared__ Acc partial[MINIDL_REDUCE_THREADS];
+    __shared__ Acc partial_q[MINIDL_REDUCE_THREADS];
     int n = blockIdx.x;
     const T* row = z + (long long)n * K;
 
     // 1. the row maximum m (as cross_entropy_forward)
-    T m = real_neg_inf(T(0));
-    for (int k = threadIdx.x; k < K; k += blockDim.x) m = row[k] > m ? row[k] : m;
+    Acc m = real_neg_inf(Acc(0));
+    for (int k = threadIdx.x; k < K; k += blockDim.x) m = to_acc(row[k]) > m ? to_acc(row[k]) : m;
     partial[threadIdx.x] = m;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half /= 2) {
@@ -104,22 +115,22 @@ __global__ void cross_entropy_options_forward(const T* z, const int* t, const T*
     __syncthreads();  // everyone has read the maximum before partial is reused
 
     // 2. sum_k exp(z - m), and 3. sum_k q (m - z) and Q = sum_k q, in one pass and one tree
-    T sum = T(0);
-    for (int k = threadIdx.x; k < K; k += blockDim.x) sum += real_exp(row[k] - m);
+    Acc sum = Acc(0);
+    for (int k = threadIdx.x; k < K; k += blockDim.x) sum += real_exp(to_acc(row[k]) - m);
     partial[threadIdx.x] = sum;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half /= 2) {
         if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
         __syncthreads();
     }
-    T log_sum = real_log(partial[0]);
+    Acc log_sum = real_log(partial[0]);
     __syncthreads();  // everyone has read the sum before partial is reused
 
-    T weighted = T(0);
-    T q_total = T(0);
+    Acc weighted = Acc(0);
+    Acc q_total = Acc(0);
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        T q = target_weight(t, p, weight, n, k, K, soft, ignore_index, smoothing);
-        if (q != T(0)) weighted += q * (m - row[k]);  // q = 0 adds nothing, even for z = -inf
+        Acc q = target_weight(t, p, weight, n, k, K, soft, ignore_index, smoothing);
+        if (q != Acc(0)) weighted += q * (m - to_acc(row[k]));  // q = 0 adds nothing, even at -inf
         q_total += q;
     }
     partial[threadIdx.x] = weighted;
@@ -137,22 +148,23 @@ __global__ void cross_entropy_options_forward(const T* z, const int* t, const T*
         q_sum[n] = partial_q[0];
         losses[n] = partial[0] + partial_q[0] * log_sum;  // not Q*lse - sum q z: exact for 1e4
         if (soft) {
-            counted[n] = T(1);
+            counted[n] = Acc(1);
         } else {
-            counted[n] = t[n] == ignore_index ? T(0) : weight[t[n]];
+            counted[n] = t[n] == ignore_index ? Acc(0) : to_acc(weight[t[n]]);
         }
     }
 }
 
 template <typename T>
 __global__ void cross_entropy_options_backward(const T* z, const int* t, const T* p,
-                                               const T* weight, const T* lse, const T* q_sum,
-                                               const T* scale, T* dz, long long total, int K,
-                                               int soft, int ignore_index, T smoothing) {
+                                               const T* weight, const acc_t<T>* lse,
+                                               const acc_t<T>* q_sum, const acc_t<T>* scale,
+                                               T* dz, long long total, int K, int soft,
+                                               int ignore_index, acc_t<T> smoothing) {
     FOR_EACH_INDEX(i, total) {
         long long n = i / K;
         int k = i % K;
-        T q = target_weight(t, p, weight, n, k, K, soft, ignore_index, smoothing);
-        dz[i] = scale[n] * (real_exp(z[i] - lse[n]) * q_sum[n] - q);
+        acc_t<T> q = target_weight(t, p, weight, n, k, K, soft, ignore_index, smoothing);
+        dz[i] = from_acc<T>(scale[n] * (real_exp(to_acc(z[i]) - lse[n]) * q_sum[n] - q));
     }
 }

@@ -11,6 +11,9 @@
 //       Matches max_pool2d_backward_numpy.
 //
 // Launch: any 1-D grid of 1-D blocks (grid-stride loops).
+// 16-bit storage: values compare in float (exact, so the same maximum and the same first-max
+// tie rule) and y is the chosen value itself; backward sums in float and rounds once.
+// minidl-types: float double __half __nv_bfloat16
 #include "common.cuh"
 
 template <typename T>
@@ -23,7 +26,7 @@ __global__ void max_pool2d_forward(const T* x, T* y, int* argmax, long long tota
         int oy = (index / OW) % OH;
         long long nc = index / ((long long)OW * OH);
         const T* plane = x + nc * H * W;
-        T best = real_neg_inf(T(0));
+        acc_t<T> best = real_neg_inf(acc_t<T>(0));
         int best_index = -1;
         for (int i = 0; i < kh; ++i) {
             int h = oy * sh - ph + i * dh;
@@ -31,14 +34,14 @@ __global__ void max_pool2d_forward(const T* x, T* y, int* argmax, long long tota
             for (int j = 0; j < kw; ++j) {
                 int w = ox * sw - pw + j * dw;
                 if (w < 0 || w >= W) continue;
-                T v = plane[h * W + w];
+                acc_t<T> v = to_acc(plane[h * W + w]);
                 if (v > best) {
                     best = v;
                     best_index = h * W + w;
                 }
             }
         }
-        y[index] = best;
+        y[index] = from_acc<T>(best);  // exact: best is one of the 16-bit inputs (or -inf)
         argmax[index] = best_index;
     }
 }
@@ -64,12 +67,12 @@ __global__ void max_pool2d_backward(const T* dy, const int* argmax, T* dx, long 
         const T* dy_plane = dy + nc * OH * OW;
         const int* argmax_plane = argmax + nc * OH * OW;
         int me = h * W + w;
-        T sum = T(0);
+        acc_t<T> sum = 0;
         for (int oy = oy_begin; oy < oy_end; ++oy) {
             for (int ox = ox_begin; ox < ox_end; ++ox) {
-                if (argmax_plane[oy * OW + ox] == me) sum += dy_plane[oy * OW + ox];
+                if (argmax_plane[oy * OW + ox] == me) sum += to_acc(dy_plane[oy * OW + ox]);
             }
         }
-        dx[index] = sum;
+        dx[index] = from_acc<T>(sum);
     }
 }

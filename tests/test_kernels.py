@@ -218,8 +218,8 @@ MUTATIONS = [
     ("loss.cu", "long long n = i / K;", "long long n = i / (K + 1);", loss_ok),
     (
         "loss.cu",
-        "T spread = smoothing / T(K);",
-        "T spread = smoothing / T(K - 1);",
+        "Acc spread = smoothing / Acc(K);",
+        "Acc spread = smoothing / Acc(K - 1);",
         loss_options_ok,
     ),
     (
@@ -230,15 +230,15 @@ MUTATIONS = [
     ),
     (
         "loss.cu",
-        "counted[n] = t[n] == ignore_index ? T(0) : weight[t[n]];",
-        "counted[n] = t[n] == ignore_index ? T(0) : T(1);",
+        "counted[n] = t[n] == ignore_index ? Acc(0) : to_acc(weight[t[n]]);",
+        "counted[n] = t[n] == ignore_index ? Acc(0) : Acc(1);",
         loss_options_ok,
     ),
-    ("loss.cu", "* q_sum[n] - q);", "* q_sum[n] - q * T(0.5));", loss_options_ok),
+    ("loss.cu", "* q_sum[n] - q));", "* q_sum[n] - q * acc_t<T>(0.5)));", loss_options_ok),
     (
         "loss.cu",
-        "if (soft) return weight[k] * ((T(1) - smoothing) * p[n * K + k] + spread);",
-        "if (soft) return weight[k] * ((T(1) - smoothing) * p[n * K + k + 1] + spread);",
+        "to_acc(p[n * K + k]) + spread);",
+        "to_acc(p[n * K + k + 1]) + spread);",
         loss_soft_ok,
     ),
     ("sgd.cu", "m -= lr * v[i];", "m -= lr * g;", sgd_ok),
