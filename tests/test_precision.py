@@ -757,3 +757,42 @@ def test_float16_training_follows_float32(device, monkeypatch):
     assert scaler.get_scale() == 2.0**16 and scaler.skipped_steps == 0
     assert half[-1] < 0.5 * half[0]
     np.testing.assert_allclose(half, reference, rtol=0.02, atol=0.01)
+
+
+def test_float16_convnet_step_follows_float32(emulate):
+    """AlexNet's layer kinds in miniature (conv, ReLU, LRN, overlapping max-pool, dropout, linear,
+    cross-entropy) through every 16-bit kernel: three float16 training steps on the emulated GPU
+    follow the float32 ones."""
+    nn = mdl.nn
+    x = np.random.default_rng(1).standard_normal((2, 3, 11, 11)).astype(np.float32)
+    t = np.array([1, 4])
+
+    def train(mode):
+        mdl.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.LocalResponseNorm(3, 1.0, 0.75, 2.0),
+            nn.MaxPool2d(3, 2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(6 * 5 * 5, 5),
+        )  # fmt: skip
+        for i, p in enumerate(model.parameters()):  # a fixed, well-scaled start for both
+            p.data = np.random.default_rng(i).standard_normal(p.shape).astype(p.dtype) * 0.3
+        mode.cast_model(model.to("cuda"))
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        scaler = precision.GradScaler(init_scale=2.0**10, enabled=mode.loss_scaling)
+        xs = mode.cast_input(mdl.tensor(x, device="cuda"))
+        losses = []
+        for _ in range(3):
+            loss = F.cross_entropy(mode.loss_input(model(xs)), t)
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.numpy()))
+        return np.array(losses), [p.dtype for p in model.parameters()], scaler
+
+    reference, _, _ = train(precision.Precision("fp32"))
+    half, dtypes, scaler = train(precision.Precision("fp16"))
+    assert all(d == np.float16 for d in dtypes)
+    assert (
+        scaler.skipped_steps == 0
+    )  # (at the default 2^16 the first step overflows and is skipped)
+    np.testing.assert_allclose(half, reference, rtol=0.02)
