@@ -36,7 +36,12 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--epochs", type=int, default=90)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="default 0.01; on --resume, the checkpoint's rate unless this is given",
+    )
     p.add_argument("--init", default="caffe", help="paper, caffe or kaiming")
     p.add_argument("--groups", type=int, default=2)
     p.add_argument("--resize", type=int, default=256)
@@ -108,7 +113,11 @@ def main(argv=None) -> float:
         num_classes=len(raw.classes), groups=args.groups, input_size=args.crop, init=args.init
     ).to(args.device)
     optimizer = optim.SGD(
-        model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, rule="paper"
+        model.parameters(),
+        lr=args.lr if args.lr is not None else 0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
+        rule="paper",
     )
     scheduler = optim.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=2)
     try:
@@ -124,6 +133,7 @@ def main(argv=None) -> float:
             resume=args.resume,
             progress=not args.no_progress,
             nonfinite=args.nonfinite,
+            resume_lr=args.lr,  # an lr given on the command line wins over the checkpoint's
         )
     except train.NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -99,6 +99,13 @@ def test_train_imagefolder_with_ten_crops(tmp_path, capsys):
         "test accuracy:"
     )
     assert (tmp_path / "run" / "conv1_filters.png").is_file()
+    # an --lr given on resume wins over the checkpoint's (epoch 1 of 1 is done: nothing trains)
+    images = ["--train", str(tmp_path / "images"), "--resize", "72", "--crop", "67"]
+    load("train_imagefolder").main(
+        [*images, "--epochs", "1", "--resume", str(tmp_path / "run" / "checkpoint.npz")]
+        + ["--lr", "0.005", "--no-progress", "--out", str(tmp_path / "run")]
+    )
+    assert "lr 0.005 (asked for) replaces the checkpoint's 0.01" in capsys.readouterr().out
 
 
 def small_copy(folder, n_train=64, n_test=40, nan_image=None):
