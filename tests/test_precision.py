@@ -710,7 +710,7 @@ def test_benchmark_refuses_16bit_on_the_cpu_clearly():
             bench.main(["--precision", mode, "--ops", "relu1", "--no-model"])
 
 
-@pytest.mark.parametrize("name", ["relu1", "lrn2", "dropout7"])
+@pytest.mark.parametrize("name", ["relu1", "lrn2", "pool5", "dropout7"])
 def test_benchmark_ops_run_in_float16_on_the_emulator(name, emulate):
     """Our side of ``--precision fp16`` at batch 1 (the timings mean nothing here: this checks
     that the float16 path runs and stays float16)."""
