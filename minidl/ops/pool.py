@@ -90,8 +90,12 @@ def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
             hit &= left + j * dw < w
         np.minimum(first, hit * np.int16(k - sentinel) + sentinel, out=first)
     best = first.astype(np.int32)
-    # Offset k of window (oy, ox) is input pixel (oy*sh - ph + (k // kw)*dh, ox*sw - pw + ...).
-    argmax = (top + best // kw * dh) * w + (left + best % kw * dw)
+    # Offset k of window (oy, ox) is its tap (i, j) = (k // kw, k % kw), input pixel
+    # (oy*sh - ph + i*dh, ox*sw - pw + j*dw); without dilation the scaling is skipped (AlexNet).
+    i, j = best // kw, best % kw
+    if dh != 1 or dw != 1:
+        i, j = i * dh, j * dw
+    argmax = (top + i) * w + (left + j)
     # No winner: a window holding only -inf (padding, or -inf inputs), or a NaN maximum.
     if integer:
         argmax[first == sentinel] = -1  # cannot happen: every window holds a real cell
