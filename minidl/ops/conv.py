@@ -89,11 +89,9 @@ def col2im_numpy(dcols, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
         top = i * dh
         for j in range(kw):
             left = j * dw
-            window = (
-                slice(top, top + sh * (oh - 1) + 1, sh),
-                slice(left, left + sw * (ow - 1) + 1, sw),
-            )
-            dxt[:, :, window[0], window[1]] += dcols[:, i, j]
+            rows = slice(top, top + sh * (oh - 1) + 1, sh)
+            columns = slice(left, left + sw * (ow - 1) + 1, sw)
+            dxt[:, :, rows, columns] += dcols[:, i, j]
     return dxt[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
 
 
