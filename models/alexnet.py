@@ -95,6 +95,10 @@ class SmallAlexNet(nn.Module):
         conv3 96 x 3x3 pad 1, conv4 96 x 3x3 pad 1 (2 groups), conv5 64 x 3x3 pad 1 (2 groups)
                                         -> 6, pool 3/2 -> 2
         fc6 256 -> 512, fc7 512 -> 512, fc8 512 -> classes (dropout before fc6 and fc7)
+
+    ``norm="batch"`` puts BatchNorm2d (PyTorch's defaults) where the LRN layers are, after the
+    ReLUs of conv1 and conv2: the same net with the paper's normalization swapped for Ioffe and
+    Szegedy's (2015), which replaced LRN in later networks.
     """
 
     def __init__(
@@ -104,16 +108,25 @@ class SmallAlexNet(nn.Module):
         groups: int = 2,
         init: str = "kaiming",
         dropout: float = 0.5,
+        norm: str = "lrn",
     ):
         super().__init__()
+        if norm not in ("lrn", "batch"):
+            raise ValueError(f"SmallAlexNet: norm must be 'lrn' or 'batch', got {norm!r}")
+
+        def normalization(channels: int) -> nn.Module:
+            if norm == "batch":
+                return nn.BatchNorm2d(channels)
+            return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+
         self.features = nn.Sequential(
             conv1=nn.Conv2d(in_channels, 32, 5, padding=2),
             relu1=nn.ReLU(),
-            norm1=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            norm1=normalization(32),
             pool1=nn.MaxPool2d(3, 2),
             conv2=nn.Conv2d(32, 64, 5, padding=2, groups=groups),
             relu2=nn.ReLU(),
-            norm2=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            norm2=normalization(64),
             pool2=nn.MaxPool2d(3, 2),
             conv3=nn.Conv2d(64, 96, 3, padding=1),
             relu3=nn.ReLU(),
