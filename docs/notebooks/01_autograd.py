@@ -29,7 +29,7 @@
 # once *all* of its output's users have sent their gradient back: that is why the walk goes in
 # **reverse topological order**.
 #
-# In this notebook we build a tiny scalar autograd (about 40 lines, in the spirit of Karpathy's
+# In this notebook we build a tiny scalar autograd (about 50 lines, in the spirit of Karpathy's
 # micrograd), check it against finite differences, and then watch minidl's `Function`, `Node`
 # and `backward` do exactly the same with arrays.
 
@@ -45,7 +45,7 @@ from minidl.autograd import Function
 from minidl.gradcheck import GradcheckError
 
 # %% [markdown]
-# ## A scalar autograd in 40 lines
+# ## A scalar autograd in 50 lines
 #
 # A `Value` holds a number, its gradient, the values it was computed from (`parents`) and a
 # closure `backward_step` that pushes its own gradient to its parents. Each operation builds its
@@ -367,6 +367,9 @@ except GradcheckError as err:
 assert caught, "gradcheck should have caught the missing dy"
 
 # %% [markdown]
+# **Read next:** `docs/autograd.md` traces one expression through minidl's engine, step by step;
+# `minidl/autograd.py` is the whole engine, one file.
+#
 # ## Exercises
 #
 # 1. Add `tanh` to `Value` (d tanh(a)/da = 1 - tanh(a)²) and check `tanh(a * b) + a` against

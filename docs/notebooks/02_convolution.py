@@ -306,6 +306,9 @@ print("gradcheck(conv2d, stride 2, padding 1, emulated kernels):", ok)
 assert ok
 
 # %% [markdown]
+# **Read next:** `docs/conv.md` (the math, the thread mapping, split-K for dw); the plain loop is
+# `conv2d` in `tests/reference.py`.
+#
 # ## Exercises
 #
 # 1. **Groups.** AlexNet's conv2 uses `groups=2`: output channels of group g see only input

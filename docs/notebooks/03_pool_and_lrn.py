@@ -312,6 +312,9 @@ print(
 assert forward_error < 1e-5 and backward_error < 1e-5
 
 # %% [markdown]
+# **Read next:** `docs/pool.md` and `docs/lrn.md`; the plain loops are `max_pool2d` and
+# `local_response_norm` in `tests/reference.py`.
+#
 # ## Exercises
 #
 # 1. Compare 3x3/2 (overlapping) with 2x2/2 pooling on a random 27x27 image: how many pixels get

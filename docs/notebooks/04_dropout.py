@@ -276,6 +276,8 @@ print("gradcheck(dropout with an injected mask):", ok)
 assert ok
 
 # %% [markdown]
+# **Read next:** `docs/dropout.md`; `minidl/ops/dropout.py` and `kernels/dropout.cu` side by side.
+#
 # ## Exercises
 #
 # 1. Why 24 bits? Show that for p = 0.3 a comparison of `bits / 2**32 >= p` done in float32 can

@@ -276,6 +276,9 @@ print(f"5 nearest by pixels    : {pixel_match:.3f} share the query's class (chan
 assert fc7_match > 0.5
 
 # %% [markdown]
+# **Read next:** `examples/train_fashion_mnist.py` (the full run: checkpoints, the CSV log, curves)
+# and `minidl/train.py`.
+#
 # ## Exercises
 #
 # 1. Train on 12,000 images instead of 3,000 (four times as long). How do the filters and the

@@ -360,6 +360,9 @@ assert abs(loss_gpu - loss_cpu) < 1e-5 and error < 1e-4
 # `__syncthreads()` in the kernel's own body. Keep the barriers there (as above), not in a
 # `__device__` helper function.
 #
+# **Read next:** `docs/custom_op.md` (softplus end to end, also on a GPU) and `docs/reduce.md`
+# (minidl's own shared-memory tree, barrier by barrier).
+#
 # ## Exercises
 #
 # 1. **A learned gain.** RMSNorm usually multiplies by a gain g of shape (D,): y = g · x / r.
