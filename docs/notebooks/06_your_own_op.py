@@ -371,8 +371,9 @@ assert abs(loss_gpu - loss_cpu) < 1e-5 and error < 1e-4
 #    j looping over rows is enough).
 # 2. **Remove a barrier.** Delete the `__syncthreads()` inside the tree loop of
 #    `rms_norm_forward`, reload the module and rerun the checks under the emulator. Do they
-#    still pass? Explain why from how the emulator runs a block, and why a GPU would not forgive
-#    it.
+#    still pass? Explain the result from how the emulator runs a block (one thread at a time,
+#    switching only at barriers), then say what could happen on a GPU, where a block's warps
+#    run at the same time.
 # 3. **Fewer barriers.** The last 5 steps of the tree (half = 16 ... 1) happen inside one warp of
 #    32 threads. Look up `__shfl_down_sync` and write a warp-level version of the last steps.
 #    Does the emulator support it? (Read `minidl/emu_shim.h` to find out.)
