@@ -129,12 +129,14 @@ class Tensor:
         return self.data.ndim
 
     def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
+        return self.shape if dim is None else self.shape[dim_index(dim, self.ndim)]
 
     def numel(self) -> int:
         return int(self.data.size)
 
     def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
     def __repr__(self) -> str:

@@ -80,6 +80,7 @@ OUT_OF_RANGE = [
     pytest.param(lambda x: x.permute(0, 1, 3), 3, id="permute"),
     pytest.param(lambda x: F.softmax(x, 3), 3, id="softmax"),
     pytest.param(lambda x: F.log_softmax(x, -4), -4, id="log_softmax"),
+    pytest.param(lambda x: x.size(3), 3, id="size"),
 ]
 
 
@@ -156,6 +157,13 @@ def test_softmax_dim_out_of_range_on_a_0d_tensor_raises_as_torch():
         F.softmax(mdl.tensor(np.array(1.5)), 1)
     with pytest.raises(IndexError, match=r"range of \[-1, 0\], but got 1"):
         torch.softmax(torch.tensor(1.5), 1)
+
+
+def test_len_of_a_0d_tensor_raises_type_error_as_torch():
+    with pytest.raises(TypeError, match="len\\(\\) of a 0-d tensor"):
+        len(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="len\\(\\) of a 0-d tensor"):
+        len(mdl.tensor(1.0))
 
 
 def test_flatten_start_after_end_raises_as_torch():
