@@ -88,6 +88,8 @@ class Function:
 
     # The NumPy dtype kinds forward takes ("f": floating point only); None takes any dtype.
     dtype_kinds: str | None = None
+    # The op's public name in error messages, where it is not the class name's stem.
+    public_name: str | None = None
 
     @staticmethod
     def forward(ctx: Context, *args, **params):
@@ -135,7 +137,9 @@ def _common_device(op: str, tensors) -> str:
 
 def op_name(fn: type) -> str:
     """The public name of a Function's op: Conv2dFunction -> conv2d, LogSoftmaxFunction ->
-    log_softmax (what the user called, for error messages)."""
+    log_softmax (what the user called, for error messages), unless ``public_name`` says."""
+    if fn.public_name is not None:
+        return fn.public_name
     stem = fn.__name__.removesuffix("Function") or fn.__name__
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", stem).lower()
 

@@ -345,11 +345,15 @@ class Tensor:
 
     __hash__ = object.__hash__
 
+    def _floating(self) -> Tensor:
+        # exp and log of an integer (or bool) tensor are float32, as in PyTorch (NumPy: float64)
+        return self if self.dtype.kind == "f" else self.astype(DEFAULT_DTYPE)
+
     def exp(self):
-        return Exp.apply(self)
+        return Exp.apply(self._floating())
 
     def log(self):
-        return Log.apply(self)
+        return Log.apply(self._floating())
 
     # Reductions take NumPy's (axis, keepdims) or PyTorch's (dim, keepdim) names, and PyTorch's
     # dims (``dim_tuple``: out of range is an IndexError, a 0-d tensor takes 0 and -1).

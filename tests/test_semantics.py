@@ -239,6 +239,8 @@ PROMOTION = [
     pytest.param(lambda i: (i > 1) + 1, id="bool+int-is-int64"),
     pytest.param(lambda i: (i > 1) + 0.5, id="bool+float-is-float32"),
     pytest.param(lambda i: (i > 1) * True, id="bool*bool-stays-bool"),
+    pytest.param(lambda i: i.exp(), id="exp-of-int-is-float32"),
+    pytest.param(lambda i: i.log(), id="log-of-int-is-float32"),
 ]
 
 
@@ -248,7 +250,7 @@ def test_python_scalars_promote_as_torch(fn, device):
     ours = fn(mdl.tensor(values, device=device))
     theirs = fn(torch.tensor(values))
     assert ours.dtype == np.dtype(str(theirs.dtype).removeprefix("torch."))
-    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6)  # float32 exp: 1 ulp
 
 
 DTYPES = ["bool", "uint8", "int8", "int32", "int64", "float16", "float32", "float64"]
@@ -543,6 +545,21 @@ class ReturnsATuple(Function):
     @staticmethod
     def forward(ctx, x):
         return x, x
+
+
+class Halve(Function):
+    dtype_kinds = "f"
+    public_name = "halve_it"
+
+    @staticmethod
+    def forward(ctx, x):
+        return x / 2
+
+
+def test_a_function_refusing_integers_is_named_by_its_public_name():
+    with pytest.raises(TypeError, match="^halve_it: got dtype int32; halve_it takes floating"):
+        Halve.apply(mdl.tensor(np.ones(2, np.int32)))
+    assert Halve.apply(mdl.tensor(np.ones(2))).numpy().tolist() == [0.5, 0.5]
 
 
 def test_custom_function_forward_may_return_a_tensor_as_in_torch():
