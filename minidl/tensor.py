@@ -444,5 +444,6 @@ def _scalar_category(value) -> int:
 
 
 def tensor(data, requires_grad: bool = False, dtype=None, device: str = "cpu") -> Tensor:
-    """Make a tensor. Floating data becomes float32 unless it is float64 or ``dtype`` says."""
+    """Make a tensor. Python floats become float32; an array keeps its dtype (float16 and
+    float64 too), as ``torch.tensor`` does; ``dtype`` overrides both."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
