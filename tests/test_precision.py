@@ -68,6 +68,11 @@ template <typename T>
 __global__ void widen(const T* y, float* x, long long total) {
     FOR_EACH_INDEX(i, total) { x[i] = to_acc(y[i]); }
 }
+
+template <typename T>
+__global__ void fill(T* y, T value, long long total) {
+    FOR_EACH_INDEX(i, total) { y[i] = value; }
+}
 """
 
 
@@ -165,6 +170,18 @@ def test_emulated_float_to_bfloat16_rounds_to_nearest_even(tmp_path):
     every = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
     widened = _widen(module, every, "__nv_bfloat16")
     assert np.array_equal(widened.view(np.uint32), every.astype(np.uint32) << 16)
+
+
+def test_emulator_passes_16bit_scalars(tmp_path):
+    """A __half scalar argument from np.float16, a __nv_bfloat16 one from np.uint16 bits."""
+    module = _convert_module(tmp_path)
+    y = np.zeros(5, dtype=np.float16)
+    module.launch("fill<__half>", (1,), (8,), (y, np.float16(-2.5e-6), np.int64(5)))
+    assert np.all(y == np.float16(-2.5e-6))
+    bits = to_bfloat16(np.float32([3.140625]))
+    z = np.zeros(5, dtype=np.uint16)
+    module.launch("fill<__nv_bfloat16>", (1,), (8,), (z, bits[0], np.int64(5)))
+    assert np.all(from_bfloat16(z) == np.float32(3.140625))
 
 
 def test_bfloat16_matches_torch():
