@@ -50,6 +50,10 @@ def execute(name: str, workdir: Path):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("MINIDL_CUDA_EMULATE", None)  # each notebook turns the emulator on itself
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    # One BLAS thread per kernel: CI runs two test workers on two cores, and OpenBLAS threads that
+    # spin-wait for a busy core made notebook 5 three times slower on a loaded machine (6:25
+    # against 2:09 wall, for 36 CPU-seconds of work).
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     client = nbclient.NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT,
