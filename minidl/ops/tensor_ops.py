@@ -328,11 +328,11 @@ def torch_index(index, ndim: int) -> tuple[tuple, tuple | None]:
     if type(index) in (int, slice):  # the common cases, no arrays: NumPy's order is PyTorch's
         return index, None
     index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (bool, np.bool_)) for i in index):
+        return index, None  # a bool scalar (a new dim of size 1 or 0) keeps NumPy's rules
     index = tuple(int(i) if _is_integer(i) else i for i in index)
-    has_int = any(isinstance(i, int) and not isinstance(i, bool) for i in index)
-    if not (has_int and any(_is_advanced(i) for i in index)) or any(
-        isinstance(i, (bool, np.bool_)) for i in index
-    ):
+    has_int = any(type(i) is int for i in index)
+    if not (has_int and any(_is_advanced(i) for i in index)):
         return index, None
 
     def consumed(i):  # how many of the array's dims an entry indexes
@@ -350,7 +350,7 @@ def torch_index(index, ndim: int) -> tuple[tuple, tuple | None]:
         fill = (slice(None),) * (ndim - sum(consumed(i) for i in rest))
         index = index[:at] + fill + index[at + 1 :]
     basic = tuple(slice(None) if _is_advanced(i) else i for i in index)
-    advanced = tuple(i if _is_advanced(i) else slice(None) for i in index if not isinstance(i, int))
+    advanced = tuple(i if _is_advanced(i) else slice(None) for i in index if type(i) is not int)
     return basic, advanced
 
 
