@@ -29,7 +29,7 @@
 #   are nearest in Euclidean distance (Figure 4, right).
 #
 # **Sizes.** This notebook runs in CI on two CPU cores, so it trains on 3,000 images for 2
-# epochs: about half a minute, and about 77% test accuracy. The full run
+# epochs: under a minute of CPU time, and about 77% test accuracy. The full run
 # (`python examples/train_fashion_mnist.py`: 60,000 images, 3 epochs) reaches about 89%.
 
 # %%
