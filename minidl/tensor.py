@@ -237,7 +237,13 @@ class Tensor:
             # astype after asarray: a negative int wraps into an unsigned dtype, as in PyTorch
             value = xp.asarray(other).astype(a.dtype, copy=False)
             return a, Tensor._wrap(value, self.device, False)
-        return self, Tensor(other, dtype=self.dtype, device=self.device)
+        # a list or an array: like a Python number of its category (never truncated into ints)
+        value = Tensor(other, device=self.device)
+        category = _CATEGORY[value.dtype.kind]
+        a = self
+        if category > _CATEGORY[self.dtype.kind]:
+            a = self.astype(_DEFAULT_OF_CATEGORY[category])
+        return a, value if value.dtype == a.dtype else value.astype(a.dtype)
 
     def __add__(self, other):
         a, b = self._promote(other)

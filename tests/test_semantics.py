@@ -239,6 +239,7 @@ PROMOTION = [
     pytest.param(lambda i: (i > 1) + 1, id="bool+int-is-int64"),
     pytest.param(lambda i: (i > 1) + 0.5, id="bool+float-is-float32"),
     pytest.param(lambda i: (i > 1) * True, id="bool*bool-stays-bool"),
+    pytest.param(lambda i: i * np.float32(0.5), id="int*numpy-float-is-float32"),
     pytest.param(lambda i: i.exp(), id="exp-of-int-is-float32"),
     pytest.param(lambda i: i.log(), id="log-of-int-is-float32"),
 ]
@@ -303,6 +304,13 @@ def test_tensors_of_two_dtype_categories_promote_as_torch(dtype):
             if two_floats or (name == "pow" and "bool" in (dtype, other)):
                 continue
             _assert_same_outcome(op, ours, theirs, f"{dtype} {name} {other}")
+
+
+def test_a_list_of_floats_beside_an_integer_tensor_is_not_truncated():
+    # PyTorch refuses tensor + list; minidl takes the list like a Python number of its category
+    y = mdl.tensor([1, 2, 3]) + [0.5, 1.5, 2.5]
+    assert y.dtype == np.float32 and y.numpy().tolist() == [1.5, 3.5, 5.5]
+    assert (mdl.tensor([1.0, 2.0]) * [2, 3]).dtype == np.float32
 
 
 def test_integer_to_a_negative_integer_power_is_refused_as_torch():
