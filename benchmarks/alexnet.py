@@ -131,7 +131,8 @@ class Ours(Framework):
                 "and CuPy have no bfloat16 dtype; docs/precision.md), so there is no minidl side "
                 "to time; run fp16 or tf32"
             )
-        precision.set_tf32(self.precision.tf32)
+        if device == "cuda":
+            precision.set_tf32(self.precision.tf32)
         self.scaler = precision.GradScaler() if self.precision.loss_scaling else None
 
     def sync(self):
