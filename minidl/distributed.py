@@ -297,15 +297,20 @@ def allreduce_(buffer) -> None:
         raise TypeError(f"allreduce_: NCCL sums {list(kinds)} arrays, got {buffer.dtype}")
     if not buffer.flags.c_contiguous:
         raise ValueError("allreduce_: NCCL needs a contiguous array")
-    stream = backend.xp("cuda").cuda.get_current_stream()
     _nccl(world).allReduce(
         buffer.data.ptr,
         buffer.data.ptr,  # in place: NCCL allows sendbuff == recvbuff
         buffer.size,
         kinds[str(buffer.dtype)],
         nccl.NCCL_SUM,
-        stream.ptr,
+        _current_stream().ptr,  # after the packing kernels queued there, before the division
     )
+
+
+def _current_stream():
+    from minidl import cuda
+
+    return cuda.cupy().cuda.get_current_stream()
 
 
 def _nccl(world: _World):

@@ -236,6 +236,56 @@ def test_the_papers_two_towers_on_two_ranks_equal_the_grouped_alexnet(tmp_path):
     assert "largest |two towers - one process| over the weights after 2 steps" in output
 
 
+# ---- NCCL ----------------------------------------------------------------------------------------
+class FakeNccl:
+    """Records what minidl asks of ``cupy.cuda.nccl``: its documented names and signatures
+    (NcclCommunicator(ndev, commId, rank).allReduce(sendbuf, recvbuf, count, datatype, op,
+    stream)), so the GPU path's plumbing is checked on machines without NCCL."""
+
+    available = True
+    NCCL_FLOAT16, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 6, 7, 8, 0
+    calls: list = []
+
+    @staticmethod
+    def get_unique_id():
+        return b"unique id"
+
+    class NcclCommunicator:
+        def __init__(self, ndev, commId, rank):
+            FakeNccl.calls.append(("init", ndev, commId, rank))
+
+        def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+            FakeNccl.calls.append(("allReduce", sendbuf, recvbuf, count, datatype, op, stream))
+
+
+class FakeDeviceArray:
+    """What the NCCL path reads of a CuPy array."""
+
+    def __init__(self, size, dtype, ptr):
+        self.size, self.dtype = size, np.dtype(dtype)
+        self.nbytes = size * self.dtype.itemsize
+        self.data = type("Memory", (), {"ptr": ptr})()
+        self.flags = type("Flags", (), {"c_contiguous": True})()
+
+
+def test_the_nccl_path_calls_cupys_documented_api(monkeypatch):
+    cupy_cuda = pytest.importorskip("cupy.cuda")
+    FakeNccl.calls = []
+    monkeypatch.setattr(cupy_cuda, "nccl", FakeNccl, raising=False)
+    stream = type("Stream", (), {"ptr": 77})()
+    monkeypatch.setattr(distributed, "_current_stream", lambda: stream)
+    monkeypatch.setattr(distributed, "_world", distributed._World())  # a world of one
+    distributed.allreduce_(FakeDeviceArray(1000, np.float32, ptr=4096))
+    distributed.allreduce_(FakeDeviceArray(10, np.float64, ptr=8192))
+    assert FakeNccl.calls == [
+        ("init", 1, b"unique id", 0),  # one communicator, made once
+        ("allReduce", 4096, 4096, 1000, FakeNccl.NCCL_FLOAT32, FakeNccl.NCCL_SUM, 77),
+        ("allReduce", 8192, 8192, 10, FakeNccl.NCCL_FLOAT64, FakeNccl.NCCL_SUM, 77),
+    ]
+    with pytest.raises(TypeError, match="NCCL sums"):
+        distributed.allreduce_(FakeDeviceArray(10, np.int32, ptr=1))
+
+
 # ---- NCCL on a GPU -------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_nccl_sums_in_place_on_a_one_rank_communicator():
