@@ -64,7 +64,10 @@ def matmul_nt_split_k(a, b):
     q = b.shape[1]
     tiles = g * -(-p // GEMM_TILE) * -(-q // GEMM_TILE)
     bounds = split_k_bounds(m, tiles, multiprocessor_count())
-    if len(bounds) == 1:  # enough tiles already: a plain (batched) GEMM
+    if len(bounds) == 1 or a.dtype.type not in (np.float32, np.float64):
+        # Enough tiles already, or 16-bit storage (cuBLAS's float16 GEMM through CuPy's matmul
+        # accumulates in float32; the strided-batched routines below are float32/float64 only):
+        # a plain (batched) GEMM.
         return xp.matmul(a, b.transpose(0, 2, 1))
     partial = xp.empty((len(bounds), g, p, q), dtype=a.dtype)
     if backend.emulating():

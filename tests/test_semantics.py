@@ -476,6 +476,8 @@ FLOAT_ONLY = [
     pytest.param(lambda x: F.local_response_norm(x, 3), "local_response_norm", id="lrn"),
     pytest.param(lambda x: F.softmax(x, 1), "softmax", id="softmax"),
     pytest.param(lambda x: F.log_softmax(x, 1), "log_softmax", id="log_softmax"),
+    pytest.param(lambda x: F.conv2d(x, x[:1]), "conv2d", id="conv2d"),
+    pytest.param(lambda x: F.linear(x, x[0, 0]), "linear", id="linear"),
 ]
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 
 class LinearFunction(Function):
+    dtype_kinds = "f"  # PyTorch refuses integer tensors here too
     @staticmethod
     def forward(ctx, x, w, b):
         # x: (N, in) or (N, ..., in), w: (out, in), b: (out,) -> y: (N, out) or (N, ..., out)
