@@ -204,6 +204,7 @@ def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
 
 # ---- autograd ------------------------------------------------------------------------------------
 class BatchNormFunction(Function):
+    dtype_kinds = "f"  # PyTorch refuses integer tensors here too
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
         # x: (N, C, ...) -> y: (N, C, ...); weight, bias, running_*: (C,)

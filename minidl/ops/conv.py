@@ -146,6 +146,7 @@ def bias_add_cuda(y, b):
 
 # ---- autograd ------------------------------------------------------------------------------------
 class Conv2dFunction(Function):
+    dtype_kinds = "f"  # PyTorch refuses integer tensors here too
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups):
         # x: (N, C, H, W), w: (O, C/G, kh, kw), b: (O,) or None -> y: (N, O, OH, OW)
