@@ -15,6 +15,8 @@
 // __shared__ is a function-local static: one copy, which is right since blocks run in sequence.
 // Atomics are plain updates (there is only one thread running at any moment).
 #pragma once
+#include <cstdio>
+#include <cstdlib>
 
 #include <cmath>
 #include <cstddef>
@@ -176,6 +178,12 @@ inline void fiber_main() {
 
 inline void __syncthreads() {
     emu::Fiber* me = emu::current;
+    if (me == nullptr) {  // run as a plain loop: minidl/emulator.py saw no barrier in this kernel
+        std::fprintf(stderr,
+                     "minidl emulator: __syncthreads() in a kernel that runs without fibers; "
+                     "minidl/emulator.py's kernels_with_barriers did not see the barrier\n");
+        std::abort();
+    }
     swapcontext(&me->context, &emu::scheduler);
 }
 

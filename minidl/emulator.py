@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -43,6 +44,13 @@ _SCALARS = {
     np.dtype(np.float64): ctypes.c_double,
     np.dtype(np.uint16): ctypes.c_uint16,  # unsigned short, or bfloat16 bits
 }
+
+
+# A shared library of C++17; -fno-gnu-unique keeps each library's template statics (our
+# __shared__ arrays) its own: as "GNU unique" symbols the dynamic linker would merge them by name
+# across libraries, so a copy of a kernel loaded beside ours (a planted mutation, a user's file
+# with the same kernel name) would share our shared-memory arrays.
+BUILD_FLAGS = ("-std=c++17", "-shared", "-fPIC", "-fno-gnu-unique")
 
 
 def cache_dir() -> Path:
@@ -99,14 +107,41 @@ def translation_unit(path: Path, source: str) -> tuple[str, dict[str, str]]:
 
 
 def kernels_with_barriers(source: str) -> set[str]:
-    """Kernels whose body calls __syncthreads(): they run as fibers, the others as plain loops."""
-    names = cuda.kernel_names(source)
-    starts = [source.index(f"void {name}(") for name in names] + [len(source)]
-    return {
-        name
-        for name, begin, end in zip(names, starts, starts[1:])
-        if "__syncthreads" in source[begin:end]
-    }
+    """Kernels that reach __syncthreads(), in their own body or through the ``__device__``
+    functions they call: they run as fibers, the others as plain loops."""
+    bodies = function_bodies(source)
+    barrier = {name for name, body in bodies.items() if "__syncthreads" in body}
+    grown = True
+    while grown:  # a function that calls a function with a barrier has one too
+        calls = re.compile(r"\b(?:" + "|".join(map(re.escape, barrier)) + r")\s*[(<]")
+        reached = {name for name, body in bodies.items() if barrier and calls.search(body)}
+        grown = not reached <= barrier
+        barrier |= reached
+    return barrier & set(cuda.kernel_names(source))
+
+
+_NOT_FUNCTIONS = {"if", "for", "while", "switch", "return", "sizeof", "catch"}
+
+
+def function_bodies(source: str) -> dict[str, str]:
+    """name -> the text between a definition's braces, for every ``name(...) {`` in the source
+    (kernels, __device__ helpers; a macro such as FOR_EACH_INDEX(...) { counts too, which only
+    errs on the safe side: more fibers, never fewer)."""
+    source = re.sub(r"//[^\n]*|/\*.*?\*/", " ", source, flags=re.S)  # comments are not code
+    bodies: dict[str, str] = {}
+    for match in re.finditer(
+        r"\b(\w+)\s*(?:<[^<>;{}]*>)?\s*\([^;{}()]*(?:\([^;{}()]*\)[^;{}()]*)*\)\s*(?:const\s*)?\{",
+        source,
+    ):
+        name = match.group(1)
+        if name in _NOT_FUNCTIONS:
+            continue
+        depth, end = 1, match.end()
+        while depth and end < len(source):
+            depth += {"{": 1, "}": -1}.get(source[end], 0)
+            end += 1
+        bodies[name] = bodies.get(name, "") + source[match.end() : end]
+    return bodies
 
 
 def load(path, include_dirs=()) -> EmulatedModule:
@@ -119,7 +154,12 @@ def load(path, include_dirs=()) -> EmulatedModule:
     source = path.read_text()
     unit, symbols = translation_unit(path, source)
     digest = hashlib.sha256()
-    for text in (SHIM.read_text(), unit, os.environ.get("MINIDL_EMU_CFLAGS", "")):
+    for text in (
+        SHIM.read_text(),
+        unit,
+        " ".join(BUILD_FLAGS),
+        os.environ.get("MINIDL_EMU_CFLAGS", ""),
+    ):
         digest.update(text.encode())
     for folder in (path.parent, *include_dirs):
         for header in sorted(folder.glob("*.cuh")):
@@ -139,9 +179,7 @@ def _compile(unit: str, path: Path, library: Path, include_dirs=()) -> None:
     partial = library.with_suffix(f".{os.getpid()}.tmp")
     command = [
         compiler,
-        "-std=c++17",
-        "-shared",
-        "-fPIC",
+        *BUILD_FLAGS,
         *flags,
         f"-I{path.parent}",
         *(f"-I{folder}" for folder in include_dirs),

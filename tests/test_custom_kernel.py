@@ -96,3 +96,43 @@ def test_our_kernels_still_load_by_name(monkeypatch):
     x = np.array([-1.0, 2.0]), np.empty(2)
     cuda.launch("activation", "relu_forward", np.float64, (1,), (32,), (*x, cuda.i64(2)))
     assert x[1].tolist() == [0.0, 2.0]
+
+
+# A block sum whose barriers sit in a __device__ helper, not in the kernel's own body: the
+# emulator must still run the kernel's threads as fibers (a plain loop would abort at the first
+# barrier, or sum before the other threads wrote their values).
+BLOCK_SUM = """\
+#include "common.cuh"
+
+template <typename T>
+__device__ T tree_sum(T* partial, T value) {
+    partial[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
+template <typename T>
+__global__ void block_sum(const T* x, T* out) {
+    __shared__ T partial[64];
+    T total = tree_sum(partial, x[threadIdx.x]);
+    if (threadIdx.x == 0) out[0] = total;
+}
+"""
+
+
+def test_a_barrier_inside_a_device_helper_runs_as_fibers(tmp_path, monkeypatch):
+    from minidl import emulator
+
+    assert emulator.kernels_with_barriers(BLOCK_SUM) == {"block_sum"}
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    (tmp_path / "block_sum.cu").write_text(BLOCK_SUM)
+    x = np.arange(64, dtype=np.float64)
+    out = np.zeros(1)
+    cuda.load_module(tmp_path / "block_sum.cu").launch(
+        "block_sum", np.float64, (1,), (64,), (x, out)
+    )
+    assert out[0] == x.sum()

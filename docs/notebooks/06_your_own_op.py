@@ -356,9 +356,9 @@ assert abs(loss_gpu - loss_cpu) < 1e-5 and error < 1e-4
 # races that the emulator cannot show (it runs a block's threads one at a time, switching only
 # at barriers) would show up as wrong sums.
 #
-# A pitfall the emulator has: it decides whether a kernel needs fibers by finding
-# `__syncthreads()` in the kernel's own body. Keep the barriers there (as above), not in a
-# `__device__` helper function.
+# How the emulator knows a kernel needs fibers: it looks for `__syncthreads()` in the kernel's
+# body and in the `__device__` functions the kernel calls (`minidl/emulator.py`,
+# `kernels_with_barriers`), so a barrier inside a helper such as a `block_sum()` works too.
 #
 # **Read next:** `docs/custom_op.md` (softplus end to end, also on a GPU) and `docs/reduce.md`
 # (minidl's own shared-memory tree, barrier by barrier).
