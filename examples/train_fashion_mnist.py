@@ -6,6 +6,10 @@
                                       # 224x224, batch 128, plain SGD lr 0.01, 10 epochs, He
                                       # init (D2L publishes test accuracy 0.877-0.883; their
                                       # net has no LRN and no groups, ours is the paper's)
+    python examples/train_fashion_mnist.py --model alexnet --size 224 --device cuda --precision fp16
+                                      # the same in float16, float32 master weights and loss
+                                      # scaling (its scale and skipped steps in the log); tf32
+                                      # too; bf16 is refused (docs/precision.md)
     OMP_NUM_THREADS=1 mpiexec -n 2 python examples/train_fashion_mnist.py
                                       # data parallel on two processes, the global batch
                                       # split between them (docs/distributed.md)
@@ -26,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import minidl as mdl  # noqa: E402
-from minidl import data, distributed, optim, train  # noqa: E402
+from minidl import data, distributed, optim, precision, train  # noqa: E402
 from minidl.models.alexnet import AlexNet, SmallAlexNet  # noqa: E402
 
 
@@ -75,6 +79,13 @@ def parse_args(argv=None):
         default="stop",
         help="a step with a NaN/inf loss: stop the run (exit status 1) or skip the step",
     )
+    p.add_argument(
+        "--precision",
+        choices=precision.MODES,
+        default="fp32",
+        help="fp32, tf32 or fp16 with loss scaling (GPU only; docs/precision.md); bf16 is refused "
+        "(no bfloat16 Tensor yet)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
@@ -110,6 +121,13 @@ def main(argv=None) -> float:
     epochs = args.epochs if args.epochs is not None else (10 if alexnet else 3)
     if epochs < 0 or (args.limit is not None and args.limit < 1):
         raise SystemExit("--epochs must be >= 0 and --limit >= 1")
+    mode = precision.Precision(args.precision)
+    if args.device == "cpu" and mode.name != "fp32":
+        raise SystemExit(
+            f"--precision {mode.name} trains on the GPU only (--device cuda): NumPy has no TF32 "
+            "and no float16 BLAS, and minidl keeps 16-bit sums in float32 only in its CUDA "
+            "kernels (MINIDL_CUDA_EMULATE=1 --device cuda runs them on the CPU, for checking)"
+        )
     resumed = train.checkpoint_summary(args.resume) if args.resume is not None else None
     opt_name = args.optimizer or resumed_optimizer(resumed) or ("sgd" if alexnet else "adam")
     lr = args.lr if args.lr is not None else (0.01 if opt_name == "sgd" else 2e-3)
@@ -153,6 +171,10 @@ def main(argv=None) -> float:
         )
     model.to(args.device)
     model.summary((1, size, size), show=distributed.is_main())
+    try:  # before the optimizer, which then keeps float32 master copies of 16-bit weights
+        mode.cast_model(model)
+    except NotImplementedError as err:  # bf16: no bfloat16 Tensor yet
+        raise SystemExit(f"--precision {mode.name}: {err}") from None
     if opt_name == "sgd":
         momentum = args.momentum if args.momentum is not None else (0.0 if alexnet else 0.9)
         optimizer = optim.SGD(
@@ -168,7 +190,7 @@ def main(argv=None) -> float:
     say(
         f"training {args.model} ({model.num_parameters():,} parameters) "
         f"on {len(train_set)} images, {distributed.world_size()} process(es), "
-        f"{size}x{size}, {args.device}, {opt_name} {lr_text}, {epochs} epochs -> {out}"
+        f"{size}x{size}, {args.device}, {mode.name}, {opt_name} {lr_text}, {epochs} epochs -> {out}"
     )
     start = time.perf_counter()
     try:
@@ -185,6 +207,7 @@ def main(argv=None) -> float:
             progress=not args.no_progress,
             nonfinite=args.nonfinite,
             resume_lr=args.lr,  # an lr given on the command line wins over the checkpoint's
+            precision=mode,  # fp16: a GradScaler, its scale and skipped steps in the log
         )
     except train.NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -192,7 +215,7 @@ def main(argv=None) -> float:
     if history:
         accuracy = history[-1]["test_top1"]
     else:  # --epochs 0: the model as it is (fresh or resumed), evaluated, nothing written
-        accuracy = train.evaluate(model, test_loader, args.device)["top1"]
+        accuracy = train.evaluate(model, test_loader, args.device, precision=mode)["top1"]
     say(f"wall time: {time.perf_counter() - start:.0f} s")
     say(f"test accuracy: {accuracy:.4f}")
     return accuracy

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import minidl as mdl  # noqa: E402
-from minidl import data, optim, train  # noqa: E402
+from minidl import data, optim, precision, train  # noqa: E402
 from minidl.data import transforms as T  # noqa: E402
 from minidl.models.alexnet import AlexNet  # noqa: E402
 
@@ -55,6 +55,12 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/imagefolder")
     p.add_argument("--resume", default=None)
     p.add_argument("--nonfinite", choices=train.NONFINITE, default="stop")
+    p.add_argument(
+        "--precision",
+        choices=precision.MODES,
+        default="fp32",
+        help="fp32, tf32 or fp16 with loss scaling (GPU only; docs/precision.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--no-progress", action="store_true")
@@ -73,6 +79,12 @@ class TenCropCHW:
 
 def main(argv=None) -> float:
     args = parse_args(argv)
+    mode = precision.Precision(args.precision)
+    if args.device == "cpu" and mode.name != "fp32":
+        raise SystemExit(
+            f"--precision {mode.name} trains on the GPU only (--device cuda), as in "
+            "examples/train_fashion_mnist.py (docs/precision.md)"
+        )
     mdl.manual_seed(args.seed)
     base = T.Compose([T.ResizeShorter(args.resize), T.CenterCrop(args.resize)])
     raw = data.ImageFolder(args.train, base)
@@ -112,6 +124,10 @@ def main(argv=None) -> float:
     model = AlexNet(
         num_classes=len(raw.classes), groups=args.groups, input_size=args.crop, init=args.init
     ).to(args.device)
+    try:  # before the optimizer, which then keeps float32 master copies of 16-bit weights
+        mode.cast_model(model)
+    except NotImplementedError as err:  # bf16: no bfloat16 Tensor yet
+        raise SystemExit(f"--precision {mode.name}: {err}") from None
     optimizer = optim.SGD(
         model.parameters(),
         lr=args.lr if args.lr is not None else 0.01,
@@ -134,6 +150,7 @@ def main(argv=None) -> float:
             progress=not args.no_progress,
             nonfinite=args.nonfinite,
             resume_lr=args.lr,  # an lr given on the command line wins over the checkpoint's
+            precision=mode,
         )
     except train.NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)

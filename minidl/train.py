@@ -10,6 +10,11 @@ guaranteed and what a resume does when the checkpoint and the run disagree.
 A step whose loss or gradients are not finite (NaN or inf) is never applied: by default training
 stops there with ``NonFiniteLossError`` naming the epoch, the step and the loss; with
 ``nonfinite="skip"`` such steps are skipped and counted (``skipped_steps`` in the log).
+
+A precision mode (``minidl/precision.py``, ``docs/precision.md``) is chosen per run: ``fit(...,
+precision="fp16")``. With a ``GradScaler`` (fp16's default) an inf/NaN gradient is the scaler's
+business: it skips the step and halves the scale, the run goes on, and the log shows the scale and
+the steps it skipped (``loss_scale``, ``scaler_skipped_steps``); a non-finite loss still stops.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 import minidl.functional as F
 from minidl import backend, distributed
 from minidl import optim as mdl_optim
+from minidl import precision as mdl_precision
 from minidl import random as mdl_random
 from minidl.autograd import no_grad
 from minidl.plots import plot_curves, save_filter_grid
@@ -96,15 +102,26 @@ def train_epoch(
     desc: str = "train",
     nonfinite: str = "stop",
     epoch: int | None = None,
+    precision=None,
+    scaler=None,
 ) -> dict:
     """One pass over ``loader``; returns mean loss, accuracy, images/second, seconds and
-    ``skipped_steps``. Loss and accuracy count the steps that were applied.
+    ``skipped_steps``. Loss and accuracy count the steps whose loss was finite.
 
     A step whose loss or gradients are not finite is not applied: nonfinite="stop" raises
     NonFiniteLossError, "skip" counts it and goes on; an epoch in which every step was skipped
-    stops either way (nothing was learnt)."""
+    stops either way (nothing was learnt).
+
+    ``precision`` (a ``Precision``; None is fp32): each batch is cast to its storage dtype and
+    the loss computed from float32 logits; the model must already be cast. ``scaler`` (an
+    enabled ``GradScaler``): backward runs on the scaled loss, and a step whose gradients hold
+    inf or NaN is skipped by the scaler, which halves its scale; that is not an error here. The
+    result then also holds ``loss_scale`` (after the epoch) and ``scaler_skipped_steps``."""
     if nonfinite not in NONFINITE:
         raise ValueError(f"train_epoch: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+    if scaler is not None and not scaler.enabled:
+        scaler = None  # a disabled scaler is no scaler: the checks below stay as they are
+    scaler_skipped_before = scaler.skipped_steps if scaler is not None else 0
     model.train()
     total_loss, correct, seen, skipped = 0.0, 0, 0, 0
     where = f"epoch {epoch}, " if epoch is not None else ""
@@ -113,17 +130,22 @@ def train_epoch(
     bar = _progress(loader, len(loader), desc, progress)
     for step, (x, y) in enumerate(bar, start=1):
         x = Tensor(x, device=device)
+        if precision is not None:
+            x = precision.cast_input(x)
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(mdl_precision.Precision.loss_input(logits), y)  # float32 loss
         optimizer.zero_grad()
-        loss.backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         # several processes: every rank now holds the whole batch's gradient, so every rank
         # takes the same decision below (a non-finite gradient anywhere is one everywhere)
         distributed.allreduce_gradients(optimizer.params, weight=len(y))
         batch_loss = loss.item()  # also waits for the GPU, so the rate below is honest
         # Checked before the update, so a bad batch can be skipped without a trace (in
-        # data-parallel training: after the gradients are averaged, so every rank agrees).
-        if not (math.isfinite(batch_loss) and all_finite(_gradients(optimizer))):
+        # data-parallel training: after the gradients are averaged, so every rank agrees). With
+        # a scaler, only the loss: an inf/NaN gradient is the scaler's to skip (below).
+        if not (
+            math.isfinite(batch_loss) and (scaler is not None or all_finite(_gradients(optimizer)))
+        ):
             what = "a gradient" if math.isfinite(batch_loss) else "the loss"
             if nonfinite == "stop":
                 raise NonFiniteLossError(
@@ -137,10 +159,15 @@ def train_epoch(
                 )
             skipped += 1
             continue
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+            stepped = True
+        else:  # skipped (and counted in scaler.skipped_steps) when a gradient is inf/NaN
+            stepped = scaler.step(optimizer)
+            scaler.update()  # halved after a skip, grown after growth_interval clean steps
         # A finite gradient can still overflow in the update (g * g in Adam, a huge lr): that
         # cannot be undone, so it stops the run whatever ``nonfinite`` says.
-        if not all_finite(_weights_and_buffers(optimizer)):
+        if stepped and not all_finite(_weights_and_buffers(optimizer)):
             raise NonFiniteLossError(
                 f"{where}step {step} of {len(loader)}: the update overflowed (loss "
                 f"{batch_loss}, lr {optimizer.lr}): the weights or the optimizer's buffers "
@@ -166,13 +193,17 @@ def train_epoch(
             skipped,
             float("nan"),
         )
-    return {
+    result = {
         "loss": total_loss / seen,
         "accuracy": correct / seen,
         "images_per_second": seen / seconds,
         "seconds": seconds,
         "skipped_steps": skipped,
     }
+    if scaler is not None:  # every rank took the same decisions: no reduction needed
+        result["loss_scale"] = scaler.get_scale()
+        result["scaler_skipped_steps"] = scaler.skipped_steps - scaler_skipped_before
+    return result
 
 
 def topk_correct(scores: np.ndarray, y: np.ndarray, k: int) -> int:
@@ -182,9 +213,10 @@ def topk_correct(scores: np.ndarray, y: np.ndarray, k: int) -> int:
     return int((top == y[:, None]).any(axis=1).sum())
 
 
-def evaluate(model, loader, device: str = "cpu", progress: bool = False) -> dict:
+def evaluate(model, loader, device: str = "cpu", progress: bool = False, precision=None) -> dict:
     """Mean loss, top-1 and top-5 accuracy. Batches of shape (B, 10, C, H, W) are ten-crop
-    batches: the softmax is averaged over each image's ten crops (the paper's test procedure)."""
+    batches: the softmax is averaged over each image's ten crops (the paper's test procedure).
+    ``precision``: batches cast to its storage dtype, the softmax taken of float32 logits."""
     model.eval()
     total_loss, top1, top5, seen = 0.0, 0, 0, 0
     with no_grad():
@@ -193,7 +225,9 @@ def evaluate(model, loader, device: str = "cpu", progress: bool = False) -> dict
             if x.ndim == 5:
                 crops = x.shape[1]
                 x = x.reshape(-1, *x.shape[2:])
-            logits = model(Tensor(x, device=device))
+            x = Tensor(x, device=device)
+            logits = model(precision.cast_input(x) if precision is not None else x)
+            logits = mdl_precision.Precision.loss_input(logits)
             probs = F.softmax(logits, dim=1).numpy().reshape(len(y), crops, -1).mean(axis=1)
             total_loss += float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-30)).sum())
             top1 += topk_correct(probs, y, 1)
@@ -206,7 +240,14 @@ def evaluate(model, loader, device: str = "cpu", progress: bool = False) -> dict
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 def save_checkpoint(
-    path, model, optimizer=None, scheduler=None, loader=None, epoch: int = 0, history=None
+    path,
+    model,
+    optimizer=None,
+    scheduler=None,
+    loader=None,
+    epoch: int = 0,
+    history=None,
+    scaler=None,
 ) -> None:
     """Write what a resume needs to ``path`` (.npz, no pickle), atomically and durably.
 
@@ -227,6 +268,8 @@ def save_checkpoint(
         arrays.update({f"optimizer/{k}": v for k, v in optimizer.state_dict().items()})
     if scheduler is not None:
         arrays.update({f"scheduler/{k}": v for k, v in scheduler.state_dict().items()})
+    if scaler is not None:  # GradScaler: scale and growth tracker (empty when disabled)
+        arrays.update({f"scaler/{k}": np.array(v) for k, v in scaler.state_dict().items()})
     arrays["epoch"] = np.array(epoch)
     arrays["loader_epoch"] = np.array(loader.epoch if loader is not None else epoch)
     arrays["rng"] = np.array(json.dumps(mdl_random.generator().bit_generator.state))
@@ -345,7 +388,7 @@ def checkpoint_summary(path) -> dict:
 
 
 def load_checkpoint(
-    path, model, optimizer=None, scheduler=None, loader=None, lr=None, log=print
+    path, model, optimizer=None, scheduler=None, loader=None, lr=None, log=print, scaler=None
 ) -> tuple[int, list]:
     """Restore what ``save_checkpoint`` wrote; returns (epoch, history).
 
@@ -353,7 +396,8 @@ def load_checkpoint(
     The optimizer you pass is the one that trains: its buffers and learning rate are restored
     when the checkpoint holds the same kind; otherwise (another kind, or a model-only
     checkpoint) it starts fresh, at its own learning rate, and ``log`` says so. ``lr``, when
-    given, replaces the restored learning rate. The scheduler follows the same rule."""
+    given, replaces the restored learning rate. The scheduler follows the same rule, and so
+    does an enabled ``scaler`` (its scale and growth tracker)."""
     path = Path(path)
     data = read_checkpoint(path)
     missing = [k for k in ("epoch", "rng", "history") if k not in data]
@@ -384,6 +428,12 @@ def load_checkpoint(
             log(f"{path} holds {saved}'s state; this run's {kind} starts fresh")
         else:
             scheduler.load_state_dict(state)
+    if scaler is not None and scaler.enabled:
+        state = _section(data, "scaler")
+        if not state:
+            log(f"{path} holds no loss scaler's state; this run's starts at {scaler.get_scale()}")
+        else:
+            scaler.load_state_dict({k: v.item() for k, v in state.items()})
     if loader is not None:
         loader.epoch = int(data.get("loader_epoch", data["epoch"]))
     mdl_random.generator().bit_generator.state = json.loads(str(data["rng"]))
@@ -448,6 +498,8 @@ def fit(
     log=print,
     nonfinite: str = "stop",
     resume_lr: float | None = None,
+    precision=None,
+    scaler=None,
 ) -> list[dict]:
     """Train for ``epochs`` epochs in all (counting those in a resumed checkpoint), evaluating
     after each; writes out_dir/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}.
@@ -456,11 +508,30 @@ def fit(
     ``skipped_steps`` the steps skipped for a non-finite loss). With nothing left to train
     (``epochs`` at most the checkpoint's) nothing is written. A non-finite loss or gradient
     stops the run (NonFiniteLossError) with the last checkpoint untouched, unless
-    nonfinite="skip". ``resume_lr`` replaces the checkpoint's learning rate."""
+    nonfinite="skip". ``resume_lr`` replaces the checkpoint's learning rate.
+
+    ``precision``: "fp32" (None), "tf32", "fp16" (or a ``Precision``); cast the model with
+    ``Precision(mode).cast_model(model)`` before building the optimizer, which then keeps float32
+    master weights. fp16 scales the loss with ``scaler`` (a new ``GradScaler()`` when None); its
+    scale and skipped steps go to the log (``loss_scale``, ``scaler_skipped_steps``) and its state
+    to the checkpoint. tf32 runs the epochs inside ``matmul_mode()``."""
     if nonfinite not in NONFINITE:
         raise ValueError(f"fit: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
     if epochs < 0:
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
+    if not isinstance(precision, mdl_precision.Precision):
+        precision = mdl_precision.Precision(precision or "fp32")
+    wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != precision.dtype})
+    if wrong:
+        raise ValueError(
+            f"fit: precision {precision.name} trains {precision.dtype} parameters, the model "
+            f"has {wrong}: cast it with Precision({precision.name!r}).cast_model(model) before "
+            "building the optimizer (which then keeps float32 master weights)"
+        )
+    if scaler is None and precision.loss_scaling:
+        scaler = mdl_precision.GradScaler()
+    if scaler is not None and not scaler.enabled:
+        scaler = None
     history: list[dict] = []
     start_epoch = 0
     # several processes (minidl.distributed): rank 0 alone prints and writes files
@@ -469,7 +540,7 @@ def fit(
     checkpoint = out / "checkpoint.npz" if out is not None else None
     if resume is not None:
         start_epoch, history = load_checkpoint(
-            resume, model, optimizer, scheduler, train_loader, lr=resume_lr, log=log
+            resume, model, optimizer, scheduler, train_loader, lr=resume_lr, log=log, scaler=scaler
         )
         log(f"resumed from {resume} after epoch {start_epoch}")
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
@@ -479,54 +550,85 @@ def fit(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     told_no_curves, skipped_in_all = False, 0
-    for epoch in range(start_epoch + 1, epochs + 1):
-        lr = optimizer.lr  # the rate this epoch trains with; the scheduler changes it after
-        try:
-            train = train_epoch(
-                model, train_loader, optimizer, device, progress, f"epoch {epoch}", nonfinite, epoch
+    with precision.matmul_mode():  # TF32 GEMMs for tf32, restored after; nothing otherwise
+        for epoch in range(start_epoch + 1, epochs + 1):
+            lr = optimizer.lr  # the rate this epoch trains with; the scheduler changes it after
+            try:
+                train = train_epoch(
+                    model,
+                    train_loader,
+                    optimizer,
+                    device,
+                    progress,
+                    f"epoch {epoch}",
+                    nonfinite,
+                    epoch,
+                    precision,
+                    scaler,
+                )
+            except NonFiniteLossError as err:
+                kept = f"; {checkpoint} is as it was" if checkpoint and checkpoint.exists() else ""
+                raise NonFiniteLossError(
+                    f"training stopped: {err}. Nothing was written for epoch {epoch}{kept}",
+                    err.epoch,
+                    err.step,
+                    err.loss,
+                    history,
+                ) from None
+            distributed.broadcast_parameters(model)  # BatchNorm's running statistics: rank 0's
+            test = evaluate(model, test_loader, device, precision=precision)
+            if scheduler is not None:
+                scheduler.step(test["top1"])
+            row = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": round(train["loss"], 6),
+                "train_accuracy": round(train["accuracy"], 6),
+                "test_loss": round(test["loss"], 6),
+                "test_top1": round(test["top1"], 6),
+                "test_top5": round(test["top5"], 6),
+                "images_per_second": round(train["images_per_second"], 1),
+                "seconds": round(train["seconds"], 1),
+                "skipped_steps": train["skipped_steps"],
+            }
+            if scaler is not None:  # loss scaling: the scale after the epoch, the steps it skipped
+                row["loss_scale"] = train["loss_scale"]
+                row["scaler_skipped_steps"] = train["scaler_skipped_steps"]
+            history.append(row)
+            skipped_in_all += row["skipped_steps"]
+            skipped = (
+                f", {row['skipped_steps']} steps skipped (non-finite)"
+                if row["skipped_steps"]
+                else ""
             )
-        except NonFiniteLossError as err:
-            kept = f"; {checkpoint} is as it was" if checkpoint and checkpoint.exists() else ""
-            raise NonFiniteLossError(
-                f"training stopped: {err}. Nothing was written for epoch {epoch}{kept}",
-                err.epoch,
-                err.step,
-                err.loss,
-                history,
-            ) from None
-        distributed.broadcast_parameters(model)  # BatchNorm's running statistics: rank 0's
-        test = evaluate(model, test_loader, device)
-        if scheduler is not None:
-            scheduler.step(test["top1"])
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": round(train["loss"], 6),
-            "train_accuracy": round(train["accuracy"], 6),
-            "test_loss": round(test["loss"], 6),
-            "test_top1": round(test["top1"], 6),
-            "test_top5": round(test["top5"], 6),
-            "images_per_second": round(train["images_per_second"], 1),
-            "seconds": round(train["seconds"], 1),
-            "skipped_steps": train["skipped_steps"],
-        }
-        history.append(row)
-        skipped_in_all += row["skipped_steps"]
-        skipped = (
-            f", {row['skipped_steps']} steps skipped (non-finite)" if row["skipped_steps"] else ""
-        )
-        log(
-            f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-            f"test loss {row['test_loss']:.4f} top-1 {row['test_top1']:.4f} top-5 "
-            f"{row['test_top5']:.4f} | {row['images_per_second']:.0f} img/s, "
-            f"{row['seconds']:.0f} s{skipped}"
-        )
-        if out is not None:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, train_loader, epoch, history)
-            write_csv(out / "log.csv", history)
-            if not plot_curves(history, out / "curves.png") and not told_no_curves:
-                log("curves.png not written: matplotlib is missing (pip install 'minidl[plot]')")
-                told_no_curves = True
+            if scaler is not None:
+                by_scaler = row["scaler_skipped_steps"]
+                skipped += f", loss scale {row['loss_scale']:g}" + (
+                    f" ({by_scaler} steps skipped by loss scaling)" if by_scaler else ""
+                )
+            log(
+                f"epoch {epoch}: train loss {row['train_loss']:.4f} acc "
+                f"{row['train_accuracy']:.4f} | test loss {row['test_loss']:.4f} top-1 "
+                f"{row['test_top1']:.4f} top-5 {row['test_top5']:.4f} | "
+                f"{row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s{skipped}"
+            )
+            if out is not None:
+                save_checkpoint(
+                    checkpoint,
+                    model,
+                    optimizer,
+                    scheduler,
+                    train_loader,
+                    epoch,
+                    history,
+                    scaler=scaler,
+                )
+                write_csv(out / "log.csv", history)
+                if not plot_curves(history, out / "curves.png") and not told_no_curves:
+                    log(
+                        "curves.png not written: matplotlib is missing (pip install 'minidl[plot]')"
+                    )
+                    told_no_curves = True
     if skipped_in_all:
         log(f"{skipped_in_all} steps were skipped for a non-finite loss or gradient")
     if out is not None:

@@ -1,0 +1,197 @@
+"""The training loop in a precision mode (docs/precision.md, "Training with a precision mode"):
+fit(..., precision="fp16") with float32 master weights and a GradScaler whose skips and scale
+show in the log, checkpoints that keep the scaler's state, and the examples' --precision flag."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import minidl as mdl
+from minidl import data, nn, optim, precision, train
+from tests.test_examples import load, small_copy
+
+# float16 gradients at a huge loss scale: inf, and inf - inf = NaN, which is what is tested
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
+
+
+def tiny_setup(mode="fp32", nan_image=None, seed=0):
+    """A 3-class problem on 64 random 12x12 images, 4 steps an epoch; the model cast to ``mode``
+    BEFORE the optimizer is built, so the optimizer keeps float32 master copies."""
+    mdl.manual_seed(seed)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 12, 12)).astype(np.float32)
+    if nan_image is not None:
+        images[nan_image, 3, 4] = np.nan
+    labels = rng.integers(0, 3, 64)
+    ds = data.ArrayDataset(images, labels, lambda x, rng: x / 255.0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+    )
+    precision.Precision(mode).cast_model(model)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loader = data.DataLoader(ds, 16, shuffle=True, seed=1, workers=0)
+    test_loader = data.DataLoader(ds, 32, workers=0)
+    return model, opt, loader, test_loader
+
+
+def fit(setup, epochs, **kwargs):
+    model, opt, loader, test_loader = setup
+    kwargs.setdefault("log", lambda message: None)
+    return train.fit(model, loader, test_loader, opt, epochs, progress=False, **kwargs)
+
+
+def test_fp16_training_follows_fp32():
+    """The same run in float16 (on the NumPy path) follows float32 epoch by epoch; the float32
+    run's rows have no loss-scale columns, the float16 run's do, with no step skipped."""
+    reference = fit(tiny_setup("fp32"), 3)
+    scaler = precision.GradScaler(init_scale=2.0**8)  # no overflow: the same steps as fp32
+    half = fit(tiny_setup("fp16"), 3, precision="fp16", scaler=scaler)
+    assert "loss_scale" not in reference[-1] and "scaler_skipped_steps" not in reference[-1]
+    assert [row["scaler_skipped_steps"] for row in half] == [0, 0, 0]
+    assert [row["loss_scale"] for row in half] == [2.0**8] * 3
+    for key in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(
+            [row[key] for row in half], [row[key] for row in reference], rtol=0.02
+        )
+    assert half[-1]["train_loss"] < half[0]["train_loss"]
+
+
+def test_master_weights_stay_float32_through_fit_and_resume(tmp_path):
+    setup = tiny_setup("fp16")
+    fit(setup, 1, precision="fp16", out_dir=tmp_path)
+    model, opt = setup[0], setup[1]
+    assert all(p.dtype == np.float16 for p in model.parameters())
+    assert all(state["master"].dtype == np.float32 for state in opt.state)
+    masters = [state["master"].copy() for state in opt.state]
+    again = tiny_setup("fp16", seed=5)
+    train.load_checkpoint(tmp_path / "checkpoint.npz", again[0], again[1], log=lambda m: None)
+    for state, master in zip(again[1].state, masters):  # not re-rounded from the float16 weights
+        assert state["master"].dtype == np.float32
+        assert np.array_equal(state["master"], master)
+
+
+def test_forced_overflow_skips_halves_and_the_run_goes_on(tmp_path):
+    """At a scale of 2^40 every scaled gradient overflows float16: the scaler skips those steps
+    and halves, the log says so, the run finishes (no NonFiniteLossError) and log.csv has the
+    columns."""
+    messages = []
+    scaler = precision.GradScaler(init_scale=2.0**40)
+    history = fit(
+        tiny_setup("fp16"), 2, precision="fp16", scaler=scaler, out_dir=tmp_path,
+        log=messages.append,
+    )  # fmt: skip
+    skipped = history[0]["scaler_skipped_steps"]
+    assert skipped >= 1 and scaler.skipped_steps == skipped + history[1]["scaler_skipped_steps"]
+    assert history[0]["loss_scale"] == 2.0**40 * 0.5**skipped
+    assert history[0]["skipped_steps"] == 0  # not the nonfinite="skip" path
+    scale = f"{history[0]['loss_scale']:g}"
+    assert any(
+        f"loss scale {scale} ({skipped} steps skipped by loss scaling)" in m for m in messages
+    ), messages
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["loss_scale"]) == history[0]["loss_scale"]
+    assert int(rows[0]["scaler_skipped_steps"]) == skipped
+    assert all(np.isfinite(p.numpy()).all() for p in tiny_setup("fp16")[0].parameters())
+
+
+def test_a_nonfinite_loss_still_stops_the_run_with_a_scaler():
+    """A NaN pixel gives a NaN loss: that stops an fp16 run as it stops an fp32 one; the scaler
+    does not swallow it."""
+    with pytest.raises(train.NonFiniteLossError, match="the loss is not finite"):
+        fit(tiny_setup("fp16", nan_image=5), 1, precision="fp16")
+
+
+def test_the_scaler_state_survives_a_checkpoint_and_resume_bit_exactly(tmp_path):
+    """An fp16 run of 3 epochs, and the same run stopped after 1 and resumed with a fresh scaler:
+    the same scales, losses, float16 weights and float32 masters, bit for bit. growth_interval 3
+    makes the scale move (halve on the overflowing steps, double after two clean ones)."""
+
+    def scaler():
+        return precision.GradScaler(init_scale=2.0**20, growth_interval=2)
+
+    straight_scaler = scaler()
+    straight = tiny_setup("fp16")
+    expected = fit(straight, 3, precision="fp16", scaler=straight_scaler)
+    fit(tiny_setup("fp16"), 1, precision="fp16", scaler=scaler(), out_dir=tmp_path)
+    with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as f:
+        assert {"scaler/scale", "scaler/_growth_tracker"} <= set(f.files)
+    resumed_scaler = scaler()
+    resumed = tiny_setup("fp16", seed=9)
+    history = fit(
+        resumed, 3, precision="fp16", scaler=resumed_scaler, resume=tmp_path / "checkpoint.npz"
+    )
+    # the scale moved both ways, and steps were skipped after the checkpoint too
+    assert len({row["loss_scale"] for row in expected}) > 1
+    assert all(row["scaler_skipped_steps"] for row in expected)
+    keys = ("train_loss", "test_loss", "loss_scale", "scaler_skipped_steps")
+    assert [[row[k] for k in keys] for row in history] == [
+        [row[k] for k in keys] for row in expected
+    ]
+    assert resumed_scaler.state_dict() == straight_scaler.state_dict()
+    for p, q in zip(resumed[0].parameters(), straight[0].parameters()):
+        assert np.array_equal(p.numpy(), q.numpy())
+    for s, t in zip(resumed[1].state, straight[1].state):
+        assert np.array_equal(s["master"], t["master"])
+
+
+def test_fit_refuses_a_model_not_cast_to_the_precision():
+    with pytest.raises(ValueError, match=r"cast_model\(model\) before building the optimizer"):
+        fit(tiny_setup("fp32"), 1, precision="fp16")
+
+
+def test_tf32_runs_the_epochs_in_matmul_mode():
+    """tf32: the training batches are drawn with TF32 allowed; afterwards it is off again."""
+    seen = []
+
+    class Watching(data.DataLoader):
+        def __iter__(self):
+            seen.append(precision.tf32_enabled())
+            return super().__iter__()
+
+    model, opt, loader, test_loader = tiny_setup("tf32")
+    watching = Watching(loader.dataset, 16, shuffle=True, seed=1, workers=0)
+    fit((model, opt, watching, test_loader), 1, precision="tf32")
+    assert seen == [True] and not precision.tf32_enabled()
+
+
+# ---- the example's --precision flag --------------------------------------------------------------
+def fashion(*args):
+    return load("train_fashion_mnist").main([*map(str, args), "--no-progress", "--workers", "0"])
+
+
+def test_example_trains_in_fp16_under_the_emulator(tmp_path, capsys, monkeypatch):
+    """--precision fp16 end to end on the emulated GPU (the small net, 16 images, 2 steps): the
+    log line and log.csv show the loss scale (2^16, halved once per step the scaler skipped)."""
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    small_copy(tmp_path / "data", n_train=16, n_test=8)
+    run = ["--data", tmp_path / "data", "--epochs", 1, "--batch-size", 8, "--out", tmp_path / "run"]
+    accuracy = fashion(*run, "--device", "cuda", "--precision", "fp16")
+    out = capsys.readouterr().out
+    assert ", cuda, fp16, adam" in out and 0.0 <= accuracy <= 1.0
+    with open(tmp_path / "run" / "log.csv") as f:
+        row = next(csv.DictReader(f))
+    skipped, scale = int(row["scaler_skipped_steps"]), float(row["loss_scale"])
+    assert scale == 2.0**16 * 0.5**skipped
+    assert (
+        f"loss scale {scale:g}" + (f" ({skipped} steps skipped by loss scaling)" if skipped else "")
+        in out
+    )
+    with np.load(tmp_path / "run" / "checkpoint.npz", allow_pickle=False) as f:
+        assert float(f["scaler/scale"]) == scale
+
+
+def test_example_refuses_16bit_on_the_cpu_and_bf16_everywhere(tmp_path, monkeypatch):
+    small_copy(tmp_path / "data", n_train=8, n_test=8)
+    run = ["--data", tmp_path / "data", "--epochs", 1, "--out", tmp_path / "run"]
+    for mode in ("tf32", "fp16", "bf16"):
+        with pytest.raises(SystemExit, match="GPU only"):
+            fashion(*run, "--precision", mode)
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    with pytest.raises(SystemExit, match="cannot hold bfloat16"):
+        fashion(*run, "--device", "cuda", "--precision", "bf16")
+    assert not (tmp_path / "run").exists()
