@@ -195,3 +195,5 @@ def test_example_refuses_16bit_on_the_cpu_and_bf16_everywhere(tmp_path, monkeypa
     with pytest.raises(SystemExit, match="cannot hold bfloat16"):
         fashion(*run, "--device", "cuda", "--precision", "bf16")
     assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match="GPU only"):  # the image-folder example, the same rule
+        load("train_imagefolder").main(["--train", str(tmp_path / "data"), "--precision", "fp16"])
