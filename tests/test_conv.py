@@ -7,6 +7,7 @@ from tests import reference
 from tests.helpers import (
     assert_all_close,
     assert_close,
+    check_op,
     forward_backward,
     random,
     torch_forward_backward,
@@ -208,15 +209,6 @@ def reference_options(x, w, b, kwargs):
     return y[0] if x.ndim == 3 else y
 
 
-def assert_matches_torch(fn, torch_fn, arrays):
-    """One call per case: forward and every input gradient against PyTorch (float64), and
-    minidl's own float64 gradient check."""
-    torch = pytest.importorskip("torch")
-    expected = torch_forward_backward(torch, lambda *a: torch_fn(torch, *a), arrays)
-    assert_all_close(forward_backward(fn, arrays), expected)
-    assert mdl.gradcheck(fn, [mdl.tensor(a, requires_grad=True) for a in arrays])
-
-
 @pytest.mark.parametrize("case", OPTION_CASES)
 def test_options_match_naive_reference(case):
     (x, w, b), kwargs = make_options(case)
@@ -228,11 +220,12 @@ def test_options_match_naive_reference(case):
 
 @pytest.mark.parametrize("case", OPTION_CASES)
 def test_options_match_torch_and_gradcheck(case):
+    torch = pytest.importorskip("torch")
     arrays, kwargs = make_options(case)
-    assert_matches_torch(
+    check_op(
+        list(arrays),
+        lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **kwargs),
         lambda x, w, b: F.conv2d(x, w, b, **kwargs),
-        lambda torch, x, w, b: torch.nn.functional.conv2d(x, w, b, **kwargs),
-        arrays,
     )
 
 

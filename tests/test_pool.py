@@ -7,6 +7,7 @@ from tests import reference
 from tests.helpers import (
     assert_all_close,
     assert_close,
+    check_op,
     distinct,
     forward_backward,
     torch_forward_backward,
@@ -172,11 +173,9 @@ def test_options_match_naive_reference(case):
 def test_options_match_torch_and_gradcheck(case):
     torch = pytest.importorskip("torch")
     kw, x = options(case), distinct(case["x"])
-    fn = lambda x: F.max_pool2d(x, **kw)  # noqa: E731
-    ours = forward_backward(fn, [x])
-    theirs = torch_forward_backward(torch, lambda x: torch.nn.functional.max_pool2d(x, **kw), [x])
-    assert_all_close(ours, theirs)
-    assert mdl.gradcheck(fn, [mdl.tensor(x, requires_grad=True)])
+    check_op(
+        [x], lambda x: torch.nn.functional.max_pool2d(x, **kw), lambda x: F.max_pool2d(x, **kw)
+    )
     _, indices = torch.nn.functional.max_pool2d(torch.tensor(x), return_indices=True, **kw)
     _, ours = F.max_pool2d(mdl.tensor(x), return_indices=True, **kw)
     assert np.array_equal(ours.numpy(), indices.numpy())
