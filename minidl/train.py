@@ -19,6 +19,7 @@ the steps it skipped (``loss_scale``, ``scaler_skipped_steps``); a non-finite lo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -510,25 +511,27 @@ def fit(
     stops the run (NonFiniteLossError) with the last checkpoint untouched, unless
     nonfinite="skip". ``resume_lr`` replaces the checkpoint's learning rate.
 
-    ``precision``: "fp32" (None), "tf32", "fp16" (or a ``Precision``); cast the model with
-    ``Precision(mode).cast_model(model)`` before building the optimizer, which then keeps float32
-    master weights. fp16 scales the loss with ``scaler`` (a new ``GradScaler()`` when None); its
-    scale and skipped steps go to the log (``loss_scale``, ``scaler_skipped_steps``) and its state
-    to the checkpoint. tf32 runs the epochs inside ``matmul_mode()``."""
+    ``precision``: "fp32", "tf32", "fp16" or a ``Precision`` (None, the default: the model's own
+    dtype and the TF32 setting as they are). Cast the model with ``Precision(mode).cast_model``
+    before building the optimizer, which then keeps float32 master weights. fp16 scales the loss
+    with ``scaler`` (a new ``GradScaler()`` when None); its scale and skipped steps go to the log
+    (``loss_scale``, ``scaler_skipped_steps``) and its state to the checkpoint. tf32 runs the
+    epochs inside ``matmul_mode()``."""
     if nonfinite not in NONFINITE:
         raise ValueError(f"fit: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
     if epochs < 0:
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
-    if not isinstance(precision, mdl_precision.Precision):
-        precision = mdl_precision.Precision(precision or "fp32")
-    wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != precision.dtype})
+    if precision is not None and not isinstance(precision, mdl_precision.Precision):
+        precision = mdl_precision.Precision(precision)
+    dtypes = {str(p.dtype) for p in model.parameters()}
+    wrong = sorted(dtypes - {str(precision.dtype)}) if precision is not None else []
     if wrong:
         raise ValueError(
             f"fit: precision {precision.name} trains {precision.dtype} parameters, the model "
             f"has {wrong}: cast it with Precision({precision.name!r}).cast_model(model) before "
             "building the optimizer (which then keeps float32 master weights)"
         )
-    if scaler is None and precision.loss_scaling:
+    if scaler is None and precision is not None and precision.loss_scaling:
         scaler = mdl_precision.GradScaler()
     if scaler is not None and not scaler.enabled:
         scaler = None
@@ -550,7 +553,8 @@ def fit(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     told_no_curves, skipped_in_all = False, 0
-    with precision.matmul_mode():  # TF32 GEMMs for tf32, restored after; nothing otherwise
+    # tf32: TF32 GEMMs while training, restored after; None leaves the setting as it is
+    with precision.matmul_mode() if precision is not None else contextlib.nullcontext():
         for epoch in range(start_epoch + 1, epochs + 1):
             lr = optimizer.lr  # the rate this epoch trains with; the scheduler changes it after
             try:

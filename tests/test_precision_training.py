@@ -159,6 +159,32 @@ def test_tf32_runs_the_epochs_in_matmul_mode():
     assert seen == [True] and not precision.tf32_enabled()
 
 
+def test_no_precision_leaves_the_dtype_and_the_tf32_setting_as_they_are():
+    """precision=None (the default) is the loop as it was: a float64 model trains in float64,
+    and TF32 set by the caller stays set while it trains."""
+    seen = []
+
+    class Watching(data.DataLoader):
+        def __iter__(self):
+            seen.append(precision.tf32_enabled())
+            return super().__iter__()
+
+    model, _, loader, test_loader = tiny_setup()
+    model.double()
+    opt = optim.SGD(model.parameters(), lr=0.05)
+    ds = loader.dataset
+    ds = data.ArrayDataset(ds.images, ds.labels, lambda x, rng: x.astype(np.float64) / 255.0)
+    watching = Watching(ds, 16, shuffle=True, seed=1, workers=0)
+    test_loader = data.DataLoader(ds, 32, workers=0)
+    previous = precision.set_tf32(True)
+    try:
+        history = fit((model, opt, watching, test_loader), 1)
+    finally:
+        precision.set_tf32(previous)
+    assert seen == [True] and "loss_scale" not in history[0]
+    assert all(p.dtype == np.float64 for p in model.parameters())
+
+
 # ---- the example's --precision flag --------------------------------------------------------------
 def fashion(*args):
     return load("train_fashion_mnist").main([*map(str, args), "--no-progress", "--workers", "0"])
