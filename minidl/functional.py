@@ -5,9 +5,10 @@ from minidl.ops.batchnorm import batch_norm
 from minidl.ops.conv import conv2d
 from minidl.ops.dropout import dropout
 from minidl.ops.linear import linear
-from minidl.ops.loss import cross_entropy, log_softmax, softmax
+from minidl.ops.loss import cross_entropy
 from minidl.ops.lrn import local_response_norm
 from minidl.ops.pool import max_pool2d
+from minidl.ops.softmax import log_softmax, softmax
 
 
 def flatten(x, start_dim: int = 1, end_dim: int = -1):

@@ -1,5 +1,6 @@
-"""Softmax, log-softmax and the softmax cross-entropy loss, all computed from logits
-(docs/loss.md; the plain loops are cross_entropy and cross_entropy_options in tests/reference.py).
+"""The softmax cross-entropy loss, computed from logits (docs/loss.md; the plain loops are
+cross_entropy and cross_entropy_options in tests/reference.py; softmax and log_softmax themselves
+are minidl/ops/softmax.py).
 
     lse[n]  = m[n] + log sum_k exp(z[n, k] - m[n]),    m[n] = max_k z[n, k]   (log-sum-exp)
     loss    = mean_n (lse[n] - z[n, t[n]])  (computed as (m - z_t) + log sum, exact for huge logits)
@@ -7,7 +8,7 @@
 
 Subtracting the row maximum keeps every exp() at most 1, so logits of 1e4 are fine. The GPU path
 of the loss is ``kernels/loss.cu`` (one block per row: shared-memory reductions for the max and
-the sum); softmax and log_softmax are plain array math on both devices.
+the sum).
 
 PyTorch's options (class ``weight`` w, ``ignore_index``, ``label_smoothing`` eps, probability
 targets, ``reduction``) all make row n's loss a weighted sum of its log-probabilities:
@@ -30,7 +31,6 @@ import numpy as np
 from minidl import backend, cuda
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
-from minidl.ops.tensor_ops import dim_index
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
@@ -372,57 +372,3 @@ def _class_weights(weight, k, logits):
             f"cross_entropy: weight has dtype {w.dtype}, expected the logits' dtype {logits.dtype}"
         )
     return backend.move(w, logits.device)
-
-
-class LogSoftmaxFunction(Function):
-    dtype_kinds = "f"
-
-    @staticmethod
-    def forward(ctx, z, dim):
-        xp = backend.xp(ctx.device)
-        z = xp.moveaxis(z, dim, -1)
-        y = z - logsumexp_rows(xp, z)[..., None]
-        y = xp.moveaxis(y, -1, dim)
-        ctx.save(y, dim)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        y, dim = ctx.saved
-        xp = backend.xp(ctx.device)
-        # y = z - lse(z): dz = dy - softmax(z) * sum(dy)
-        return dy - xp.exp(y) * dy.sum(axis=dim, keepdims=True)
-
-
-class SoftmaxFunction(Function):
-    dtype_kinds = "f"
-
-    @staticmethod
-    def forward(ctx, z, dim):
-        xp = backend.xp(ctx.device)
-        e = xp.exp(z - z.max(axis=dim, keepdims=True))
-        y = e / e.sum(axis=dim, keepdims=True)
-        ctx.save(y, dim)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        y, dim = ctx.saved
-        # dz = y * (dy - sum(dy * y))
-        return y * (dy - (dy * y).sum(axis=dim, keepdims=True))
-
-
-def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
-    require_tensor("log_softmax", "x", x)
-    if x.ndim == 0:  # a 0-d tensor takes dim 0 or -1 (PyTorch): one class, log-probability 0
-        dim_index(dim, 0)
-        return log_softmax(x.reshape(1)).reshape(())
-    return LogSoftmaxFunction.apply(x, dim=dim_index(dim, x.ndim))
-
-
-def softmax(x: Tensor, dim: int = -1) -> Tensor:
-    require_tensor("softmax", "x", x)
-    if x.ndim == 0:  # a 0-d tensor takes dim 0 or -1 (PyTorch): one class, probability 1
-        dim_index(dim, 0)
-        return softmax(x.reshape(1)).reshape(())
-    return SoftmaxFunction.apply(x, dim=dim_index(dim, x.ndim))
