@@ -15,6 +15,7 @@ PyTorch's semantics where a user's habits reach (``tests/test_semantics.py`` che
   tensor beside a float tensor takes the float's dtype; ``/`` of integers is float32. Two
   different floating-point dtypes are refused by name, where PyTorch would widen to the larger:
   float32 meeting float64 is most often a mistake that doubles memory (use ``.double()``).
+  The rules are ``minidl/ops/promotion.py``.
 - dims: in [-ndim, ndim - 1], else PyTorch's ``IndexError: Dimension out of range``; a 0-d
   tensor takes dims 0 and -1. ``mean`` over an empty dim is NaN (0 / 0).
 - indexing: integers select first, then index arrays (``x[0, :, [1, 2]]`` is (3, 2) on a
@@ -29,6 +30,7 @@ import numpy as np
 
 from minidl import backend
 from minidl.autograd import backward
+from minidl.ops.promotion import DEFAULT_DTYPE, promote, sub_operands, true_divide_operands
 from minidl.ops.tensor_ops import (
     Add,
     Cast,
@@ -49,8 +51,6 @@ from minidl.ops.tensor_ops import (
     dim_index,
     dim_tuple,
 )
-
-DEFAULT_DTYPE = np.float32
 
 
 class Tensor:
@@ -215,86 +215,36 @@ class Tensor:
         backward(self, grad)
 
     # ---- math --------------------------------------------------------------------------------
-    def _promote(self, other) -> tuple[Tensor, Tensor]:
-        """(self, other) as two tensors, promoted as PyTorch does (see the module docstring)."""
-        if isinstance(other, Tensor):
-            if other.data.dtype == self.data.dtype:
-                return self, other
-            mine, theirs = _CATEGORY[self.dtype.kind], _CATEGORY[other.dtype.kind]
-            if mine == _FLOAT and theirs < _FLOAT:
-                return self, other.astype(self.dtype)
-            if theirs == _FLOAT and mine < _FLOAT:
-                return self.astype(other.dtype), other
-            return self, other
-        xp = backend.xp(self.device)
-        if type(other) in (float, int) and self.dtype.kind == "f":  # the common case, fast
-            return self, Tensor._wrap(xp.asarray(other, dtype=self.dtype), self.device, False)
-        if isinstance(other, numbers.Number):
-            category = _scalar_category(other)
-            a = self
-            if category > _CATEGORY[self.dtype.kind]:
-                a = self.astype(_DEFAULT_OF_CATEGORY[category])
-            # astype after asarray: a negative int wraps into an unsigned dtype, as in PyTorch
-            value = xp.asarray(other).astype(a.dtype, copy=False)
-            return a, Tensor._wrap(value, self.device, False)
-        # a list or an array: like a Python number of its category (never truncated into ints)
-        value = Tensor(other, device=self.device)
-        category = _CATEGORY[value.dtype.kind]
-        a = self
-        if category > _CATEGORY[self.dtype.kind]:
-            a = self.astype(_DEFAULT_OF_CATEGORY[category])
-        return a, value if value.dtype == a.dtype else value.astype(a.dtype)
-
     def __add__(self, other):
-        a, b = self._promote(other)
+        a, b = promote(self, other)
         return Add.apply(a, b)
 
     def __radd__(self, other):
-        a, b = self._promote(other)
+        a, b = promote(self, other)
         return Add.apply(b, a)
 
-    def _sub_operands(self, other) -> tuple[Tensor, Tensor]:
-        other_is_bool = isinstance(other, (bool, np.bool_)) or (
-            isinstance(other, Tensor) and other.dtype == bool
-        )
-        if self.dtype == bool or other_is_bool:
-            raise TypeError(
-                "sub: subtraction, the `-` operator, with a bool tensor is not supported (as in "
-                "PyTorch); to invert a mask use mask == False, or convert with .astype(int)"
-            )
-        return self._promote(other)
-
     def __sub__(self, other):
-        a, b = self._sub_operands(other)
+        a, b = sub_operands(self, other)
         return Sub.apply(a, b)
 
     def __rsub__(self, other):
-        a, b = self._sub_operands(other)
+        a, b = sub_operands(self, other)
         return Sub.apply(b, a)
 
     def __mul__(self, other):
-        a, b = self._promote(other)
+        a, b = promote(self, other)
         return Mul.apply(a, b)
 
     def __rmul__(self, other):
-        a, b = self._promote(other)
+        a, b = promote(self, other)
         return Mul.apply(b, a)
 
-    def _true_divide_operands(self, other) -> tuple[Tensor, Tensor]:
-        # "/" is true division: integers (and bools) divide in the default float dtype, from
-        # their own values (a negative Python int must not wrap into a uint8 tensor's dtype first)
-        a, b = self._promote(other)
-        if a.dtype.kind != "f":
-            a = self.astype(DEFAULT_DTYPE)
-            b = other.astype(DEFAULT_DTYPE) if isinstance(other, Tensor) else a._promote(other)[1]
-        return a, b
-
     def __truediv__(self, other):
-        a, b = self._true_divide_operands(other)
+        a, b = true_divide_operands(self, other)
         return Div.apply(a, b)
 
     def __rtruediv__(self, other):
-        a, b = self._true_divide_operands(other)
+        a, b = true_divide_operands(self, other)
         return Div.apply(b, a)
 
     def __neg__(self):
@@ -304,19 +254,19 @@ class Tensor:
         if self.dtype.kind != "f" and isinstance(other, numbers.Integral) and other < 0:
             # checked before promotion wraps -3 into an unsigned dtype (NumPy's own message)
             raise ValueError("pow: Integers to negative integer powers are not allowed.")
-        a, b = self._promote(other)
+        a, b = promote(self, other)
         return Pow.apply(a, b)
 
     def __rpow__(self, other):
-        a, b = self._promote(other)
+        a, b = promote(self, other)
         return Pow.apply(b, a)
 
     def __matmul__(self, other):
-        a, b = self._promote(other)
+        a, b = promote(self, other)
         return MatMul.apply(a, b)
 
     def __rmatmul__(self, other):
-        a, b = self._promote(other)
+        a, b = promote(self, other)
         return MatMul.apply(b, a)
 
     def __getitem__(self, index):
@@ -428,25 +378,6 @@ class Tensor:
 
 def _reduction_args(axis, keepdims, dim, keepdim):
     return (dim if dim is not None else axis), (keepdim if keepdim is not None else keepdims)
-
-
-# Type promotion (PyTorch's): dtype kinds in categories bool < integer < floating point, and
-# the dtype a Python number of a higher category makes.
-_BOOL, _INT, _FLOAT = 0, 1, 2
-_CATEGORY = {"b": _BOOL, "u": _INT, "i": _INT, "f": _FLOAT}
-_DEFAULT_OF_CATEGORY = {_INT: np.int64, _FLOAT: DEFAULT_DTYPE}
-
-
-def _scalar_category(value) -> int:
-    if type(value) is float:  # the common case first: isinstance with an ABC is slow
-        return _FLOAT
-    if isinstance(value, (bool, np.bool_)):
-        return _BOOL
-    if isinstance(value, numbers.Integral):
-        return _INT
-    if isinstance(value, numbers.Real):
-        return _FLOAT
-    raise TypeError(f"minidl tensors are real-valued; got the number {value!r}")
 
 
 def tensor(data, requires_grad: bool = False, dtype=None, device: str = "cpu") -> Tensor:
