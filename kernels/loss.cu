@@ -15,7 +15,7 @@
 //     class index t[n]:  q[n, k] = w[k] * ((1 - eps) * [k == t[n]] + eps / K), 0 if t[n] ignored
 //     probabilities p:   q[n, k] = w[k] * ((1 - eps) * p[n, k] + eps / K)
 //   cross_entropy_options_forward   -> losses, lse, Q, counted: (N,)
-//       one block per row as above, and a third tree reduction (two sums at once) for
+//       one block per row as above, and two more tree reductions (block_sum) for
 //       sum_k q (m - z) and Q. counted[n] is what the mean divides by: w[t[n]] (0 if ignored)
 //       for class indices, 1 for probabilities. Matches cross_entropy_options_forward_numpy.
 //       Launch: grid (N,), block (MINIDL_REDUCE_THREADS,).
@@ -30,6 +30,52 @@
 // minidl-types: float double __half __nv_bfloat16
 #include "common.cuh"
 
+// The block reductions of the forward kernels, over the block's shared partial[blockDim.x]: every
+// thread passes its own value and gets the block's maximum (or sum) back. Thread t writes
+// partial[t], then each level half = blockDim.x / 2, ..., 1 folds partial[t + half] into partial[t]
+// for t < half (docs/loss.md walks through the barriers). Every thread of the block must call
+// them, since each holds __syncthreads(); partial is free for the next reduction on return.
+template <typename Acc>
+__device__ Acc block_max(Acc* partial, Acc value) {
+    partial[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half && partial[threadIdx.x + half] > partial[threadIdx.x])
+            partial[threadIdx.x] = partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    Acc result = partial[0];
+    __syncthreads();  // everyone has read the result before partial is reused
+    return result;
+}
+
+template <typename Acc>
+__device__ Acc block_sum(Acc* partial, Acc value) {
+    partial[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    Acc result = partial[0];
+    __syncthreads();  // everyone has read the result before partial is reused
+    return result;
+}
+
+// Steps 1 and 2 of both forward kernels, for the block's row (K logits): the row maximum m, set
+// for every thread, and the returned log sum_k exp(z - m), so that lse = m + log_sum. Thread t
+// first scans k = t, t + blockDim.x, ... on its own, then the block reduces the threads' values.
+template <typename T>
+__device__ acc_t<T> row_log_sum_exp(acc_t<T>* partial, const T* row, int K, acc_t<T>& m) {
+    typedef acc_t<T> Acc;
+    m = real_neg_inf(Acc(0));
+    for (int k = threadIdx.x; k < K; k += blockDim.x) m = to_acc(row[k]) > m ? to_acc(row[k]) : m;
+    m = block_max(partial, m);
+    Acc sum = Acc(0);
+    for (int k = threadIdx.x; k < K; k += blockDim.x) sum += real_exp(to_acc(row[k]) - m);
+    return real_log(block_sum(partial, sum));
+}
+
 template <typename T>
 __global__ void cross_entropy_forward(const T* z, const int* t, acc_t<T>* losses, acc_t<T>* lse,
                                       int N, int K) {
@@ -38,28 +84,9 @@ __global__ void cross_entropy_forward(const T* z, const int* t, acc_t<T>* losses
     int n = blockIdx.x;
     const T* row = z + (long long)n * K;
 
-    Acc m = real_neg_inf(Acc(0));
-    for (int k = threadIdx.x; k < K; k += blockDim.x) m = to_acc(row[k]) > m ? to_acc(row[k]) : m;
-    partial[threadIdx.x] = m;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half && partial[threadIdx.x + half] > partial[threadIdx.x])
-            partial[threadIdx.x] = partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    m = partial[0];
-    __syncthreads();  // everyone has read the maximum before partial is reused
-
-    Acc sum = Acc(0);
-    for (int k = threadIdx.x; k < K; k += blockDim.x) sum += real_exp(to_acc(row[k]) - m);
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
+    Acc m;
+    Acc log_sum = row_log_sum_exp(partial, row, K, m);  // steps 1 and 2
     if (threadIdx.x == 0) {
-        Acc log_sum = real_log(partial[0]);
         lse[n] = m + log_sum;
         losses[n] = (m - to_acc(row[t[n]])) + log_sum;  // not lse - z[t]: exact for logits of 1e4
     }
@@ -97,35 +124,13 @@ __global__ void cross_entropy_options_forward(const T* z, const int* t, const T*
                                               int soft, int ignore_index, acc_t<T> smoothing) {
     typedef acc_t<T> Acc;
     __shared__ Acc partial[MINIDL_REDUCE_THREADS];
-    __shared__ Acc partial_q[MINIDL_REDUCE_THREADS];
     int n = blockIdx.x;
     const T* row = z + (long long)n * K;
 
-    // 1. the row maximum m (as cross_entropy_forward)
-    Acc m = real_neg_inf(Acc(0));
-    for (int k = threadIdx.x; k < K; k += blockDim.x) m = to_acc(row[k]) > m ? to_acc(row[k]) : m;
-    partial[threadIdx.x] = m;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half && partial[threadIdx.x + half] > partial[threadIdx.x])
-            partial[threadIdx.x] = partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    m = partial[0];
-    __syncthreads();  // everyone has read the maximum before partial is reused
+    Acc m;
+    Acc log_sum = row_log_sum_exp(partial, row, K, m);  // steps 1 and 2
 
-    // 2. sum_k exp(z - m), and 3. sum_k q (m - z) and Q = sum_k q, in one pass and one tree
-    Acc sum = Acc(0);
-    for (int k = threadIdx.x; k < K; k += blockDim.x) sum += real_exp(to_acc(row[k]) - m);
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    Acc log_sum = real_log(partial[0]);
-    __syncthreads();  // everyone has read the sum before partial is reused
-
+    // 3. sum_k q (m - z) and Q = sum_k q, in one pass over the row and two reductions
     Acc weighted = Acc(0);
     Acc q_total = Acc(0);
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
@@ -133,20 +138,12 @@ __global__ void cross_entropy_options_forward(const T* z, const int* t, const T*
         if (q != Acc(0)) weighted += q * (m - to_acc(row[k]));  // q = 0 adds nothing, even at -inf
         q_total += q;
     }
-    partial[threadIdx.x] = weighted;
-    partial_q[threadIdx.x] = q_total;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) {
-            partial[threadIdx.x] += partial[threadIdx.x + half];
-            partial_q[threadIdx.x] += partial_q[threadIdx.x + half];
-        }
-        __syncthreads();
-    }
+    weighted = block_sum(partial, weighted);
+    q_total = block_sum(partial, q_total);
     if (threadIdx.x == 0) {
         lse[n] = m + log_sum;
-        q_sum[n] = partial_q[0];
-        losses[n] = partial[0] + partial_q[0] * log_sum;  // not Q*lse - sum q z: exact for 1e4
+        q_sum[n] = q_total;
+        losses[n] = weighted + q_total * log_sum;  // not Q*lse - sum q z: exact for 1e4
         if (soft) {
             counted[n] = Acc(1);
         } else {

@@ -224,8 +224,8 @@ MUTATIONS = [
     ),
     (
         "loss.cu",
-        "partial_q[threadIdx.x] += partial_q[threadIdx.x + half];",
-        "partial_q[threadIdx.x] += partial_q[threadIdx.x + half / 2];",
+        "q_total = block_sum(partial, q_total);",
+        "q_total = block_sum(partial, weighted);",
         loss_options_ok,
     ),
     (
