@@ -42,13 +42,12 @@ def nvrtc_or_skip():
     return nvrtc
 
 
-@pytest.mark.parametrize("arch", cuda.ARCHITECTURES)
-@pytest.mark.parametrize("name", KERNEL_FILES)
-def test_nvrtc_compiles(name, arch):
+def nvrtc_compile(name: str, arch: str, expressions: list[str]) -> None:
+    """Compile kernels/``name`` with NVRTC for ``arch`` and our compile options, instantiating
+    ``expressions`` (name expressions such as ``conv2d_forward<float>``); fail the test with
+    NVRTC's log if it does not compile, or if an instantiation is missing from the PTX."""
     nvrtc = nvrtc_or_skip()
     source = (cuda.kernel_dir() / name).read_text()
-    expressions = cuda.name_expressions(source)
-    assert expressions, f"{name} defines no template <typename T> __global__ kernels"
     program = nvrtc.createProgram(source, name, [], [])
     try:
         for expression in expressions:
@@ -64,6 +63,14 @@ def test_nvrtc_compiles(name, arch):
             assert lowered.encode() in ptx, f"{expression} missing from the PTX"
     finally:
         nvrtc.destroyProgram(program)
+
+
+@pytest.mark.parametrize("arch", cuda.ARCHITECTURES)
+@pytest.mark.parametrize("name", KERNEL_FILES)
+def test_nvrtc_compiles(name, arch):
+    expressions = cuda.name_expressions((cuda.kernel_dir() / name).read_text())
+    assert expressions, f"{name} defines no template <typename T> __global__ kernels"
+    nvrtc_compile(name, arch, expressions)
 
 
 # ---- break a kernel on purpose -------------------------------------------------------------------

@@ -234,26 +234,11 @@ def test_converted_files_declare_16bit_instantiations():
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_nvrtc_compiles_16bit_kernels(arch):
-    from tests.test_kernels import nvrtc_or_skip
+    from tests.test_kernels import nvrtc_compile
 
-    nvrtc = nvrtc_or_skip()
     for name in CONVERTED:
         source = (cuda.kernel_dir() / name).read_text()
-        expressions = [e for e in cuda.name_expressions(source) if "<__" in e]
-        program = nvrtc.createProgram(source, name, [], [])
-        try:
-            for expression in expressions:
-                nvrtc.addNameExpression(program, expression)
-            options = [f"--gpu-architecture={arch}", *cuda.compile_options(cuda.kernel_dir())]
-            try:
-                nvrtc.compileProgram(program, options)
-            except nvrtc.NVRTCError:
-                pytest.fail(f"{name} for {arch}:\n{nvrtc.getProgramLog(program)}")
-            ptx = nvrtc.getPTX(program)
-            for expression in expressions:
-                assert nvrtc.getLoweredName(program, expression).encode() in ptx, expression
-        finally:
-            nvrtc.destroyProgram(program)
+        nvrtc_compile(name, arch, [e for e in cuda.name_expressions(source) if "<__" in e])
 
 
 # ---- every 16-bit kernel against the NumPy path --------------------------------------------------
