@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import minidl as mdl
+from minidl import data, nn
 
 
 def random(shape, seed=0):
@@ -117,3 +118,24 @@ def check_op(inputs, torch_fn, minidl_fn, *, seed=0, gradcheck=True):
         if f:
             assert_close(g, t.grad.numpy(), what=f"gradient of input {i}")
     return y.numpy(), grads
+
+
+# ---- a tiny training problem (tests/test_training.py, test_faults.py, test_precision_training.py)
+def tiny_dataset(size, nan_image=None, dtype=np.float32):
+    """``size`` random 12x12 gray images with 3-class labels, scaled to [0, 1] when loaded.
+    ``nan_image``: the index of an image whose pixel (3, 4) is NaN."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (size, 12, 12)).astype(dtype)
+    if nan_image is not None:
+        images[nan_image, 3, 4] = np.nan
+    labels = rng.integers(0, 3, size)
+    return data.ArrayDataset(images, labels, lambda x, rng: x / 255.0)
+
+
+def tiny_net(channels=4, dropout=None):
+    """An AlexNet in miniature for tiny_dataset's images: conv, ReLU, overlapping max-pool,
+    (dropout,) a linear classifier. (N, 1, 12, 12) -> (N, 3)."""
+    layers = [nn.Conv2d(1, channels, 3), nn.ReLU(), nn.MaxPool2d(3, 2)]
+    if dropout is not None:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 4 * 4, 3))

@@ -40,7 +40,8 @@ def child(out: str, pause: str = "") -> None:
 
     sys.modules["matplotlib"] = None  # curves.png is not the point; importing it is slow
     import minidl as mdl
-    from minidl import data, nn, optim
+    from minidl import data, optim
+    from tests.helpers import tiny_dataset, tiny_net
 
     writes = []
     if pause == "mid-write":
@@ -72,18 +73,8 @@ def child(out: str, pause: str = "") -> None:
         os.replace = slow_replace
 
     mdl.manual_seed(0)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (192, 12, 12)).astype(np.uint8)
-    labels = rng.integers(0, 3, 192)
-    dataset = data.ArrayDataset(images, labels, lambda x, rng: x / 255.0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 6, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2),
-        nn.Dropout(0.3),
-        nn.Flatten(),
-        nn.Linear(6 * 4 * 4, 3),
-    )
+    dataset = tiny_dataset(192, dtype=np.uint8)
+    model = tiny_net(6, dropout=0.3)
     optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     scheduler = optim.StepLR(optimizer, step_size=2, gamma=0.5)
     loader = data.DataLoader(dataset, 16, shuffle=True, seed=1, workers=0)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import minidl as mdl
-from minidl import data, nn, optim, precision, train
+from minidl import data, optim, precision, train
+from tests.helpers import tiny_dataset, tiny_net
 from tests.test_examples import load, small_copy
 
 # float16 gradients at a huge loss scale: inf, and inf - inf = NaN, which is what is tested
@@ -22,15 +23,8 @@ def tiny_setup(mode="fp32", nan_image=None, seed=0):
     """A 3-class problem on 64 random 12x12 images, 4 steps an epoch; the model cast to ``mode``
     BEFORE the optimizer is built, so the optimizer keeps float32 master copies."""
     mdl.manual_seed(seed)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (64, 12, 12)).astype(np.float32)
-    if nan_image is not None:
-        images[nan_image, 3, 4] = np.nan
-    labels = rng.integers(0, 3, 64)
-    ds = data.ArrayDataset(images, labels, lambda x, rng: x / 255.0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
-    )
+    ds = tiny_dataset(64, nan_image)
+    model = tiny_net(4)
     precision.Precision(mode).cast_model(model)
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loader = data.DataLoader(ds, 16, shuffle=True, seed=1, workers=0)

@@ -10,26 +10,15 @@ from PIL import Image
 import minidl as mdl
 from minidl import data, nn, optim, plots, train
 from minidl.models.alexnet import SmallAlexNet
+from tests.helpers import tiny_dataset, tiny_net
 
 
 def tiny_setup(seed=0, nan_image=None, lr=0.05, optimizer="sgd"):
     """A 3-class problem on 96 random 12x12 images: 6 steps an epoch, well under a second.
     ``nan_image``: the index of an image whose pixel (3, 4) is NaN."""
     mdl.manual_seed(seed)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (96, 12, 12)).astype(np.float32)
-    if nan_image is not None:
-        images[nan_image, 3, 4] = np.nan
-    labels = rng.integers(0, 3, 96)
-    ds = data.ArrayDataset(images, labels, lambda x, rng: x / 255.0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 4, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2),
-        nn.Dropout(0.5),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 3),
-    )
+    ds = tiny_dataset(96, nan_image)
+    model = tiny_net(4, dropout=0.5)
     if optimizer == "sgd":
         opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, rule="paper")
     else:
