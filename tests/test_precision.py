@@ -727,6 +727,25 @@ def test_benchmark_ops_run_in_float16_on_the_emulator(name, emulate):
         bench.Ours("cuda", "bf16")
 
 
+def train_steps(model, mode, x, t, steps, device, lr, init_scale=2.0**16):
+    """``steps`` SGD steps (momentum 0.9) of ``model`` on (x, t) in precision ``mode``, as fit
+    takes them: model and input cast, float32 loss, float32 master weights, GradScaler.
+    -> (the losses, the scaler)."""
+    mode.cast_model(model.to(device))
+    opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    scaler = precision.GradScaler(init_scale=init_scale, enabled=mode.loss_scaling)
+    xs = mode.cast_input(mdl.tensor(x, device=device))
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(mode.loss_input(model(xs)), t)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(float(loss.numpy()))
+    return np.array(losses), scaler
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_float16_training_follows_float32(device, monkeypatch):
     """A small classifier trained in float16 (model cast, float32 loss and master weights,
@@ -739,20 +758,7 @@ def test_float16_training_follows_float32(device, monkeypatch):
     def train(mode):
         mdl.manual_seed(0)
         model = mdl.nn.Sequential(mdl.nn.Linear(20, 32), mdl.nn.ReLU(), mdl.nn.Linear(32, 3))
-        model.to(device)
-        mode.cast_model(model)
-        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        scaler = precision.GradScaler(enabled=mode.loss_scaling)
-        xs = mode.cast_input(mdl.tensor(x, device=device))
-        losses = []
-        for _ in range(15):
-            loss = F.cross_entropy(mode.loss_input(model(xs)), t)
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(loss.numpy()))
-        return np.array(losses), scaler
+        return train_steps(model, mode, x, t, 15, device, lr=0.1)
 
     reference, _ = train(precision.Precision("fp32"))
     half, scaler = train(precision.Precision("fp16"))
@@ -777,19 +783,8 @@ def test_float16_convnet_step_follows_float32(emulate):
         )  # fmt: skip
         for i, p in enumerate(model.parameters()):  # a fixed, well-scaled start for both
             p.data = np.random.default_rng(i).standard_normal(p.shape).astype(p.dtype) * 0.3
-        mode.cast_model(model.to("cuda"))
-        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        scaler = precision.GradScaler(init_scale=2.0**10, enabled=mode.loss_scaling)
-        xs = mode.cast_input(mdl.tensor(x, device="cuda"))
-        losses = []
-        for _ in range(3):
-            loss = F.cross_entropy(mode.loss_input(model(xs)), t)
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(loss.numpy()))
-        return np.array(losses), [p.dtype for p in model.parameters()], scaler
+        losses, scaler = train_steps(model, mode, x, t, 3, "cuda", lr=0.05, init_scale=2.0**10)
+        return losses, [p.dtype for p in model.parameters()], scaler
 
     reference, _, _ = train(precision.Precision("fp32"))
     half, dtypes, scaler = train(precision.Precision("fp16"))
