@@ -21,12 +21,12 @@
 //
 // Thread mapping. The two reductions: one block of MINIDL_REDUCE_THREADS per channel c; thread t
 // takes the channel's values j = t, t + blockDim, ... (j = n * plane + p: coalesced along p), then
-// a shared-memory tree halves the partial sums down to one. The order of every addition is fixed
-// by (t, j), so the result is the same bits every run (no atomics). Launch: grid (C,),
-// block (MINIDL_REDUCE_THREADS,). The element-wise kernels: one thread per element (n, c, p),
-// grid-stride; launch: any 1-D grid of 1-D blocks. batch_norm_update_running: one thread per
-// channel. Matches batch_norm_stats_numpy, batch_norm_forward_numpy and
-// batch_norm_backward_numpy.
+// common.cuh's block_sum (a shared-memory tree) halves the partial sums down to one, one sum after
+// the other. The order of every addition is fixed by (t, j), so the result is the same bits every
+// run (no atomics). Launch: grid (C,), block (MINIDL_REDUCE_THREADS,). The element-wise kernels:
+// one thread per element (n, c, p), grid-stride; launch: any 1-D grid of 1-D blocks.
+// batch_norm_update_running: one thread per channel. Matches batch_norm_stats_numpy,
+// batch_norm_forward_numpy and batch_norm_backward_numpy.
 //
 // 16-bit storage (x, y, dy, dx, weight, bias in __half or __nv_bfloat16): the statistics shift,
 // offset, var, the running statistics, dweight and dbias are acc_t<T> (float) arrays, and every
@@ -48,8 +48,7 @@ template <typename T>
 __global__ void batch_norm_stats(const T* x, acc_t<T>* shift, acc_t<T>* offset, acc_t<T>* var,
                                  int N, int C, long long plane) {
     typedef acc_t<T> Acc;
-    __shared__ Acc partial[MINIDL_REDUCE_THREADS];
-    __shared__ Acc partial_sq[MINIDL_REDUCE_THREADS];
+    __shared__ Acc partial[MINIDL_REDUCE_THREADS];  // block_sum's tree (common.cuh)
     int c = blockIdx.x;
     long long M = (long long)N * plane;
 
@@ -58,14 +57,7 @@ __global__ void batch_norm_stats(const T* x, acc_t<T>* shift, acc_t<T>* offset, 
     for (long long j = threadIdx.x; j < M; j += blockDim.x) {
         sum += to_acc(x[channel_at(j, c, C, plane)]);
     }
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {  // tree: 256 -> 128 -> ... -> 1
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    Acc s = partial[0] / Acc(M);
-    __syncthreads();  // every thread has read partial[0] before it is overwritten
+    Acc s = block_sum(partial, sum) / Acc(M);
 
     // Pass 2: deviations from s, their sum (the correction) and their squares.
     Acc d_sum = Acc(0);
@@ -75,19 +67,11 @@ __global__ void batch_norm_stats(const T* x, acc_t<T>* shift, acc_t<T>* offset, 
         d_sum += d;
         d_sq += d * d;
     }
-    partial[threadIdx.x] = d_sum;
-    partial_sq[threadIdx.x] = d_sq;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {  // the same tree for both sums
-        if (threadIdx.x < half) {
-            partial[threadIdx.x] += partial[threadIdx.x + half];
-            partial_sq[threadIdx.x] += partial_sq[threadIdx.x + half];
-        }
-        __syncthreads();
-    }
+    d_sum = block_sum(partial, d_sum);  // the same tree for both sums, one after the other
+    d_sq = block_sum(partial, d_sq);
     if (threadIdx.x == 0) {
-        Acc o = partial[0] / Acc(M);
-        Acc v = partial_sq[0] / Acc(M) - o * o;  // o is tiny next to the spread: no cancellation
+        Acc o = d_sum / Acc(M);
+        Acc v = d_sq / Acc(M) - o * o;  // o is tiny next to the spread: no cancellation
         shift[c] = s;
         offset[c] = o;
         var[c] = v > Acc(0) ? v : Acc(0);
@@ -131,8 +115,7 @@ __global__ void batch_norm_backward_reduce(const T* dy, const T* x, const acc_t<
                                            acc_t<T>* dweight, acc_t<T>* dbias, int N, int C,
                                            long long plane, acc_t<T> eps) {
     typedef acc_t<T> Acc;
-    __shared__ Acc partial[MINIDL_REDUCE_THREADS];
-    __shared__ Acc partial_xhat[MINIDL_REDUCE_THREADS];
+    __shared__ Acc partial[MINIDL_REDUCE_THREADS];  // block_sum's tree (common.cuh)
     int c = blockIdx.x;
     long long M = (long long)N * plane;
     Acc sum_dy = Acc(0);
@@ -143,19 +126,11 @@ __global__ void batch_norm_backward_reduce(const T* dy, const T* x, const acc_t<
         sum_dy += g;
         sum_dy_d += g * ((to_acc(x[at]) - shift[c]) - offset[c]);
     }
-    partial[threadIdx.x] = sum_dy;
-    partial_xhat[threadIdx.x] = sum_dy_d;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {  // tree: 256 -> 128 -> ... -> 1
-        if (threadIdx.x < half) {
-            partial[threadIdx.x] += partial[threadIdx.x + half];
-            partial_xhat[threadIdx.x] += partial_xhat[threadIdx.x + half];
-        }
-        __syncthreads();
-    }
+    sum_dy = block_sum(partial, sum_dy);  // tree: 256 -> 128 -> ... -> 1
+    sum_dy_d = block_sum(partial, sum_dy_d);
     if (threadIdx.x == 0) {
-        dbias[c] = partial[0];
-        dweight[c] = partial_xhat[0] / real_sqrt(var[c] + eps);
+        dbias[c] = sum_dy;
+        dweight[c] = sum_dy_d / real_sqrt(var[c] + eps);
     }
 }
 

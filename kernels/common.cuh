@@ -61,3 +61,24 @@ template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
 }
+
+// ---- block reduction -----------------------------------------------------------------------------
+// block_sum(partial, value): the sum of every thread's value over the block, returned to every
+// thread, by a shared-memory tree over the caller's partial[blockDim.x] (blockDim.x a power of
+// two). Thread t writes partial[t], then each level half = blockDim.x / 2, ..., 1 adds
+// partial[t + half] into partial[t] for t < half, so the order of the additions is fixed by the
+// block size alone (the same bits every run). Every thread of the block must call it, since it
+// holds __syncthreads(); the last barrier makes partial free for the next reduction on return.
+// Used by loss.cu and batchnorm.cu (docs/reduce.md).
+template <typename Acc>
+__device__ Acc block_sum(Acc* partial, Acc value) {
+    partial[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    Acc result = partial[0];
+    __syncthreads();  // everyone has read the result before partial is reused
+    return result;
+}

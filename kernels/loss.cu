@@ -30,11 +30,12 @@
 // minidl-types: float double __half __nv_bfloat16
 #include "common.cuh"
 
-// The block reductions of the forward kernels, over the block's shared partial[blockDim.x]: every
-// thread passes its own value and gets the block's maximum (or sum) back. Thread t writes
-// partial[t], then each level half = blockDim.x / 2, ..., 1 folds partial[t + half] into partial[t]
-// for t < half (docs/loss.md walks through the barriers). Every thread of the block must call
-// them, since each holds __syncthreads(); partial is free for the next reduction on return.
+// The block maximum of the forward kernels, over the block's shared partial[blockDim.x]: every
+// thread passes its own value and gets the block's maximum back. The same tree as common.cuh's
+// block_sum (which the forward kernels use for their sums): thread t writes partial[t], then each
+// level half = blockDim.x / 2, ..., 1 folds partial[t + half] into partial[t] for t < half
+// (docs/loss.md walks through the barriers). Every thread of the block must call it, since it
+// holds __syncthreads(); partial is free for the next reduction on return.
 template <typename Acc>
 __device__ Acc block_max(Acc* partial, Acc value) {
     partial[threadIdx.x] = value;
@@ -42,19 +43,6 @@ __device__ Acc block_max(Acc* partial, Acc value) {
     for (int half = blockDim.x / 2; half > 0; half /= 2) {
         if (threadIdx.x < half && partial[threadIdx.x + half] > partial[threadIdx.x])
             partial[threadIdx.x] = partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    Acc result = partial[0];
-    __syncthreads();  // everyone has read the result before partial is reused
-    return result;
-}
-
-template <typename Acc>
-__device__ Acc block_sum(Acc* partial, Acc value) {
-    partial[threadIdx.x] = value;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
         __syncthreads();
     }
     Acc result = partial[0];

@@ -94,9 +94,9 @@ def _marshal(position: int, value):
     )
 
 
-def translation_unit(path: Path, source: str) -> tuple[str, dict[str, str]]:
+def translation_unit(path: Path, source: str, include_dirs=()) -> tuple[str, dict[str, str]]:
     """The C++ file that includes the shim and the kernel source and exports each kernel."""
-    barriers = kernels_with_barriers(source)
+    barriers = kernels_with_barriers(source, included_headers(path, source, include_dirs))
     expressions = cuda.name_expressions(source)
     symbols = {expr: f"minidl_emu_{i}" for i, expr in enumerate(expressions)}
     lines = [f'#include "{SHIM}"', f'#include "{path}"']
@@ -106,10 +106,25 @@ def translation_unit(path: Path, source: str) -> tuple[str, dict[str, str]]:
     return "\n".join(lines) + "\n", symbols
 
 
-def kernels_with_barriers(source: str) -> set[str]:
+def included_headers(path: Path, source: str, include_dirs=()) -> str:
+    """The text of the headers ``source`` includes with ``#include "name"`` (found in ``path``'s
+    folder, then ``include_dirs``), so that a ``__device__`` helper defined there, such as
+    common.cuh's block_sum, counts for kernels_with_barriers. One level: the headers' own
+    includes are not followed (common.cuh has none of ours)."""
+    texts = []
+    for name in re.findall(r'^\s*#\s*include\s*"([^"]+)"', source, flags=re.M):
+        for folder in (path.parent, *include_dirs):
+            if (Path(folder) / name).is_file():
+                texts.append((Path(folder) / name).read_text())
+                break
+    return "\n".join(texts)
+
+
+def kernels_with_barriers(source: str, headers: str = "") -> set[str]:
     """Kernels that reach __syncthreads(), in their own body or through the ``__device__``
-    functions they call: they run as fibers, the others as plain loops."""
-    bodies = function_bodies(source)
+    functions they call, defined in ``source`` or in ``headers`` (the text of the headers it
+    includes, see included_headers): they run as fibers, the others as plain loops."""
+    bodies = function_bodies(headers + "\n" + source)
     barrier = {name for name, body in bodies.items() if "__syncthreads" in body}
     grown = True
     while grown:  # a function that calls a function with a barrier has one too
@@ -152,7 +167,7 @@ def load(path, include_dirs=()) -> EmulatedModule:
     path = Path(path).resolve()
     include_dirs = tuple(Path(d).resolve() for d in include_dirs)
     source = path.read_text()
-    unit, symbols = translation_unit(path, source)
+    unit, symbols = translation_unit(path, source, include_dirs)
     digest = hashlib.sha256()
     for text in (
         SHIM.read_text(),

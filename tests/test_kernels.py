@@ -216,12 +216,14 @@ MUTATIONS = [
         "dx[i] = to_acc(y[i]) >= acc_t<T>(0) ? dy[i]",
         relu_ok,
     ),
+    # common.cuh's block_sum, the tree loss.cu and batchnorm.cu share: caught by both
     (
-        "loss.cu",
-        "partial[threadIdx.x] += partial[threadIdx.x + half];",
-        "partial[threadIdx.x] += partial[threadIdx.x + half - 1];",
+        "common.cuh",
+        "if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];",
+        "if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half - 1];",
         loss_ok,
     ),
+    ("common.cuh", "Acc result = partial[0];", "Acc result = partial[1];", batchnorm_ok),
     ("loss.cu", "long long n = i / K;", "long long n = i / (K + 1);", loss_ok),
     (
         "loss.cu",
@@ -271,8 +273,8 @@ MUTATIONS = [
     ),
     (
         "batchnorm.cu",
-        "partial_sq[threadIdx.x] += partial_sq[threadIdx.x + half];",
-        "partial_sq[threadIdx.x] += partial_sq[threadIdx.x + half / 2];",
+        "d_sq = block_sum(partial, d_sq);",
+        "d_sq = block_sum(partial, d_sum);",
         batchnorm_ok,
     ),
     (
@@ -289,8 +291,8 @@ MUTATIONS = [
     ),
     (
         "batchnorm.cu",
-        "dweight[c] = partial_xhat[0] / real_sqrt(var[c] + eps);",
-        "dweight[c] = partial_xhat[0];",
+        "dweight[c] = sum_dy_d / real_sqrt(var[c] + eps);",
+        "dweight[c] = sum_dy_d;",
         batchnorm_ok,
     ),
     (
