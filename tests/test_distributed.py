@@ -40,7 +40,8 @@ def launch(scenario: str, out: Path, ranks: int = 2, timeout: float = 60, env=No
     start = time.perf_counter()
     done = subprocess.run(
         ["timeout", "-k", "5", str(timeout), *command],
-        capture_output=True,
+        stdin=subprocess.DEVNULL,  # never pytest's stdin: an xdist worker's is its channel, and
+        capture_output=True,  # mpiexec would forward it to rank 0 and fail when it is not read
         text=True,
         env=env,
         cwd=Path(__file__).parents[1],
