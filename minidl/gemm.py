@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, dtypes
 
 # Output tiles cuBLAS's float32 kernels compute per thread block (about 128 x 128), and how many
 # such tiles keep every multiprocessor busy: used to choose how far to split a long inner dimension.
@@ -68,7 +68,7 @@ def matmul_nt_split_k(a, b):
         # Enough tiles already, or 16-bit storage (cuBLAS's float16 GEMM through CuPy's matmul
         # accumulates in float32; the strided-batched routines below are float32/float64 only):
         # a plain (batched) GEMM.
-        return xp.matmul(a, b.transpose(0, 2, 1))
+        return dtypes.matmul(a, b.transpose(0, 2, 1))
     partial = xp.empty((len(bounds), g, p, q), dtype=a.dtype)
     if backend.emulating():
         for s, (lo, hi) in enumerate(bounds):

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda, gemm
+from minidl import backend, cuda, dtypes, gemm
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
 from minidl.ops.reduce import channel_sum_cuda
@@ -168,7 +168,7 @@ class Conv2dFunction(Function):
         k = cg * kh * kw
         cols_g = cols.reshape(groups, k, n * oh * ow)
         w_g = w.reshape(groups, o // groups, k)
-        y = xp.matmul(w_g, cols_g).reshape(o, n * oh * ow)  # (G, Og, N*L) is (O, N*L)
+        y = dtypes.matmul(w_g, cols_g).reshape(o, n * oh * ow)  # (G, Og, N*L) is (O, N*L)
         if b is not None:
             if on_gpu:
                 bias_add_cuda(y, b)
@@ -198,12 +198,12 @@ class Conv2dFunction(Function):
                 cols_g = im2col_cuda(x_or_cols, *geometry).reshape(groups, k, n * oh * ow)
                 dw = gemm.matmul_nt_split_k(dy_g, cols_g).reshape(w.shape)
             else:
-                dw = np.matmul(dy_g, x_or_cols.transpose(0, 2, 1)).reshape(w.shape)
+                dw = dtypes.matmul(dy_g, x_or_cols.transpose(0, 2, 1)).reshape(w.shape)
         if has_bias and ctx.needs_input_grad[2]:
-            db = channel_sum_cuda(dy_t[None]) if on_gpu else dy_t.sum(axis=1)
+            db = channel_sum_cuda(dy_t[None]) if on_gpu else dtypes.sum(dy_t, axis=1)
         if ctx.needs_input_grad[0]:
             w_g = w.reshape(groups, o // groups, k)
-            dcols = xp.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, N*L)
+            dcols = dtypes.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, N*L)
             dcols = dcols.reshape(groups * k, n * oh * ow)
             if on_gpu:
                 dx = col2im_cuda(dcols, x_shape, *geometry)
