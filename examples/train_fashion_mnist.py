@@ -9,7 +9,7 @@
     python examples/train_fashion_mnist.py --model alexnet --size 224 --device cuda --precision fp16
                                       # the same in float16, float32 master weights and loss
                                       # scaling (its scale and skipped steps in the log); tf32
-                                      # too; bf16 is refused (docs/precision.md)
+                                      # and bf16 too (docs/precision.md)
     OMP_NUM_THREADS=1 mpiexec -n 2 python examples/train_fashion_mnist.py
                                       # data parallel on two processes, the global batch
                                       # split between them (docs/distributed.md)
@@ -83,8 +83,7 @@ def parse_args(argv=None):
         "--precision",
         choices=precision.MODES,
         default="fp32",
-        help="fp32, tf32 or fp16 with loss scaling (GPU only; docs/precision.md); bf16 is refused "
-        "(no bfloat16 Tensor yet)",
+        help="fp32, tf32, fp16 with loss scaling, or bf16 (GPU only; docs/precision.md)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
@@ -125,8 +124,8 @@ def main(argv=None) -> float:
     if args.device == "cpu" and mode.name != "fp32":
         raise SystemExit(
             f"--precision {mode.name} trains on the GPU only (--device cuda): NumPy has no TF32 "
-            "and no float16 BLAS, and minidl keeps 16-bit sums in float32 only in its CUDA "
-            "kernels (MINIDL_CUDA_EMULATE=1 --device cuda runs them on the CPU, for checking)"
+            "and no 16-bit BLAS, so 16-bit training would only be slow there "
+            "(MINIDL_CUDA_EMULATE=1 --device cuda runs the GPU path on the CPU, for checking)"
         )
     resumed = train.checkpoint_summary(args.resume) if args.resume is not None else None
     opt_name = args.optimizer or resumed_optimizer(resumed) or ("sgd" if alexnet else "adam")
@@ -173,7 +172,7 @@ def main(argv=None) -> float:
     model.summary((1, size, size), show=distributed.is_main())
     try:  # before the optimizer, which then keeps float32 master copies of 16-bit weights
         mode.cast_model(model)
-    except NotImplementedError as err:  # bf16: no bfloat16 Tensor yet
+    except ImportError as err:  # bf16 without ml_dtypes installed
         raise SystemExit(f"--precision {mode.name}: {err}") from None
     if opt_name == "sgd":
         momentum = args.momentum if args.momentum is not None else (0.0 if alexnet else 0.9)

@@ -59,7 +59,7 @@ def parse_args(argv=None):
         "--precision",
         choices=precision.MODES,
         default="fp32",
-        help="fp32, tf32 or fp16 with loss scaling (GPU only; docs/precision.md)",
+        help="fp32, tf32, fp16 with loss scaling, or bf16 (GPU only; docs/precision.md)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=4)
@@ -126,7 +126,7 @@ def main(argv=None) -> float:
     ).to(args.device)
     try:  # before the optimizer, which then keeps float32 master copies of 16-bit weights
         mode.cast_model(model)
-    except NotImplementedError as err:  # bf16: no bfloat16 Tensor yet
+    except ImportError as err:  # bf16 without ml_dtypes installed
         raise SystemExit(f"--precision {mode.name}: {err}") from None
     optimizer = optim.SGD(
         model.parameters(),

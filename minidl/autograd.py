@@ -19,6 +19,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from minidl import dtypes
+
 _grad_enabled = True
 # While profile() runs: op name -> [forward seconds, backward seconds, calls], and what to call
 # before each clock read (waiting for the GPU).
@@ -90,6 +92,10 @@ class Function:
     dtype_kinds: str | None = None
     # The op's public name in error messages, where it is not the class name's stem.
     public_name: str | None = None
+    # A float op on 16-bit inputs returns their dtype: NumPy widens bfloat16 to float32 beside a
+    # Python float, so a wider result is rounded back once (minidl/dtypes.py). Only an op whose
+    # purpose is to change the dtype (Cast) sets this False.
+    keeps_16bit: bool = True
 
     @staticmethod
     def forward(ctx: Context, *args, **params):
@@ -105,7 +111,7 @@ class Function:
 
         tensors = [a for a in args if isinstance(a, Tensor)]
         device = _common_device(cls.__name__, tensors)
-        _check_float_dtypes(cls.__name__, tensors)
+        floating = _check_float_dtypes(cls.__name__, tensors)
         if cls.dtype_kinds is not None:
             _check_dtype_kinds(cls, tensors)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
@@ -120,6 +126,9 @@ class Function:
             entry[0] += _clock() - start
             entry[2] += 1
         out = _output_array(cls, out)
+        if floating is not None and out.dtype != floating and dtypes.is_16bit(floating):
+            if cls.keeps_16bit and dtypes.kind(out.dtype) == "f":
+                out = out.astype(floating)
         requires_grad = _grad_enabled and any(needs)
         result = Tensor._wrap(out, device, requires_grad)
         if requires_grad:
@@ -146,7 +155,7 @@ def op_name(fn: type) -> str:
 
 def _check_dtype_kinds(fn: type, tensors) -> None:
     for t in tensors:
-        if t.dtype.kind not in fn.dtype_kinds:
+        if dtypes.kind(t.dtype) not in fn.dtype_kinds:
             name = op_name(fn)
             raise TypeError(
                 f"{name}: got dtype {t.dtype}; {name} takes floating-point tensors (float32, "
@@ -173,10 +182,13 @@ def _output_array(fn: type, out):
     )
 
 
-def _check_float_dtypes(op: str, tensors) -> None:
-    dtypes = {t.dtype for t in tensors if t.dtype.kind == "f"}
-    if len(dtypes) > 1:
-        names = sorted(str(d) for d in dtypes)
+def _check_float_dtypes(op: str, tensors):
+    """The one floating-point dtype among the tensors (None if there is none); two refused."""
+    floating = {t.dtype for t in tensors if dtypes.kind(t.dtype) == "f"}
+    if len(floating) == 1:
+        return floating.pop()
+    if len(floating) > 1:
+        names = sorted(str(d) for d in floating)
         raise TypeError(
             f"{op}: all floating-point tensors must share one dtype, got {names} (PyTorch would "
             "widen to the larger; minidl asks: convert one with .float() or .double())"
@@ -235,6 +247,8 @@ def backward(root, grad) -> None:
                 continue
             if isinstance(dx, Tensor):  # a backward written with Tensors, as in PyTorch
                 dx = dx.data
+            if dx.dtype != parent.dtype and dtypes.is_16bit(parent.dtype):
+                dx = dx.astype(parent.dtype)  # NumPy widened it (see Function.keeps_16bit)
             if dx.shape != parent.shape:
                 raise RuntimeError(
                     f"{node.fn.__name__}.backward returned a gradient of shape {dx.shape} "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidl import distributed
+from minidl import distributed, dtypes
 from minidl import optim as mdl_optim
 from minidl import random as mdl_random
 
@@ -53,7 +53,13 @@ def save_checkpoint(
                 f"save_checkpoint: the model's {name} holds NaN or inf; {path} was not written "
                 "(the last checkpoint there, if any, is kept)"
             )
-    arrays = {f"model/{k}": v for k, v in model_state.items()}
+    # .npz has no bfloat16 (it would read back as raw 2-byte records): a bfloat16 array is kept
+    # as float32, which holds it exactly, and load_state_dict rounds it back to the parameter's
+    # dtype, exactly again.
+    arrays = {
+        f"model/{k}": v.astype(np.float32) if dtypes.is_bfloat16(v.dtype) else v
+        for k, v in model_state.items()
+    }
     if optimizer is not None:
         arrays.update({f"optimizer/{k}": v for k, v in optimizer.state_dict().items()})
     if scheduler is not None:

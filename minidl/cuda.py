@@ -26,21 +26,27 @@ from pathlib import Path
 
 import numpy as np
 
-from minidl import backend
+from minidl import backend, dtypes
 
 THREADS = 256  # threads per block for element-wise kernels (grid-stride loops)
 REDUCE_THREADS = 256  # threads per block for block reductions; must match kernels/common.cuh
 MAX_BLOCKS = 65535
 
-# bfloat16 storage: NumPy and CuPy have no bfloat16 dtype, so a bfloat16 array is a uint16 array
-# holding the bits (the top half of a float32; minidl.precision converts). No kernel takes uint16
-# integers, so the loader reads a uint16 array as __nv_bfloat16.
-BFLOAT16 = np.dtype(np.uint16)
+# bfloat16 storage is ml_dtypes.bfloat16 (minidl/dtypes.py), a NumPy dtype that CuPy takes too;
+# None when ml_dtypes is not installed, and then no bfloat16 kernel can be asked for.
+BFLOAT16 = dtypes.bfloat16
 CTYPES = {
     np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
     np.dtype(np.float16): "__half",
-    BFLOAT16: "__nv_bfloat16",
+}
+if BFLOAT16 is not None:
+    CTYPES[BFLOAT16] = "__nv_bfloat16"
+CTYPE_NAMES = {
+    "float": "float32",
+    "double": "float64",
+    "__half": "float16",
+    "__nv_bfloat16": "bfloat16",
 }
 DEFAULT_TYPES = ("float", "double")  # a .cu file without a "// minidl-types:" line
 ARCHITECTURES = ("compute_75", "compute_80", "compute_90")
@@ -241,10 +247,9 @@ def launch(file: str | Path, kernel: str, dtype, grid, block, args) -> None:
         types = _module_types[id(module)] = kernel_types(_source(file)[0].read_text())
     ctype = CTYPES.get(np.dtype(dtype))
     if ctype not in types:  # e.g. an integer tensor, or float16 in a float/double-only file
-        names = {c: "bfloat16" if d == BFLOAT16 else str(d) for d, c in CTYPES.items()}
         raise TypeError(
             f"{kernel} ({file}): no kernel instance for dtype {np.dtype(dtype)}; it is compiled "
-            f"for {', '.join(names[t] for t in types)}"
+            f"for {', '.join(CTYPE_NAMES[t] for t in types)}"
         )
     name = f"{kernel}<{ctype}>"
     if backend.emulating():

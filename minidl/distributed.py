@@ -28,7 +28,7 @@ import traceback
 
 import numpy as np
 
-from minidl import backend
+from minidl import backend, dtypes
 
 DEFAULT_BUCKET_BYTES = 25 * 1024 * 1024  # PyTorch DDP's bucket_cap_mb=25
 
@@ -168,7 +168,10 @@ def broadcast_parameters(model) -> None:
     _check_same_everywhere(world, layout, "broadcast_parameters: the model's state_dict")
     for name in state:
         array = np.ascontiguousarray(backend.to_numpy(state[name]))
-        world.comm.Bcast(array, root=0)
+        # MPI has no 16-bit float type: their bits travel (exactly) as uint16
+        world.comm.Bcast(
+            array.reshape(-1).view(np.uint16) if dtypes.is_16bit(array.dtype) else array, root=0
+        )
         state[name] = array
     if world.rank != 0:
         model.load_state_dict(state)
@@ -191,12 +194,14 @@ def _check_same_everywhere(world: _World, layout, what: str) -> None:
 
 # ---- gradient buckets ----------------------------------------------------------------------------
 class _Bucket:
-    """Consecutive parameters of one dtype whose gradients travel as one flat buffer."""
+    """Consecutive parameters of one dtype whose gradients travel as one flat buffer: float32
+    for 16-bit parameters, so the sum over ranks is taken in float32 (and MPI, which has no
+    16-bit float type, can take it); twice the traffic of 16-bit, the same as a float32 run."""
 
     def __init__(self, params: list, xp):
         self.params = params
         self.offsets = np.cumsum([0] + [p.numel() for p in params]).tolist()
-        self.buffer = xp.empty(self.offsets[-1], dtype=params[0].dtype)
+        self.buffer = xp.empty(self.offsets[-1], dtype=dtypes.compute_dtype(params[0].dtype))
 
     def pack(self, scale: float) -> None:
         for i, p in enumerate(self.params):
@@ -216,6 +221,8 @@ class _Bucket:
         for i, p in enumerate(self.params):
             # the grad becomes a view of the bucket: no copy; the next backward starts a new one
             view = self.buffer[self.offsets[i] : self.offsets[i + 1]].reshape(p.shape)
+            if view.dtype != p.dtype:  # a 16-bit parameter: its gradient rounded back, once
+                view = view.astype(p.dtype)
             p.grad = Tensor._wrap(view, p.device, False)
 
 
@@ -293,6 +300,7 @@ def allreduce_(buffer) -> None:
 
     kinds = {"float16": nccl.NCCL_FLOAT16, "float32": nccl.NCCL_FLOAT32}
     kinds["float64"] = nccl.NCCL_FLOAT64
+    kinds["bfloat16"] = getattr(nccl, "NCCL_BFLOAT16", 9)  # ncclBfloat16 = 9 (nccl.h)
     if str(buffer.dtype) not in kinds:
         raise TypeError(f"allreduce_: NCCL sums {list(kinds)} arrays, got {buffer.dtype}")
     if not buffer.flags.c_contiguous:

@@ -11,12 +11,10 @@ It is slow, and that is fine: it exists to catch wrong index arithmetic and to t
 timing are what the GPU tier is for. Set ``CXX`` to pick the compiler; add ``-g -O0`` through
 ``MINIDL_EMU_CFLAGS`` to step through a kernel in gdb.
 
-16-bit storage: ``__half`` arrays are NumPy float16 arrays. NumPy has no bfloat16, and neither has
-CuPy, so a ``__nv_bfloat16`` array is, here as on the GPU, a uint16 array holding the bits (the top
-16 bits of a float32): ``minidl.precision.to_bfloat16`` / ``from_bfloat16`` convert, rounding as
-CUDA does. One representation on both devices, and no extra dependency (ml_dtypes would give
-NumPy a bfloat16 dtype, but CuPy could not hold it). The shim's ``__half``/``__nv_bfloat16`` round
-float to nearest even exactly as ``__float2half_rn``/``__float2bfloat16_rn``.
+16-bit storage: ``__half`` arrays are NumPy float16 arrays and ``__nv_bfloat16`` arrays are
+``ml_dtypes.bfloat16`` arrays (``minidl/dtypes.py``), the same dtypes a CuPy array has on the GPU;
+a kernel sees their 16 bits. The shim's ``__half``/``__nv_bfloat16`` round float to nearest even
+exactly as ``__float2half_rn``/``__float2bfloat16_rn``.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidl import cuda
+from minidl import cuda, dtypes
 
 SHIM = Path(__file__).resolve().parent / "emu_shim.h"
 
@@ -42,7 +40,7 @@ _SCALARS = {
     np.dtype(np.uint64): ctypes.c_uint64,
     np.dtype(np.float32): ctypes.c_float,
     np.dtype(np.float64): ctypes.c_double,
-    np.dtype(np.uint16): ctypes.c_uint16,  # unsigned short, or bfloat16 bits
+    np.dtype(np.uint16): ctypes.c_uint16,
 }
 
 
@@ -83,14 +81,14 @@ def _marshal(position: int, value):
         if not value.flags.c_contiguous:
             raise ValueError(f"emulator: argument {position} must be a C-contiguous array")
         return ctypes.c_void_p(value.ctypes.data)
-    if isinstance(value, np.generic) and value.dtype == np.float16:  # __half: pass its bits
+    if isinstance(value, np.generic) and dtypes.is_16bit(value.dtype):  # pass the 16 bits
         return ctypes.c_uint16(int(value.view(np.uint16)))
     if isinstance(value, np.generic) and value.dtype in _SCALARS:
         return _SCALARS[value.dtype](value.item())
     raise TypeError(
         f"emulator: argument {position} is {type(value).__name__}; pass arrays and NumPy scalars "
-        "(np.int32, np.int64, np.uint32, np.float16, np.float32, np.float64; np.uint16 for "
-        "bfloat16 bits) so the C type is explicit"
+        "(np.int32, np.int64, np.uint32, np.float16, np.float32, np.float64, bfloat16) so the "
+        "C type is explicit"
     )
 
 

@@ -6,7 +6,7 @@ master weights and dynamic loss scaling. ``docs/precision.md`` sets this beside 
     fp32  float32                             float32, TF32 off (the reference)  no
     tf32  float32                             TF32 tensor cores, float32 sums    no
     fp16  float16                             float16 inputs, float32 sums       dynamic
-    bf16  bfloat16 (uint16 bits, see below)   bfloat16 inputs, float32 sums      no (float32's
+    bf16  bfloat16 (ml_dtypes, see below)     bfloat16 inputs, float32 sums      no (float32's
                                                                                  exponent range)
 
 What stays in float32 in the 16-bit modes, and why:
@@ -18,11 +18,10 @@ What stays in float32 in the 16-bit modes, and why:
 - buffers (BatchNorm's running statistics): ``cast_model`` leaves them in float32;
 - the loss scale and the unscaling of gradients, fused into the optimizer's float32 step.
 
-bfloat16 storage: NumPy and CuPy have no bfloat16 dtype, so a bfloat16 array is a uint16 array of
-the bits (the top half of a float32); ``to_bfloat16``/``from_bfloat16`` convert, rounding to
-nearest even as CUDA's ``__float2bfloat16_rn``. Our kernels take such arrays as ``__nv_bfloat16``
-(``minidl.cuda.BFLOAT16``). A minidl Tensor cannot hold them yet (its arithmetic would be integer
-arithmetic on the bits), so bf16 is a kernel- and optimizer-level mode today; see docs/precision.md.
+bfloat16 storage is ``ml_dtypes.bfloat16`` (``minidl/dtypes.py``): a NumPy dtype that CuPy takes
+too, so a bfloat16 Tensor lives on the CPU, the emulator and the GPU alike, and our kernels take
+its arrays as ``__nv_bfloat16``. NumPy rounds to nearest even as CUDA's ``__float2bfloat16_rn``
+does (only a NaN's bits differ: CUDA makes every NaN 0x7fff).
 
 Dynamic loss scaling (``GradScaler``, PyTorch's semantics and defaults): multiply the loss by S
 (2^16 to start) so small float16 gradients do not flush to zero; if any gradient is then inf or
@@ -37,63 +36,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, dtypes
 
 MODES = ("fp32", "tf32", "fp16", "bf16")
-BFLOAT16 = cuda.BFLOAT16  # uint16 arrays of bfloat16 bits
+BFLOAT16 = dtypes.bfloat16  # ml_dtypes.bfloat16 (None without ml_dtypes): minidl/dtypes.py
 
 
 # ---- 16-bit storage ------------------------------------------------------------------------------
-def is_16bit(dtype) -> bool:
-    return np.dtype(dtype) in (np.dtype(np.float16), BFLOAT16)
+is_16bit = dtypes.is_16bit
 
 
 def _xp(array):
     return np if isinstance(array, (np.ndarray, np.generic)) else backend.xp("cuda")
 
 
-def to_bfloat16(x):
-    """float array -> uint16 bfloat16 bits, rounded to nearest, ties to even (x goes through
-    float32 first). Overflow gives inf; every NaN becomes 0x7fff, as on the GPU."""
-    xp = _xp(x)
-    bits = xp.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    # Add 0x7fff plus the lowest kept bit, then drop the low 16 bits: below half rounds down,
-    # above half up, exactly half to the even neighbour; a carry into the exponent is right.
-    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(
-        16
-    )
-    out = rounded.astype(np.uint16)
-    out[(bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)] = 0x7FFF
-    return out
-
-
-def from_bfloat16(bits):
-    """uint16 bfloat16 bits -> float32 (exact)."""
-    xp = _xp(bits)
-    return (xp.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
 def to_storage(x, dtype):
-    """x rounded to ``dtype`` (float16, float32, float64, or BFLOAT16 bits); x itself when it
-    already is."""
-    if np.dtype(dtype) == BFLOAT16:
-        return to_bfloat16(x)
+    """x rounded to ``dtype`` (float16, bfloat16, float32 or float64: to nearest, ties to even, as
+    CUDA's ``__float2half_rn``/``__float2bfloat16_rn``); x itself when it already is."""
     return x.astype(dtype, copy=False)
 
 
 def to_float32(x):
-    """A 16-bit (or any floating) array as float32; BFLOAT16 bits are decoded."""
-    if x.dtype == BFLOAT16:
-        return from_bfloat16(x)
+    """A 16-bit (or any floating) array as float32 (exact from 16 bits)."""
     return x.astype(np.float32)
 
 
 def all_finite(x) -> bool:
-    """No inf and no NaN in x (float16/32/64 values, or BFLOAT16 bits: exponent all ones)."""
-    xp = _xp(x)
-    if x.dtype == BFLOAT16:
-        return not bool(xp.any((x & np.uint16(0x7F80)) == np.uint16(0x7F80)))
-    return bool(xp.isfinite(x).all())
+    """No inf and no NaN in x."""
+    return bool(_xp(x).isfinite(x).all())
 
 
 # ---- modes ---------------------------------------------------------------------------------------
@@ -110,12 +80,9 @@ class Precision:
     @property
     def dtype(self) -> np.dtype:
         """Storage of weights and activations."""
-        return {
-            "fp32": np.dtype(np.float32),
-            "tf32": np.dtype(np.float32),
-            "fp16": np.dtype(np.float16),
-            "bf16": BFLOAT16,
-        }[self.name]
+        if self.name == "bf16":
+            return dtypes.require_bfloat16("precision bf16")
+        return np.dtype(np.float16 if self.name == "fp16" else np.float32)
 
     @property
     def tf32(self) -> bool:
@@ -130,11 +97,6 @@ class Precision:
     def cast_model(self, model):
         """The model's parameters in this mode's storage dtype, in place (optimizers made later
         keep float32 master copies); buffers such as running statistics stay float32."""
-        if self.dtype == BFLOAT16:
-            raise NotImplementedError(
-                "precision bf16: a minidl Tensor cannot hold bfloat16 yet (NumPy and CuPy have no "
-                "bfloat16 dtype); bf16 runs at the kernel level only, see docs/precision.md"
-            )
         for p in model.parameters():
             p.data = p.data.astype(self.dtype)
             p.grad = None

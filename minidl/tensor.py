@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from minidl import backend
+from minidl import backend, dtypes
 from minidl.autograd import backward
 from minidl.ops.promotion import DEFAULT_DTYPE, promote, sub_operands, true_divide_operands
 from minidl.ops.tensor_ops import (
@@ -62,7 +62,7 @@ class Tensor:
             data = data.data
         from_array = hasattr(data, "dtype")
         array = backend.move(data, device)
-        if array.dtype.kind not in "biuf":
+        if dtypes.kind(array.dtype) not in "biuf":
             raise TypeError(
                 f"tensor: data must be booleans, integers or floats, got dtype {array.dtype}"
                 + (" (a list of Tensors? stack their .numpy())" if array.dtype == object else "")
@@ -73,7 +73,7 @@ class Tensor:
             # Python floats become float32 (as in PyTorch); an array keeps its float dtype
             # (float16 and float64 included), as torch.tensor(array) does.
             array = array.astype(DEFAULT_DTYPE, copy=False)
-        if requires_grad and array.dtype.kind != "f":
+        if requires_grad and dtypes.kind(array.dtype) != "f":
             raise TypeError(f"requires_grad needs a floating-point dtype, got {array.dtype}")
         self.data = array
         self.device = device
@@ -251,7 +251,7 @@ class Tensor:
         return Neg.apply(self)
 
     def __pow__(self, other):
-        if self.dtype.kind != "f" and isinstance(other, numbers.Integral) and other < 0:
+        if dtypes.kind(self.dtype) != "f" and isinstance(other, numbers.Integral) and other < 0:
             # checked before promotion wraps -3 into an unsigned dtype (NumPy's own message)
             raise ValueError("pow: Integers to negative integer powers are not allowed.")
         a, b = promote(self, other)
@@ -303,7 +303,7 @@ class Tensor:
 
     def _floating(self) -> Tensor:
         # exp and log of an integer (or bool) tensor are float32, as in PyTorch (NumPy: float64)
-        return self if self.dtype.kind == "f" else self.astype(DEFAULT_DTYPE)
+        return self if dtypes.kind(self.dtype) == "f" else self.astype(DEFAULT_DTYPE)
 
     def exp(self):
         return Exp.apply(self._floating())
@@ -319,7 +319,7 @@ class Tensor:
 
     def mean(self, axis=None, keepdims: bool = False, *, dim=None, keepdim=None):
         """sum / count; over an empty dim that is 0 / 0 = NaN, as in PyTorch."""
-        if self.dtype.kind != "f":
+        if dtypes.kind(self.dtype) != "f":
             raise TypeError(
                 f"mean: needs a floating-point tensor, got {self.dtype} (as in PyTorch; "
                 "use .float() or .double() first)"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import minidl as mdl
-from minidl import data, distributed, nn, optim, train
+from minidl import data, distributed, nn, optim, precision, train
 
 DEVICE = os.environ.get("DISTRIBUTED_WORKER_DEVICE", "cpu")  # "cuda": one GPU per rank, NCCL
 STEPS_EPOCHS = 2  # 29 samples in batches of 8: 4 steps an epoch, the last on 5 samples (3 + 2)
@@ -37,20 +37,27 @@ def small_data(n: int = 29) -> data.ArrayDataset:
     return data.ArrayDataset(images, rng.integers(0, 4, n), lambda x, rng: x.astype(np.float64))
 
 
-def train_steps() -> dict:
-    """STEPS_EPOCHS epochs of train_epoch (global batch 8, shuffled), from rank 0's weights."""
+def train_steps(mode: str | None = None) -> dict:
+    """STEPS_EPOCHS epochs of train_epoch (global batch 8, shuffled), from rank 0's weights;
+    ``mode`` "bf16": the net cast to bfloat16 (float32 master weights) before the optimizer."""
     model = small_net().to(DEVICE)
+    cast = precision.Precision(mode) if mode is not None else None
+    if cast is not None:
+        cast.cast_model(model.float())
     if distributed.rank() != 0:  # start from other weights: broadcast_parameters must fix them
         for p in model.parameters():
-            p.data = p.data + 1.0
+            p.data = (p.data + 1.0).astype(p.dtype)  # (NumPy widens bfloat16 + 1.0)
     distributed.broadcast_parameters(model)
     optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     loader = data.DataLoader(small_data(), 8, shuffle=True, seed=3, workers=0)
     metrics = [
-        train.train_epoch(model, loader, optimizer, DEVICE, progress=False)
+        train.train_epoch(model, loader, optimizer, DEVICE, progress=False, precision=cast)
         for _ in range(STEPS_EPOCHS)
     ]
-    result = {f"param/{k}": v for k, v in model.state_dict().items()}
+    # float32 holds bfloat16 exactly, and .npz has no bfloat16
+    result = {f"param/{k}": v.astype(np.float64) for k, v in model.state_dict().items()}
+    if mode is not None:
+        result["dtype"] = np.array([str(p.dtype) for p in model.parameters()])
     result["loss"] = np.array([m["loss"] for m in metrics])
     result["accuracy"] = np.array([m["accuracy"] for m in metrics])
     return result
@@ -162,6 +169,8 @@ def main(scenario: str, out: Path) -> None:
     distributed.init(DEVICE)
     if scenario == "steps":
         result = train_steps()
+    elif scenario == "steps_bf16":
+        result = train_steps("bf16")
     elif scenario == "shards":
         epochs = shards()
         result = {

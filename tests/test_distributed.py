@@ -159,6 +159,21 @@ def test_steps_on_two_ranks_equal_steps_in_one_process(tmp_path):
         np.testing.assert_array_equal(ranks[f"rank1/{name}"], ranks[f"rank0/{name}"])
 
 
+def test_bfloat16_steps_on_two_ranks_follow_one_process(tmp_path):
+    """The same 8 steps with a bfloat16 net: rank 0's bfloat16 weights are broadcast bit for bit
+    (MPI has no 16-bit type), the gradients are summed in float32 buckets, both ranks end with
+    the same bfloat16 weights, close to one process's (each rank rounds its own half-batch
+    gradient to bfloat16, one process the whole batch's, so not bit-equal)."""
+    ranks = run_ok("steps_bf16", tmp_path)
+    single = worker.train_steps("bf16")
+    assert set(ranks["rank0/dtype"]) == {"bfloat16"}
+    for name, value in single.items():
+        if name.startswith("param/"):
+            np.testing.assert_array_equal(ranks[f"rank1/{name}"], ranks[f"rank0/{name}"])
+            np.testing.assert_allclose(ranks[f"rank0/{name}"], value, rtol=0.03, atol=0.01)
+    np.testing.assert_allclose(ranks["rank0/loss"], single["loss"], rtol=0.03)
+
+
 def test_every_rank_reads_its_shard_of_the_single_process_batches(tmp_path):
     ranks = run_ok("shards", tmp_path)
     single = worker.shards()

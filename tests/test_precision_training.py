@@ -54,6 +54,22 @@ def test_fp16_training_follows_fp32():
     assert half[-1]["train_loss"] < half[0]["train_loss"]
 
 
+def test_bf16_training_follows_fp32():
+    """The same run in bfloat16 (on the NumPy path: ml_dtypes arrays, float32 sums and GEMMs)
+    follows float32 epoch by epoch, with no loss scaling and no scale in the log."""
+    reference = fit(tiny_setup("fp32"), 3)
+    setup = tiny_setup("bf16")
+    half = fit(setup, 3, precision="bf16")
+    assert all(p.dtype == precision.BFLOAT16 for p in setup[0].parameters())
+    assert all(state["master"].dtype == np.float32 for state in setup[1].state)
+    assert "loss_scale" not in half[-1] and "scaler_skipped_steps" not in half[-1]
+    for key in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(
+            [row[key] for row in half], [row[key] for row in reference], rtol=0.05
+        )
+    assert half[-1]["train_loss"] < half[0]["train_loss"]
+
+
 def test_master_weights_stay_float32_through_fit_and_resume(tmp_path):
     setup = tiny_setup("fp16")
     fit(setup, 1, precision="fp16", out_dir=tmp_path)
@@ -205,15 +221,37 @@ def test_example_trains_in_fp16_under_the_emulator(tmp_path, capsys, monkeypatch
         assert float(f["scaler/scale"]) == scale
 
 
-def test_example_refuses_16bit_on_the_cpu_and_bf16_everywhere(tmp_path, monkeypatch):
+def test_example_trains_and_resumes_in_bf16_under_the_emulator(tmp_path, capsys, monkeypatch):
+    """--precision bf16 end to end on the emulated GPU: bfloat16 weights, no loss scale in the
+    log; the checkpoint (bfloat16 kept exactly as float32, .npz has no bfloat16) resumes into a
+    bfloat16 model with its float32 master weights unrounded."""
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    small_copy(tmp_path / "data", n_train=16, n_test=8)
+    run = ["--data", tmp_path / "data", "--batch-size", 8, "--out", tmp_path / "run"]
+    fashion(*run, "--epochs", 1, "--device", "cuda", "--precision", "bf16")
+    out = capsys.readouterr().out
+    assert ", cuda, bf16, adam" in out and "loss scale" not in out
+    with np.load(tmp_path / "run" / "checkpoint.npz", allow_pickle=False) as f:
+        weights = {k: f[k] for k in f.files if k.startswith("model/")}
+        masters = {k: f[k] for k in f.files if k.endswith(".master")}  # optimizer/<i>.master
+        assert all(v.dtype == np.float32 for v in weights.values()) and len(masters) == len(weights)
+        # the stored weights are the masters rounded to bfloat16, exactly
+        for key, master in masters.items():
+            index = int(key.split("/")[1].split(".")[0])
+            stored = list(weights.values())[index]
+            assert np.array_equal(stored, master.astype(precision.BFLOAT16).astype(np.float32))
+    fashion(*run, "--epochs", 2, "--device", "cuda", "--precision", "bf16",
+            "--resume", tmp_path / "run" / "checkpoint.npz")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "epoch 2:" in out and "epoch 1:" not in out
+
+
+def test_example_refuses_16bit_on_the_cpu(tmp_path):
     small_copy(tmp_path / "data", n_train=8, n_test=8)
     run = ["--data", tmp_path / "data", "--epochs", 1, "--out", tmp_path / "run"]
     for mode in ("tf32", "fp16", "bf16"):
         with pytest.raises(SystemExit, match="GPU only"):
             fashion(*run, "--precision", mode)
-    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
-    with pytest.raises(SystemExit, match="cannot hold bfloat16"):
-        fashion(*run, "--device", "cuda", "--precision", "bf16")
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit, match="GPU only"):  # the image-folder example, the same rule
         load("train_imagefolder").main(["--train", str(tmp_path / "data"), "--precision", "fp16"])

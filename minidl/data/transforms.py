@@ -15,6 +15,8 @@ import functools
 
 import numpy as np
 
+from minidl import dtypes
+
 
 class Compose:
     def __init__(self, transforms):
@@ -77,7 +79,7 @@ def resize_batch(images, height: int, width: int):
     images = np.asarray(images)
     if images.ndim < 2:
         raise ValueError(f"resize_batch: expected (..., H, W) images, got shape {images.shape}")
-    if images.dtype.kind != "f":  # integer pixels: resize in float32 (no rounding back)
+    if dtypes.kind(images.dtype) != "f":  # integer pixels: resize in float32 (no rounding back)
         images = images.astype(np.float32)
     h, w = images.shape[-2:]
     rows = bilinear_matrix(h, height).astype(images.dtype)

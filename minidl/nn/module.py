@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from minidl import backend
+from minidl import backend, dtypes
 from minidl.autograd import no_grad
 from minidl.tensor import Tensor
 
@@ -184,7 +184,7 @@ class Module:
             p.data = p.data.astype(dtype)
             p.grad = None
         for b in self.buffers():
-            if b.dtype.kind == "f":  # floating-point state only (a step counter stays an int)
+            if dtypes.kind(b.dtype) == "f":  # floating state only (a step counter stays an int)
                 b.data = b.data.astype(dtype)
         return self
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 from minidl.ops.reduce import channel_sum_cuda
@@ -41,7 +41,7 @@ def bias_relu_forward_numpy(x, b):
 
 def bias_relu_backward_numpy(dy, y):
     dx = dy * (y > 0)
-    return dx, dx.sum(axis=(0, *range(2, dx.ndim)))
+    return dx, dtypes.sum(dx, axis=(0, *range(2, dx.ndim)))
 
 
 # ---- CUDA (kernels/activation.cu) ----------------------------------------------------------------

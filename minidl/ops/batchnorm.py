@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 from minidl.precision import to_storage
@@ -205,6 +205,7 @@ def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
 # ---- autograd ------------------------------------------------------------------------------------
 class BatchNormFunction(Function):
     dtype_kinds = "f"  # PyTorch refuses integer tensors here too
+
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
         # x: (N, C, ...) -> y: (N, C, ...); weight, bias, running_*: (C,)
@@ -218,6 +219,8 @@ class BatchNormFunction(Function):
         if bias is None:
             bias = xp.zeros((c,), dtype=x.dtype)
         on_gpu = ctx.device == "cuda"
+        if not on_gpu:  # 16-bit x: statistics and xhat in float32, as the kernels keep them
+            x = x.astype(dtypes.compute_dtype(x.dtype), copy=False)
         if training:
             stats = batch_norm_stats_cuda(x) if on_gpu else batch_norm_stats_numpy(x)
             if running_mean is not None:
@@ -240,7 +243,8 @@ class BatchNormFunction(Function):
         dy = xp.ascontiguousarray(dy).reshape(saved.shape)
         if ctx.device == "cuda":  # saved is x; the kernels recompute xhat from it
             dx, dweight, dbias = batch_norm_backward_cuda(dy, saved, *stats, weight, eps, training)
-        else:  # saved is xhat
+        else:  # saved is xhat (float32 for 16-bit x; apply and backward round the results)
+            dy = dy.astype(saved.dtype, copy=False)
             dx, dweight, dbias = batch_norm_backward_numpy(
                 dy, saved, stats[2], weight, eps, training
             )
@@ -257,7 +261,7 @@ def _check_channel_vector(name: str, value, x, channels: int) -> None:
             f"got {value.shape}"
         )
     expected = x.dtype
-    if name.startswith("running") and x.dtype in (np.float16, cuda.BFLOAT16):
+    if name.startswith("running") and dtypes.is_16bit(x.dtype):
         expected = cuda.accumulator(x.dtype)  # 16-bit x: float32 statistics (docs/precision.md)
     if value.dtype != expected:
         raise TypeError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from minidl import backend
+from minidl import backend, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 
@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
 class LinearFunction(Function):
     dtype_kinds = "f"  # PyTorch refuses integer tensors here too
+
     @staticmethod
     def forward(ctx, x, w, b):
         # x: (N, in) or (N, ..., in), w: (out, in), b: (out,) -> y: (N, out) or (N, ..., out)
-        y = x @ w.T
+        y = dtypes.matmul(x, w.T)
         if b is not None:
             y += b
         ctx.save(x, w, b is not None)
@@ -35,9 +36,9 @@ class LinearFunction(Function):
         xp = backend.xp(ctx.device)
         rows_x = x.reshape(-1, x.shape[-1])  # every leading dimension is a batch dimension
         rows_dy = dy.reshape(-1, dy.shape[-1])
-        dx = dy @ w if ctx.needs_input_grad[0] else None
-        dw = rows_dy.T @ rows_x if ctx.needs_input_grad[1] else None
-        db = rows_dy.sum(axis=0) if has_bias and ctx.needs_input_grad[2] else None
+        dx = dtypes.matmul(dy, w) if ctx.needs_input_grad[0] else None
+        dw = dtypes.matmul(rows_dy.T, rows_x) if ctx.needs_input_grad[1] else None
+        db = dtypes.sum(rows_dy, axis=0) if has_bias and ctx.needs_input_grad[2] else None
         if dw is not None:
             dw = xp.ascontiguousarray(dw)
         return dx, dw, db

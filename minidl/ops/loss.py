@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 
@@ -270,7 +270,7 @@ def cross_entropy(
         raise ValueError(
             "cross_entropy: logits must be (N, classes), (classes,) or (N, classes, ...)"
         )
-    if logits.dtype.kind != "f":
+    if dtypes.kind(logits.dtype) != "f":
         raise TypeError(f"cross_entropy: logits must be floating point, got dtype {logits.dtype}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(
@@ -288,7 +288,7 @@ def cross_entropy(
         )
     t = target.data if isinstance(target, Tensor) else target
     t = np.asarray(t) if isinstance(t, (list, tuple, int, float)) else t
-    soft = t.dtype.kind == "f"
+    soft = dtypes.kind(t.dtype) == "f"
     element_shape = logits.shape[:1] + logits.shape[2:] if logits.ndim > 1 else ()
     if soft:
         if t.shape != logits.shape:

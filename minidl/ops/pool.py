@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
 
@@ -49,7 +49,7 @@ def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool, d: int 
 def lowest(dtype):
     """What padding holds: -inf for floats, the smallest value for integers (never bigger than a
     real cell, and a tie with a real cell goes to the real cell; see the integer pass below)."""
-    return -np.inf if np.dtype(dtype).kind == "f" else np.iinfo(dtype).min
+    return -np.inf if dtypes.kind(dtype) == "f" else np.iinfo(dtype).min
 
 
 def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
@@ -81,7 +81,7 @@ def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     first = np.full((n, c, oh, ow), sentinel, dtype=np.int16)
     top = (np.arange(oh, dtype=np.int32) * sh - ph)[:, None]  # window corners in the input
     left = (np.arange(ow, dtype=np.int32) * sw - pw)[None, :]
-    integer = x.dtype.kind != "f"
+    integer = dtypes.kind(x.dtype) != "f"
     for k in range(kh * kw):
         i, j = divmod(k, kw)
         hit = window(i, j) == y
@@ -118,7 +118,7 @@ def max_pool2d_backward_numpy(dy, argmax, x_shape):
 def max_pool2d_forward_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     n, c, h, w = x.shape
     xp = backend.xp("cuda")
-    integer = x.dtype.kind != "f"
+    integer = dtypes.kind(x.dtype) != "f"
     if integer:
         # The kernels are instantiated for float and double. Every integer up to 32 bits (and
         # int64 within +-2**53) is a double exactly, and a maximum of exact values is exact, so
@@ -219,7 +219,7 @@ def max_pool2d(
         y, indices = (t.reshape(t.shape[1:]) for t in out)
         return (y, indices) if return_indices else y
     require_tensor("max_pool2d", "x", x, ndim=4, layout="(N, C, H, W) (or unbatched (C, H, W))")
-    if x.dtype.kind not in "fiu":
+    if dtypes.kind(x.dtype) not in "fiu":
         raise TypeError(f"max_pool2d: x must hold floats or integers, got dtype {x.dtype}")
     kernel_size = pair("max_pool2d", "kernel_size", kernel_size, minimum=1)
     stride = kernel_size if stride is None else pair("max_pool2d", "stride", stride, minimum=1)

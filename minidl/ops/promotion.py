@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import minidl.tensor as _tensor  # tensor.py imports this module; Tensor is looked up at call time
-from minidl import backend
+from minidl import backend, dtypes
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
@@ -48,28 +48,28 @@ def promote(self: Tensor, other) -> tuple[Tensor, Tensor]:
     if isinstance(other, _tensor.Tensor):
         if other.data.dtype == self.data.dtype:
             return self, other
-        mine, theirs = _CATEGORY[self.dtype.kind], _CATEGORY[other.dtype.kind]
+        mine, theirs = _CATEGORY[dtypes.kind(self.dtype)], _CATEGORY[dtypes.kind(other.dtype)]
         if mine == _FLOAT and theirs < _FLOAT:
             return self, other.astype(self.dtype)
         if theirs == _FLOAT and mine < _FLOAT:
             return self.astype(other.dtype), other
         return self, other
     xp = backend.xp(self.device)
-    if type(other) in (float, int) and self.dtype.kind == "f":  # the common case, fast
+    if type(other) in (float, int) and dtypes.kind(self.dtype) == "f":  # the common case, fast
         return self, _tensor.Tensor._wrap(xp.asarray(other, dtype=self.dtype), self.device, False)
     if isinstance(other, numbers.Number):
         category = _scalar_category(other)
         a = self
-        if category > _CATEGORY[self.dtype.kind]:
+        if category > _CATEGORY[dtypes.kind(self.dtype)]:
             a = self.astype(_DEFAULT_OF_CATEGORY[category])
         # astype after asarray: a negative int wraps into an unsigned dtype, as in PyTorch
         value = xp.asarray(other).astype(a.dtype, copy=False)
         return a, _tensor.Tensor._wrap(value, self.device, False)
     # a list or an array: like a Python number of its category (never truncated into ints)
     value = _tensor.Tensor(other, device=self.device)
-    category = _CATEGORY[value.dtype.kind]
+    category = _CATEGORY[dtypes.kind(value.dtype)]
     a = self
-    if category > _CATEGORY[self.dtype.kind]:
+    if category > _CATEGORY[dtypes.kind(self.dtype)]:
         a = self.astype(_DEFAULT_OF_CATEGORY[category])
     return a, value if value.dtype == a.dtype else value.astype(a.dtype)
 
@@ -90,7 +90,7 @@ def true_divide_operands(self: Tensor, other) -> tuple[Tensor, Tensor]:
     # "/" is true division: integers (and bools) divide in the default float dtype, from
     # their own values (a negative Python int must not wrap into a uint8 tensor's dtype first)
     a, b = promote(self, other)
-    if a.dtype.kind != "f":
+    if dtypes.kind(a.dtype) != "f":
         a = self.astype(DEFAULT_DTYPE)
         if isinstance(other, _tensor.Tensor):
             b = other.astype(DEFAULT_DTYPE)

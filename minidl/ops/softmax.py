@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from minidl import backend
+from minidl import backend, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 from minidl.ops.loss import logsumexp_rows
@@ -27,6 +27,7 @@ class LogSoftmaxFunction(Function):
     @staticmethod
     def forward(ctx, z, dim):
         xp = backend.xp(ctx.device)
+        z = z.astype(dtypes.compute_dtype(z.dtype), copy=False)  # 16-bit: in float32, as PyTorch
         z = xp.moveaxis(z, dim, -1)
         y = z - logsumexp_rows(xp, z)[..., None]
         y = xp.moveaxis(y, -1, dim)
@@ -37,7 +38,8 @@ class LogSoftmaxFunction(Function):
     def backward(ctx, dy):
         y, dim = ctx.saved
         xp = backend.xp(ctx.device)
-        # y = z - lse(z): dz = dy - softmax(z) * sum(dy)
+        # y = z - lse(z): dz = dy - softmax(z) * sum(dy); y is float32 for 16-bit z
+        dy = dy.astype(y.dtype, copy=False)
         return dy - xp.exp(y) * dy.sum(axis=dim, keepdims=True)
 
 
@@ -47,6 +49,7 @@ class SoftmaxFunction(Function):
     @staticmethod
     def forward(ctx, z, dim):
         xp = backend.xp(ctx.device)
+        z = z.astype(dtypes.compute_dtype(z.dtype), copy=False)  # 16-bit: in float32, as PyTorch
         e = xp.exp(z - z.max(axis=dim, keepdims=True))
         y = e / e.sum(axis=dim, keepdims=True)
         ctx.save(y, dim)
@@ -55,7 +58,8 @@ class SoftmaxFunction(Function):
     @staticmethod
     def backward(ctx, dy):
         y, dim = ctx.saved
-        # dz = y * (dy - sum(dy * y))
+        # dz = y * (dy - sum(dy * y)); y is float32 for 16-bit z
+        dy = dy.astype(y.dtype, copy=False)
         return y * (dy - (dy * y).sum(axis=dim, keepdims=True))
 
 

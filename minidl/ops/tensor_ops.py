@@ -17,17 +17,17 @@ import numbers
 
 import numpy as np
 
-from minidl import backend
+from minidl import backend, dtypes
 from minidl.autograd import Function
 
 
 def unbroadcast(grad, shape: tuple[int, ...]):
     """Sum a broadcast gradient back down to ``shape`` (the input's shape)."""
     while grad.ndim > len(shape):
-        grad = grad.sum(axis=0)
+        grad = dtypes.sum(grad, axis=0)
     for axis, size in enumerate(shape):
         if size == 1 and grad.shape[axis] != 1:
-            grad = grad.sum(axis=axis, keepdims=True)
+            grad = dtypes.sum(grad, axis=axis, keepdims=True)
     return grad
 
 
@@ -202,6 +202,8 @@ class Log(Function):
 
 # y = a in another dtype: the gradient goes back in a's dtype
 class Cast(Function):
+    keeps_16bit = False  # changing the dtype is what it is for
+
     @staticmethod
     def forward(ctx, a, dtype):
         ctx.save(a.dtype)
@@ -240,7 +242,7 @@ class Sum(Function):
     @staticmethod
     def forward(ctx, a, axis, keepdims):
         ctx.save(a.shape, axis, keepdims)
-        return a.sum(axis=axis, keepdims=keepdims)
+        return dtypes.sum(a, axis=axis, keepdims=keepdims)
 
     @staticmethod
     def backward(ctx, dy):
@@ -390,7 +392,7 @@ class MatMul(Function):
                 f" dimension {k_b})"
             )
         ctx.save(a, b)
-        return a @ b
+        return dtypes.matmul(a, b)
 
     @staticmethod
     def backward(ctx, dy):
@@ -406,8 +408,8 @@ class MatMul(Function):
             dy2 = xp.expand_dims(dy2, -1)
         if a.ndim == 1:
             dy2 = xp.expand_dims(dy2, -2)
-        da = dy2 @ xp.swapaxes(b2, -1, -2)
-        db = xp.swapaxes(a2, -1, -2) @ dy2
+        da = dtypes.matmul(dy2, xp.swapaxes(b2, -1, -2))
+        db = dtypes.matmul(xp.swapaxes(a2, -1, -2), dy2)
         da = unbroadcast(da, a2.shape).reshape(a.shape)
         db = unbroadcast(db, b2.shape).reshape(b.shape)
         return da, db
