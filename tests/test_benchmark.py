@@ -73,3 +73,57 @@ def test_a_fresh_process_reports_its_own_peak_memory():
     child.join()
     assert 0 < child_mb < bench.peak_rss_mb() - 300
     del parent_big
+
+
+def _small_alexnet_step(batch):
+    """The benchmark's kind of step (SGD with momentum and weight decay) on SmallAlexNet's
+    28x28 images: memory.measure_step's ``setup`` at a size a test can afford."""
+    import numpy as np
+
+    import minidl as mdl
+    import minidl.functional as F
+    from minidl import optim
+    from minidl.models.alexnet import SmallAlexNet
+
+    mdl.manual_seed(0)
+    model = SmallAlexNet().to("cuda")
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    x = mdl.tensor(rng.standard_normal((batch, 1, 28, 28)).astype(np.float32), device="cuda")
+    target = rng.integers(0, 10, batch)
+
+    def train_step():
+        loss = F.cross_entropy(model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return model, opt, x, train_step
+
+
+def test_memory_mode_at_a_small_size(monkeypatch, capsys):
+    import memory
+
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    out = memory.main(["--batch", "2", "4", "--ops", "3"], setup=_small_alexnet_step)
+    small, large = out["results"]
+    params = sum(p.data.size for p in _small_alexnet_step(1)[0].parameters())
+    for r in (small, large):
+        # parameters, gradients and momentum: float32, 4 bytes each, three times over
+        assert r["model_state_total"] == 3 * 4 * params
+        # tracemalloc sees those very arrays between the steps, beside small Python objects
+        known = r["model_state_total"] + r["input"]
+        assert known <= r["live_between_steps"] < known + 2**20
+        assert r["peak"] > r["live_between_steps"] + r["activations"]
+        labels = [op["op"] for op in r["ops"]]
+        assert labels[0] == "Conv2d 1 forward" and labels[-1] == "Conv2d 1 backward"
+        assert "?" not in labels
+        # each op has its own peak: one op reaches the step's, and no op is below its own ends
+        assert sum(op["peak"] == r["peak"] for op in r["ops"]) == 1
+        assert all(op["peak"] >= max(op["live_at_start"], op["live_at_end"]) for op in r["ops"])
+    # conv2's backward rebuilds its columns, (32*5*5, N*13*13) float32: the largest transient
+    assert large["largest_transient"]["op"] == "Conv2d 2 backward"
+    assert large["largest_transient"]["bytes"] >= 32 * 25 * 4 * 13 * 13 * 4
+    assert large["activations"] > 1.8 * small["activations"]  # linear in the batch
+    assert out["fit"]["per_image"] > 0
+    assert "peak of live arrays" in capsys.readouterr().out
