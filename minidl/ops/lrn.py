@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 
@@ -125,7 +125,8 @@ class LocalResponseNormFunction(Function):
             a = backend.xp("cuda").ascontiguousarray(a)
             b, s = local_response_norm_forward_cuda(a, size, alpha, beta, k)
             p = None  # the kernel recomputes s^-beta
-        else:
+        else:  # a 16-bit a in float32, as the kernel computes it (apply rounds b once)
+            a = a.astype(dtypes.compute_dtype(a.dtype), copy=False)
             b, s, p = local_response_norm_forward_numpy(a, size, alpha, beta, k)
         ctx.save(a, b, s, p, size, alpha, beta)
         return b
@@ -136,6 +137,7 @@ class LocalResponseNormFunction(Function):
         if ctx.device == "cuda":
             db = backend.xp("cuda").ascontiguousarray(db)
             return local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta)
+        db = db.astype(a.dtype, copy=False)  # float32 for a 16-bit input (see forward)
         return local_response_norm_backward_numpy(db, a, b, s, p, size, alpha, beta)
 
 

@@ -1,0 +1,197 @@
+"""bfloat16 Tensors (ml_dtypes.bfloat16, minidl/dtypes.py): every op keeps the dtype, sums and
+GEMMs accumulate in float32 and round once, and forward and gradients match PyTorch's bfloat16
+on the CPU path and on the emulated GPU (docs/precision.md)."""
+
+import numpy as np
+import pytest
+
+import minidl as mdl
+import minidl.functional as F
+from minidl import dtypes, train
+
+BF16 = dtypes.require_bfloat16("tests/test_bfloat16.py")
+ULP = 2.0**-7  # bfloat16's spacing relative to a value in [1, 2): 8 significant bits
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request, monkeypatch):
+    if request.param == "cuda":
+        monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    return request.param
+
+
+def bf(array, device="cpu", requires_grad=True):
+    values = np.asarray(array, dtype=np.float32).astype(BF16)
+    return mdl.tensor(values, requires_grad=requires_grad, device=device)
+
+
+def f32(t):
+    return np.asarray(t.numpy() if hasattr(t, "numpy") else t).astype(np.float32)
+
+
+def test_bfloat16_is_a_floating_dtype():
+    assert dtypes.kind(BF16) == "f" and dtypes.is_16bit(BF16) and np.dtype(BF16).kind == "V"
+    assert mdl.tensor([1.0, 2.5], dtype="bfloat16").dtype == BF16
+    assert mdl.tensor([1, 2]).astype(BF16).dtype == BF16
+    x = bf([1.0, 2.0])
+    assert x.requires_grad and float(x.sum().item()) == 3.0
+    with pytest.raises(TypeError, match="share one dtype"):  # as float16 beside float32
+        F.linear(x.reshape(1, 2), mdl.tensor(np.ones((3, 2), np.float32)))
+
+
+def test_python_numbers_and_integer_tensors_keep_bfloat16():
+    """NumPy widens bfloat16 to float32 beside a Python float; a minidl op rounds back once."""
+    x = bf([1.0, 3.0, -2.0])
+    results = [x * 0.1, x + 1.5, 0.5 - x, x / 3.0, x**2.0, x + mdl.tensor([1, 2, 3]), x.mean()]
+    assert all(r.dtype == BF16 for r in results)
+    # one rounding from float32: 3 * 0.1 = 0.3 -> bfloat16 0.30078125
+    assert f32(results[0])[1] == np.float32(0.3).astype(BF16).astype(np.float32)
+    total = results[0].sum() + results[1].sum() + results[6]
+    total.backward()
+    assert x.grad.dtype == BF16
+
+
+def test_sums_accumulate_in_float32():
+    """NumPy adds bfloat16 in bfloat16 (10,000 x 0.01 gives 4.0); minidl's sum gives 100."""
+    ones = np.full(10_000, 0.01, dtype=np.float32).astype(BF16)
+    assert float(ones.sum()) < 5  # the trap
+    x = mdl.tensor(ones, requires_grad=True)
+    assert abs(float(x.sum().item()) - 100.0) < 0.5
+    # the bias gradient of a linear layer is such a sum over the batch
+    w = bf(np.ones((1, 1)))
+    b = bf(np.zeros(1))
+    F.linear(mdl.tensor(np.ones((4096, 1), np.float32).astype(BF16)), w, b).sum().backward()
+    assert float(b.grad.item()) == 4096.0
+
+
+def test_matmul_is_float32_accumulation_rounded_once(device):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((7, 300)).astype(np.float32).astype(BF16)
+    b = rng.standard_normal((300, 5)).astype(np.float32).astype(BF16)
+    y = mdl.tensor(a, device=device) @ mdl.tensor(b, device=device)
+    expected = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32).astype(BF16)
+    assert y.dtype == BF16
+    np.testing.assert_allclose(f32(y), expected.astype(np.float32), rtol=ULP, atol=1e-6)
+
+
+# ---- PyTorch's bfloat16, op by op ----------------------------------------------------------------
+CASES = {
+    "relu": ((2, 3, 4, 4),),
+    "linear": ((6, 20), (5, 20), (5,)),
+    "conv2d": ((2, 3, 9, 9), (4, 3, 3, 3), (4,)),
+    "conv2d_groups": ((2, 4, 7, 7), (6, 2, 3, 3), (6,)),
+    "max_pool2d": ((2, 3, 9, 9),),
+    "local_response_norm": ((2, 7, 5, 5),),
+    "batch_norm": ((4, 3, 5, 5), (3,), (3,)),
+    "log_softmax": ((5, 10),),
+    "softmax": ((5, 10),),
+    "cross_entropy": ((6, 10),),
+}
+
+
+def ours(name, args, device):
+    if name == "relu":
+        return F.relu(*args)
+    if name == "linear":
+        return F.linear(*args)
+    if name == "conv2d":
+        return F.conv2d(*args, stride=1, padding=1)
+    if name == "conv2d_groups":
+        return F.conv2d(*args, stride=2, padding=1, groups=2)
+    if name == "max_pool2d":
+        return F.max_pool2d(args[0], 3, 2)
+    if name == "local_response_norm":
+        return F.local_response_norm(args[0], 5, 1e-2, 0.75, 2.0)
+    if name == "batch_norm":
+        return F.batch_norm(args[0], None, None, args[1], args[2], training=True)
+    if name == "log_softmax":
+        return F.log_softmax(args[0], dim=1)
+    if name == "softmax":
+        return F.softmax(args[0], dim=1)
+    if name == "cross_entropy":  # the logits cast up, as fit does (Precision.loss_input)
+        target = mdl.tensor(np.arange(6) % 10, device=device)
+        return F.cross_entropy(args[0].astype(np.float32), target)
+    raise KeyError(name)
+
+
+def theirs(torch, name, args):
+    tf = torch.nn.functional
+    if name == "relu":
+        return tf.relu(*args)
+    if name == "linear":
+        return tf.linear(*args)
+    if name == "conv2d":
+        return tf.conv2d(*args, stride=1, padding=1)
+    if name == "conv2d_groups":
+        return tf.conv2d(*args, stride=2, padding=1, groups=2)
+    if name == "max_pool2d":
+        return tf.max_pool2d(args[0], 3, 2)
+    if name == "local_response_norm":
+        return tf.local_response_norm(args[0], 5, 5 * 1e-2, 0.75, 2.0)  # alpha / size there
+    if name == "batch_norm":
+        return tf.batch_norm(args[0], None, None, args[1], args[2], training=True)
+    if name == "log_softmax":
+        return tf.log_softmax(args[0], dim=1)
+    if name == "softmax":
+        return tf.softmax(args[0], dim=1)
+    if name == "cross_entropy":
+        return tf.cross_entropy(args[0].float(), torch.arange(6) % 10)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_ops_match_torch_bfloat16(name, device):
+    """The same bfloat16 inputs and output gradient through minidl and PyTorch (CPU, bfloat16):
+    outputs and every input gradient bfloat16, within 2 ulps plus a small absolute slack (the
+    order of float32 sums differs, and a result near zero carries its inputs' absolute error)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(sorted(CASES).index(name))
+    arrays = [rng.standard_normal(shape).astype(np.float32).astype(BF16) for shape in CASES[name]]
+    mine = [mdl.tensor(a, requires_grad=True, device=device) for a in arrays]
+    y = ours(name, mine, device)
+    dy = rng.standard_normal(y.shape).astype(np.float32).astype(y.dtype)
+    y.backward(dy)
+    # PyTorch has no bfloat16 LRN on the CPU: its float32 LRN of the same values, which is what
+    # ours computes before it rounds
+    to = torch.float32 if name == "local_response_norm" else torch.bfloat16
+    theirs_in = [torch.from_numpy(a.astype(np.float32)).to(to).requires_grad_() for a in arrays]
+    t = theirs(torch, name, theirs_in)
+    t.backward(torch.from_numpy(dy.astype(np.float32)).to(t.dtype))
+    expected_dtype = np.float32 if name == "cross_entropy" else BF16
+    assert y.dtype == expected_dtype
+    scale = max(1.0, float(np.abs(f32(t.detach().float())).max()))
+    np.testing.assert_allclose(
+        f32(y), t.detach().float().numpy(), rtol=2 * ULP, atol=2 * ULP * scale / 4, err_msg=name
+    )
+    for i, (m, th) in enumerate(zip(mine, theirs_in)):
+        assert m.grad.dtype == BF16, (name, i)
+        g = th.grad.float().numpy()
+        scale = max(1.0, float(np.abs(g).max()))
+        np.testing.assert_allclose(
+            f32(m.grad), g, rtol=2 * ULP, atol=2 * ULP * scale / 4, err_msg=f"{name} input {i}"
+        )
+
+
+def test_dropout_drops_the_same_elements_in_bfloat16(device):
+    x = np.ones((4, 64), np.float32)
+    mdl.manual_seed(3)
+    full = F.dropout(mdl.tensor(x, device=device), 0.5)
+    mdl.manual_seed(3)
+    half = F.dropout(mdl.tensor(x.astype(BF16), device=device), 0.5)
+    assert half.dtype == BF16
+    np.testing.assert_array_equal(f32(half), f32(full))
+
+
+def test_a_bfloat16_model_checkpoints_exactly(tmp_path):
+    mdl.manual_seed(0)
+    model = mdl.nn.Sequential(mdl.nn.Linear(5, 4), mdl.nn.ReLU(), mdl.nn.Linear(4, 2))
+    from minidl import precision
+
+    precision.Precision("bf16").cast_model(model)
+    train.save_checkpoint(tmp_path / "c.npz", model, None, epoch=1)
+    other = mdl.nn.Sequential(mdl.nn.Linear(5, 4), mdl.nn.ReLU(), mdl.nn.Linear(4, 2))
+    precision.Precision("bf16").cast_model(other)
+    train.load_checkpoint(tmp_path / "c.npz", other, None, log=lambda message: None)
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert b.dtype == BF16
+        assert np.array_equal(a.numpy().view(np.uint16), b.numpy().view(np.uint16))
