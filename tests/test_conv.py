@@ -1,3 +1,5 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -253,3 +255,35 @@ def test_nn_conv2d_options_match_torch():
 def test_nn_conv2d_refuses_other_padding_modes():
     with pytest.raises(ValueError, match="padding_mode='reflect' is not supported"):
         mdl.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+
+
+def _peak_above_start(fn) -> int:
+    """Bytes of NumPy arrays fn allocates at its peak beyond those live when it starts (NumPy
+    reports its buffers to tracemalloc; under the emulator the GPU branch's arrays are NumPy's)."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_gpu_branch_frees_the_columns_early(monkeypatch):
+    """The GPU branch's im2col columns are the largest arrays a convolution makes (896 MB for
+    AlexNet's conv2 at batch 128). Forward lets them go before y's NCHW copy; backward rebuilds
+    them for dw and lets them go before dx's GEMM makes dcols, as large (issue #11)."""
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    rng = np.random.default_rng(0)
+    # forward: columns (C*3*3 = 36 rows) as large as y (O = 36 rows): at most two held at once
+    x = mdl.tensor(rng.standard_normal((4, 4, 32, 32)), device="cuda")
+    w = mdl.tensor(rng.standard_normal((36, 4, 3, 3)), device="cuda")
+    unit = 36 * 4 * 32 * 32 * 8  # bytes of the columns, of y's GEMM output and of y
+    assert _peak_above_start(lambda: F.conv2d(x, w, padding=1)) < 2.5 * unit
+    # backward: columns (C*5*5 = 200 rows) far larger than dy, dx and dw: only one such at once
+    x = mdl.tensor(rng.standard_normal((4, 8, 32, 32)), requires_grad=True, device="cuda")
+    w = mdl.tensor(rng.standard_normal((4, 8, 5, 5)), requires_grad=True, device="cuda")
+    y = F.conv2d(x, w, padding=2)
+    dy = rng.standard_normal(y.shape)
+    columns = 200 * 4 * 32 * 32 * 8
+    assert _peak_above_start(lambda: y.backward(dy)) < 1.5 * columns
