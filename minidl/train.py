@@ -25,6 +25,7 @@ import numpy as np
 import minidl.functional as F
 from minidl import backend, distributed
 from minidl import precision as mdl_precision
+from minidl import random as mdl_random
 from minidl.autograd import no_grad
 from minidl.checkpoint import (  # noqa: F401 - save/load/read are also train's public names
     CheckpointError,
@@ -119,12 +120,16 @@ def train_epoch(
     where = f"epoch {epoch}, " if epoch is not None else ""
     progress = progress and distributed.is_main()
     start = time.perf_counter()
+    # where each of this rank's batches starts in the global batch (data parallel): dropout
+    # counts its elements from there, so N ranks draw one process's masks
+    starts = loader.shard_starts(loader.epoch) if hasattr(loader, "shard_starts") else None
     bar = _progress(loader, len(loader), desc, progress)
     for step, (x, y) in enumerate(bar, start=1):
         x = Tensor(x, device=device)
         if precision is not None:
             x = precision.cast_input(x)
-        logits = model(x)
+        with mdl_random.batch_shard(starts[step - 1] if starts else 0):
+            logits = model(x)
         loss = F.cross_entropy(mdl_precision.Precision.loss_input(logits), y)  # float32 loss
         optimizer.zero_grad()
         (scaler.scale(loss) if scaler is not None else loss).backward()

@@ -18,14 +18,14 @@ DEVICE = os.environ.get("DISTRIBUTED_WORKER_DEVICE", "cpu")  # "cuda": one GPU p
 STEPS_EPOCHS = 2  # 29 samples in batches of 8: 4 steps an epoch, the last on 5 samples (3 + 2)
 
 
-def small_net() -> nn.Module:
-    """A float64 convnet without dropout (each rank would draw the same masks for its local
-    samples, not the single process's masks for those samples: see docs/distributed.md)."""
+def small_net(dropout: bool = False) -> nn.Module:
+    """A float64 convnet; with ``dropout``, a Dropout(0.5) before the linear layer."""
     mdl.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(1, 3, 3),
         nn.ReLU(),
         nn.Flatten(),
+        *([nn.Dropout(0.5)] if dropout else []),
         nn.Linear(3 * 6 * 6, 4),
     )
     return net.double()
@@ -37,10 +37,10 @@ def small_data(n: int = 29) -> data.ArrayDataset:
     return data.ArrayDataset(images, rng.integers(0, 4, n), lambda x, rng: x.astype(np.float64))
 
 
-def train_steps(mode: str | None = None) -> dict:
+def train_steps(mode: str | None = None, dropout: bool = False) -> dict:
     """STEPS_EPOCHS epochs of train_epoch (global batch 8, shuffled), from rank 0's weights;
     ``mode`` "bf16": the net cast to bfloat16 (float32 master weights) before the optimizer."""
-    model = small_net().to(DEVICE)
+    model = small_net(dropout).to(DEVICE)
     cast = precision.Precision(mode) if mode is not None else None
     if cast is not None:
         cast.cast_model(model.float())
@@ -171,6 +171,8 @@ def main(scenario: str, out: Path) -> None:
         result = train_steps()
     elif scenario == "steps_bf16":
         result = train_steps("bf16")
+    elif scenario == "steps_dropout":
+        result = train_steps(dropout=True)
     elif scenario == "shards":
         epochs = shards()
         result = {

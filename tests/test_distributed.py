@@ -159,6 +159,19 @@ def test_steps_on_two_ranks_equal_steps_in_one_process(tmp_path):
         np.testing.assert_array_equal(ranks[f"rank1/{name}"], ranks[f"rank0/{name}"])
 
 
+def test_steps_with_dropout_on_two_ranks_equal_steps_in_one_process(tmp_path):
+    """The same 8 steps through Dropout(0.5): each rank counts dropout's elements from where its
+    part of the global batch starts (batch_shard), so the ranks draw one process's masks, and
+    the weights agree to float64 round-off (an uneven last batch, 3 + 2, included)."""
+    ranks = run_ok("steps_dropout", tmp_path)
+    single = worker.train_steps(dropout=True)
+    baseline = worker.train_steps()
+    assert not np.allclose(single["loss"], baseline["loss"])  # the dropout did act
+    for name, value in single.items():
+        np.testing.assert_allclose(ranks[f"rank0/{name}"], value, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(ranks[f"rank1/{name}"], ranks[f"rank0/{name}"])
+
+
 def test_bfloat16_steps_on_two_ranks_follow_one_process(tmp_path):
     """The same 8 steps with a bfloat16 net: rank 0's bfloat16 weights are broadcast bit for bit
     (MPI has no 16-bit type), the gradients are summed in float32 buckets, both ranks end with

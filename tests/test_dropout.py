@@ -93,6 +93,7 @@ def test_mask_does_not_depend_on_launch_shape(kernel_device):
                 xs,
                 y,
                 cuda.i64(x.size),
+                cuda.i64(0),  # first: x[0] is element 0 of the batch
                 *_key_args(99),
                 np.uint32(keep_threshold(0.5)),
                 np.float32(2.0),
@@ -102,3 +103,24 @@ def test_mask_does_not_depend_on_launch_shape(kernel_device):
     expected = dropout_mask_numpy(99, x.shape, 0.5) * 2.0
     for y in outputs:
         assert np.array_equal(y, expected)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_shard_of_the_batch_draws_the_whole_batchs_masks_for_its_samples(device, monkeypatch):
+    """A data-parallel rank whose batch starts at sample 3 of the global batch (batch_shard(3))
+    keeps and drops exactly what one process does for samples 3.., forward and backward."""
+    from minidl import random as mdl_random
+
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    x = np.random.default_rng(0).standard_normal((8, 5, 3)).astype(np.float32)
+    mdl.manual_seed(4)
+    whole = mdl.tensor(x, requires_grad=True, device=device)
+    F.dropout(whole, 0.5).sum().backward()
+    mdl.manual_seed(4)  # every rank draws the same key
+    part = mdl.tensor(x[3:], requires_grad=True, device=device)
+    with mdl_random.batch_shard(3):
+        y = F.dropout(part, 0.5)
+    y.sum().backward()
+    assert mdl_random.first_sample() == 0  # restored on leaving
+    np.testing.assert_array_equal(part.grad.numpy(), whole.grad.numpy()[3:])
+    assert 0 < (part.grad.numpy() == 0).mean() < 1

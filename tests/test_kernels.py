@@ -206,8 +206,8 @@ MUTATIONS = [
     ("dropout.cu", "return (h >> 8) >= threshold;", "return (h >> 7) >= threshold;", dropout_ok),
     (
         "dropout.cu",
-        "dx[i] = from_acc<T>(dropout_keep(key_lo, key_hi, i, threshold)",
-        "dx[i] = from_acc<T>(dropout_keep(key_lo, key_hi, i + 1, threshold)",
+        "dx[i] = from_acc<T>(dropout_keep(key_lo, key_hi, first + i, threshold)",
+        "dx[i] = from_acc<T>(dropout_keep(key_lo, key_hi, first + i + 1, threshold)",
         dropout_ok,
     ),
     (

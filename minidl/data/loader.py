@@ -82,15 +82,31 @@ class DataLoader:
             else np.arange(n)
         )
 
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        """The sample indices of each batch this rank reads in ``epoch``."""
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """The sample indices of each global batch of ``epoch`` (one process's batches)."""
         order = self.order(epoch)
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
+        return batches
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """The sample indices of each batch this rank reads in ``epoch``."""
+        batches = self.global_batches(epoch)
         if self.world_size == 1:
             return batches
         return [np.array_split(batch, self.world_size)[self.rank] for batch in batches]
+
+    def shard_starts(self, epoch: int) -> list[int]:
+        """For each batch this rank reads in ``epoch``, where it starts in the global batch:
+        ``np.array_split`` gives the first ``L % W`` ranks ``L // W + 1`` samples of a batch of
+        L, the others ``L // W``. All 0 in one process. ``train_epoch`` hands it to dropout
+        (``minidl.random.batch_shard``), so the ranks draw one process's masks."""
+        starts = []
+        for batch in self.global_batches(epoch):
+            share, extra = divmod(len(batch), self.world_size)
+            starts.append(self.rank * share + min(self.rank, extra))
+        return starts
 
     def __iter__(self):
         epoch = self.epoch

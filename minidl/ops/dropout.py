@@ -46,9 +46,9 @@ def _fmix32(h):
     return h ^ (h >> np.uint32(16))
 
 
-def dropout_bits(key: int, count: int) -> np.ndarray:
-    """32 random bits for each element index 0 .. count-1 under a 64-bit key."""
-    index = np.arange(count, dtype=np.uint64)
+def dropout_bits(key: int, count: int, first: int = 0) -> np.ndarray:
+    """32 random bits for each element index first .. first+count-1 under a 64-bit key."""
+    index = np.arange(first, first + count, dtype=np.uint64)
     lo = (index & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     hi = (index >> np.uint64(32)).astype(np.uint32)
     key_lo, key_hi = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
@@ -61,8 +61,8 @@ def keep_threshold(p: float) -> int:
     return int(round(p * (1 << 24)))
 
 
-def dropout_mask_numpy(key: int, shape, p: float) -> np.ndarray:
-    bits = dropout_bits(key, int(np.prod(shape)))
+def dropout_mask_numpy(key: int, shape, p: float, first: int = 0) -> np.ndarray:
+    bits = dropout_bits(key, int(np.prod(shape)), first)
     return ((bits >> np.uint32(8)) >= keep_threshold(p)).reshape(shape)
 
 
@@ -71,7 +71,7 @@ def _key_args(key: int):
     return np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
 
 
-def dropout_forward_cuda(x, key, p):
+def dropout_forward_cuda(x, key, p, first=0):
     y = backend.xp("cuda").empty_like(x)
     cuda.launch(
         "dropout",
@@ -83,6 +83,7 @@ def dropout_forward_cuda(x, key, p):
             x,
             y,
             cuda.i64(x.size),
+            cuda.i64(first),
             *_key_args(key),
             np.uint32(keep_threshold(p)),
             *cuda.real(x.dtype, 1.0 / (1.0 - p)),
@@ -91,7 +92,7 @@ def dropout_forward_cuda(x, key, p):
     return y
 
 
-def dropout_backward_cuda(dy, key, p):
+def dropout_backward_cuda(dy, key, p, first=0):
     dx = backend.xp("cuda").empty_like(dy)
     cuda.launch(
         "dropout",
@@ -103,6 +104,7 @@ def dropout_backward_cuda(dy, key, p):
             dy,
             dx,
             cuda.i64(dy.size),
+            cuda.i64(first),
             *_key_args(key),
             np.uint32(keep_threshold(p)),
             *cuda.real(dy.dtype, 1.0 / (1.0 - p)),
@@ -116,28 +118,29 @@ class DropoutFunction(Function):
     dtype_kinds = "f"  # an integer x would be truncated by the 1 / (1 - p) scale
 
     @staticmethod
-    def forward(ctx, x, p, key, mask):
+    def forward(ctx, x, p, key, mask, first=0):
+        # first: the element index x's first element has in the global batch (data parallel)
         # x: any shape -> y: same shape
         scale = 1.0 / (1.0 - p)
         if mask is not None:  # an injected mask (gradient checks): plain element-wise math
             m = mask.astype(x.dtype) * x.dtype.type(scale)
-            ctx.save(m, None, p)
+            ctx.save(m, (None, 0), p)
             return x * m
         if ctx.device == "cuda":
             shape = x.shape  # ascontiguousarray makes a 0-d array (1,): give y x's shape back
             x = backend.xp("cuda").ascontiguousarray(x)
-            ctx.save(None, key, p)  # backward regenerates the mask from the key
-            return dropout_forward_cuda(x, key, p).reshape(shape)
-        m = dropout_mask_numpy(key, x.shape, p).astype(x.dtype) * x.dtype.type(scale)
-        ctx.save(m, None, p)
+            ctx.save(None, (key, first), p)  # backward regenerates the mask from the key
+            return dropout_forward_cuda(x, key, p, first).reshape(shape)
+        m = dropout_mask_numpy(key, x.shape, p, first).astype(x.dtype) * x.dtype.type(scale)
+        ctx.save(m, (None, 0), p)
         return x * m
 
     @staticmethod
     def backward(ctx, dy):
-        m, key, p = ctx.saved
+        m, (key, first), p = ctx.saved
         if m is not None:
             return dy * m
-        dx = dropout_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p)
+        dx = dropout_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p, first)
         return dx.reshape(dy.shape)
 
 
@@ -162,4 +165,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None) -> Tens
         if tuple(mask.shape) != x.shape:
             raise ValueError(f"dropout: mask has shape {tuple(mask.shape)}, expected {x.shape}")
         return DropoutFunction.apply(x, p=float(p), key=None, mask=mask)
-    return DropoutFunction.apply(x, p=float(p), key=mdl_random.next_key(), mask=None)
+    # In a data-parallel run this process's batch starts mdl_random.first_sample() samples into
+    # the global one: count from there, and each sample gets the mask one process would draw.
+    first = mdl_random.first_sample() * (x.numel() // x.shape[0]) if x.ndim and x.shape[0] else 0
+    return DropoutFunction.apply(x, p=float(p), key=mdl_random.next_key(), mask=None, first=first)
