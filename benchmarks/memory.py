@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py --batch 128 --ops 8     # about 90 s and 4 GB of RAM
     python benchmarks/memory.py --batch 16 32           # quicker: a line through the two
+    python benchmarks/memory.py --batch 128 --im2col-workspace 64    # conv2d's columns bounded
 
 On an H100, ``benchmarks/alexnet.py --device cuda`` reports the bytes CuPy's memory pool holds
 after its steps. This script runs the same training step (``alexnet.training_setup``: forward,
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import alexnet as bench  # noqa: E402  (the benchmark's training step: one source of truth)
 
 from minidl import autograd, backend  # noqa: E402
+from minidl.ops import conv  # noqa: E402
 
 MiB = 2**20  # benchmarks/alexnet.py reports the GPU pools in these units (labelled "MB" there)
 
@@ -187,6 +189,14 @@ def parse_args(argv=None):
     )
     p.add_argument("--batch", type=int, nargs="+", default=[16, 32])
     p.add_argument("--ops", type=int, default=0, help="list the N ops that reach highest")
+    p.add_argument(
+        "--im2col-workspace",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="bound conv2d's im2col columns to this many MiB (minidl.ops.conv.IM2COL_WORKSPACE; "
+        "off unless MINIDL_IM2COL_WORKSPACE_MB sets it)",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -194,6 +204,10 @@ def parse_args(argv=None):
 def main(argv=None, setup=alexnet_step) -> dict:
     args = parse_args(argv)
     os.environ["MINIDL_CUDA_EMULATE"] = "1"  # "cuda" is the emulator: arrays tracemalloc sees
+    if args.im2col_workspace is not None:
+        conv.IM2COL_WORKSPACE = int(args.im2col_workspace * MiB)
+    workspace = conv.IM2COL_WORKSPACE
+    print(f"im2col workspace: {'off' if workspace is None else f'{workspace / MiB:g} MiB'}")
     results = [measure_step(batch, setup) for batch in args.batch]
     for r in results:
         print(report(r, args.ops))
@@ -203,7 +217,7 @@ def main(argv=None, setup=alexnet_step) -> dict:
             f"fit: peak = {line['fixed'] / MiB:.1f} MiB + {line['per_image'] / MiB:.2f} MiB per "
             f"image; at batch 128: {line['peak_at_128'] / MiB:.1f} MiB"
         )
-    out = {"numpy": np.__version__, "results": results, "fit": line}
+    out = {"numpy": np.__version__, "im2col_workspace": workspace, "results": results, "fit": line}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out

@@ -127,3 +127,20 @@ def test_memory_mode_at_a_small_size(monkeypatch, capsys):
     assert large["activations"] > 1.8 * small["activations"]  # linear in the batch
     assert out["fit"]["per_image"] > 0
     assert "peak of live arrays" in capsys.readouterr().out
+
+
+def test_memory_mode_with_an_im2col_workspace(monkeypatch):
+    import memory
+
+    from minidl.ops import conv
+
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    monkeypatch.setattr(conv, "IM2COL_WORKSPACE", None)  # restored after main() sets it
+    whole = memory.main(["--batch", "4"], setup=_small_alexnet_step)["results"][0]
+    # conv2's columns take 32*5*5 * 13*13 * 4 bytes (0.52 MiB) an image: one image a block
+    blocked = memory.main(["--batch", "4", "--im2col-workspace", "0.6"], setup=_small_alexnet_step)
+    assert blocked["im2col_workspace"] == int(0.6 * 2**20)
+    blocked = blocked["results"][0]
+    assert blocked["peak"] < whole["peak"]
+    conv2 = [op for op in blocked["ops"] if op["op"] == "Conv2d 2 backward"][0]
+    assert conv2["peak"] - conv2["live_at_start"] < whole["largest_transient"]["bytes"] / 2

@@ -5,6 +5,7 @@ import pytest
 
 import minidl as mdl
 import minidl.functional as F
+from minidl.ops import conv
 from tests import reference
 from tests.helpers import (
     assert_all_close,
@@ -287,3 +288,58 @@ def test_gpu_branch_frees_the_columns_early(monkeypatch):
     dy = rng.standard_normal(y.shape)
     columns = 200 * 4 * 32 * 32 * 8
     assert _peak_above_start(lambda: y.backward(dy)) < 1.5 * columns
+
+
+# IM2COL_WORKSPACE lowers the batch in blocks of images; five images give blocks of one, and of
+# two with a shorter last block.
+BLOCK_CASES = [
+    pytest.param((5, 4, 9, 11, 6, 3, 3, 2, 1, 2), id="s2-p1-g2"),
+    pytest.param((5, 6, 8, 7, 6, 5, 5, 1, 2, 3), id="k5-p2-g3"),
+    SPLIT_K_CASE,
+]
+
+
+def test_image_blocks_cover_the_batch_in_order(monkeypatch):
+    monkeypatch.setattr(conv, "IM2COL_WORKSPACE", None)
+    assert conv.image_blocks(7, 100) == [(0, 7)]
+    monkeypatch.setattr(conv, "IM2COL_WORKSPACE", 250)
+    assert conv.image_blocks(7, 100) == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    monkeypatch.setattr(conv, "IM2COL_WORKSPACE", 50)  # less than one image: one image a block
+    assert conv.image_blocks(3, 100) == [(0, 1), (1, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("images_per_block", [1, 2])
+@pytest.mark.parametrize("case", BLOCK_CASES)
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+def test_im2col_workspace_matches_the_whole_batch(case, images_per_block, device, monkeypatch):
+    """Blocks of images give the forward and every gradient of one whole-batch lowering (dw and
+    db summed over blocks, so equal to rounding), with no block's columns past the workspace."""
+    if device == "emulated":
+        monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+        device = "cuda"
+    arrays, kw = make(case)
+    fn = lambda x, w, b: F.conv2d(x, w, b, **kw)  # noqa: E731
+    monkeypatch.setattr(conv, "IM2COL_WORKSPACE", None)
+    whole = forward_backward(fn, arrays, device)
+    n, c, _, _, _, kh, kw_, *_ = case
+    oh, ow = whole[0].shape[2:]
+    workspace = images_per_block * c * kh * kw_ * oh * ow * 8  # float64 columns
+    monkeypatch.setattr(conv, "IM2COL_WORKSPACE", workspace)
+    widths = []
+    for name in ("im2col_numpy", "im2col_cuda"):
+        build = getattr(conv, name)
+
+        def spy(x, *geometry, build=build):
+            cols = build(x, *geometry)
+            widths.append(cols.shape[1])
+            return cols
+
+        monkeypatch.setattr(conv, name, spy)
+    blocked = forward_backward(fn, arrays, device)
+    (y, grads), (y_whole, grads_whole) = blocked, whole
+    for got, want in zip([y, *grads], [y_whole, *grads_whole]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # forward and dw's rebuild each lower the batch block by block
+    blocks = -(-n // images_per_block)
+    assert len(widths) == 2 * blocks
+    assert max(widths) * c * kh * kw_ * 8 <= workspace

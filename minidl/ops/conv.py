@@ -26,10 +26,15 @@ The NumPy path builds cols with a loop over the kh*kw window offsets (each one s
 the whole batch); the CUDA path runs ``kernels/conv.cu`` (im2col, col2im as a gather, bias add,
 bias gradient). The GEMMs and the (N, O) <-> (O, N) transposes are BLAS / cuBLAS and array glue
 through ``xp`` on both.
+
+cols is the largest array a convolution makes (AlexNet's conv2 at batch 128: 2400 x 93312 floats,
+896 MB). ``IM2COL_WORKSPACE`` (off by default) bounds it: the batch is then lowered in blocks of
+whole images whose columns fit, the same three products per block, dw and db summed over blocks.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +56,26 @@ def same_padding(k: int, d: int) -> tuple[int, int]:
     """padding="same" (stride 1): the total d*(k - 1), the odd one out after (PyTorch's split)."""
     total = d * (k - 1)
     return total // 2, total - total // 2
+
+
+# The most bytes of im2col columns one convolution holds at a time (dcols likewise), or None: no
+# limit, the whole batch in one block (the default). A limit cuts the peak memory of training
+# (AlexNet at batch 128: docs/conv.md, "Memory") but turns each GEMM into several narrower ones,
+# whose speed on a GPU has not been measured yet. Set it here or with MINIDL_IM2COL_WORKSPACE_MB.
+IM2COL_WORKSPACE: int | None = (
+    int(float(os.environ["MINIDL_IM2COL_WORKSPACE_MB"]) * 2**20)
+    if os.environ.get("MINIDL_IM2COL_WORKSPACE_MB")
+    else None
+)
+
+
+def image_blocks(n: int, column_bytes_per_image: int) -> list[tuple[int, int]]:
+    """The batch as [first, last) ranges of images whose columns fit ``IM2COL_WORKSPACE`` (at
+    least one image a block); the whole batch at once without a limit."""
+    if IM2COL_WORKSPACE is None or n == 0:
+        return [(0, n)]
+    per_block = max(1, IM2COL_WORKSPACE // max(1, column_bytes_per_image))
+    return [(first, min(first + per_block, n)) for first in range(0, n, per_block)]
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
@@ -113,9 +138,10 @@ def im2col_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     return cols
 
 
-def col2im_cuda(dcols, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+def col2im_cuda(dcols, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out=None):
+    """``out``: a C-contiguous array of x_shape to write into (one block of a larger dx)."""
     n, c, h, w = x_shape
-    dx = backend.xp("cuda").empty(x_shape, dtype=dcols.dtype)
+    dx = backend.xp("cuda").empty(x_shape, dtype=dcols.dtype) if out is None else out
     cuda.launch(
         "conv",
         "col2im",
@@ -162,61 +188,85 @@ class Conv2dFunction(Function):
         geometry = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
         if on_gpu:
             x = xp.ascontiguousarray(x)
-            cols = im2col_cuda(x, *geometry)
-        else:
-            cols = im2col_numpy(x, *geometry)
+        im2col = im2col_cuda if on_gpu else im2col_numpy
         k = cg * kh * kw
-        cols_g = cols.reshape(groups, k, n * oh * ow)
         w_g = w.reshape(groups, o // groups, k)
-        y = dtypes.matmul(w_g, cols_g).reshape(o, n * oh * ow)  # (G, Og, N*L) is (O, N*L)
-        if b is not None:
-            if on_gpu:
-                bias_add_cuda(y, b)
-            else:
-                y += b[:, None]
+        # One block, the whole batch, unless IM2COL_WORKSPACE bounds the columns
+        blocks = image_blocks(n, c * kh * kw * oh * ow * x.dtype.itemsize)
         # dw needs the columns again. The CPU keeps them (rebuilding them would add about a tenth
         # to AlexNet's step); the GPU keeps x and rebuilds them in backward, as Caffe does: on an
         # H100 at batch 128, AlexNet's step took 0.5 ms longer (23.4 ms) and 1.2 GB less memory.
-        ctx.save(x.shape, w, x if on_gpu else cols_g, geometry, groups, b is not None)
-        # On the GPU nothing holds the columns now: let them go before y's NCHW copy is made, so
-        # the two never coexist (conv2 at batch 128: 896 MB of columns, 96 MB of y)
-        del cols, cols_g
-        y = xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+        # Blocks rebuild them too: keeping every block's columns would undo the bound.
+        keep_columns = not on_gpu and len(blocks) == 1
+        saved = x
+        y = None
+        for first, last in blocks:
+            m = (last - first) * oh * ow  # one column per output pixel of these images
+            cols_g = im2col(x[first:last], *geometry).reshape(groups, k, m)
+            y_t = dtypes.matmul(w_g, cols_g).reshape(o, m)  # (G, Og, m) is (O, m)
+            if keep_columns:
+                saved = cols_g
+            # let the columns go before y is made: in one block, the whole batch's columns never
+            # sit beside y (conv2 at batch 128: 896 MB of columns, 96 MB of y)
+            del cols_g
+            if b is not None:
+                if on_gpu:
+                    bias_add_cuda(y_t, b)
+                else:
+                    y_t += b[:, None]
+            if y is None:
+                y = xp.empty((n, o, oh, ow), dtype=y_t.dtype)
+            y[first:last] = y_t.reshape(o, last - first, oh, ow).transpose(1, 0, 2, 3)
+            del y_t
+        ctx.save(x.shape, w, saved, geometry, groups, b is not None, blocks)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x_shape, w, x_or_cols, geometry, groups, has_bias = ctx.saved
+        x_shape, w, x_or_cols, geometry, groups, has_bias, blocks = ctx.saved
         on_gpu = ctx.device == "cuda"
         xp = backend.xp(ctx.device)
         n, o, oh, ow = dy.shape
         k = w.shape[1] * w.shape[2] * w.shape[3]  # C/G * kh * kw
-        dy_t = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, n * oh * ow)
-        dy_g = dy_t.reshape(groups, o // groups, n * oh * ow)
+        w_g = w.reshape(groups, o // groups, k)
+        columns_kept = x_or_cols.ndim == 3  # (G, K, N*L) columns, or x (N, C, H, W)
         dx = dw = db = None
-        if ctx.needs_input_grad[1]:
-            # dw[g] = dy[g] @ cols[g]^T: a long inner dimension N*L and a small output, which the
-            # GPU computes in slices of N*L (split-K) to keep every multiprocessor busy
-            if on_gpu:
-                cols_g = im2col_cuda(x_or_cols, *geometry).reshape(groups, k, n * oh * ow)
-                dw = gemm.matmul_nt_split_k(dy_g, cols_g).reshape(w.shape)
-                # freed before dx's GEMM makes dcols, as large (896 MB for conv2 at batch 128):
-                # the pool hands the same block back instead of holding both
-                del cols_g
-            else:
-                dw = dtypes.matmul(dy_g, x_or_cols.transpose(0, 2, 1)).reshape(w.shape)
-        if has_bias and ctx.needs_input_grad[2]:
-            db = channel_sum_cuda(dy_t[None]) if on_gpu else dtypes.sum(dy_t, axis=1)
-        if ctx.needs_input_grad[0]:
-            w_g = w.reshape(groups, o // groups, k)
-            dcols = dtypes.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, N*L)
-            dcols = dcols.reshape(groups * k, n * oh * ow)
-            del dy_t, dy_g  # dy's transposed copy is done with: not beside dx in col2im
-            if on_gpu:
-                dx = col2im_cuda(dcols, x_shape, *geometry)
-            else:
-                dx = np.ascontiguousarray(col2im_numpy(dcols, x_shape, *geometry))
-        return dx, dw, db
+        for first, last in blocks:
+            m = (last - first) * oh * ow
+            dy_t = xp.ascontiguousarray(dy[first:last].transpose(1, 0, 2, 3)).reshape(o, m)
+            dy_g = dy_t.reshape(groups, o // groups, m)
+            if ctx.needs_input_grad[1]:
+                # dw[g] = dy[g] @ cols[g]^T: a long inner dimension N*L and a small output, which
+                # the GPU computes in slices of N*L (split-K) to keep every multiprocessor busy
+                if columns_kept:
+                    part = dtypes.matmul(dy_g, x_or_cols.transpose(0, 2, 1))
+                else:
+                    im2col = im2col_cuda if on_gpu else im2col_numpy
+                    cols_g = im2col(x_or_cols[first:last], *geometry).reshape(groups, k, m)
+                    if on_gpu:
+                        part = gemm.matmul_nt_split_k(dy_g, cols_g)
+                    else:
+                        part = dtypes.matmul(dy_g, cols_g.transpose(0, 2, 1))
+                    # freed before dx's GEMM makes dcols, as large (896 MB for conv2 at batch
+                    # 128): the pool hands the same block back instead of holding both
+                    del cols_g
+                dw = part if dw is None else dw + part
+            if has_bias and ctx.needs_input_grad[2]:
+                part = channel_sum_cuda(dy_t[None]) if on_gpu else dtypes.sum(dy_t, axis=1)
+                db = part if db is None else db + part
+            if ctx.needs_input_grad[0]:
+                dcols = dtypes.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, m)
+                dcols = dcols.reshape(groups * k, m)
+                del dy_t, dy_g  # dy's transposed copy is done with: not beside dx in col2im
+                if dx is None:
+                    dx = xp.empty(x_shape, dtype=dcols.dtype)
+                block = (last - first, *x_shape[1:])
+                if on_gpu:
+                    col2im_cuda(dcols, block, *geometry, out=dx[first:last])
+                else:
+                    dx[first:last] = col2im_numpy(dcols, block, *geometry)
+                del dcols
+        return dx, None if dw is None else dw.reshape(w.shape), db
 
 
 def conv2d(
