@@ -173,6 +173,7 @@ def bias_add_cuda(y, b):
 # ---- autograd ------------------------------------------------------------------------------------
 class Conv2dFunction(Function):
     dtype_kinds = "f"  # PyTorch refuses integer tensors here too
+
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups):
         # x: (N, C, H, W), w: (O, C/G, kh, kw), b: (O,) or None -> y: (N, O, OH, OW)
@@ -255,7 +256,12 @@ class Conv2dFunction(Function):
                 part = channel_sum_cuda(dy_t[None]) if on_gpu else dtypes.sum(dy_t, axis=1)
                 db = part if db is None else db + part
             if ctx.needs_input_grad[0]:
-                dcols = dtypes.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, m)
+                if on_gpu:  # 16-bit dcols; col2im.cu sums its overlaps in float, rounds once
+                    dcols = dtypes.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, m)
+                else:  # 16-bit: dcols and col2im's overlapping sums in float32 (dx rounded once)
+                    acc = dtypes.compute_dtype(dy.dtype)
+                    dcols = np.matmul(w_g.transpose(0, 2, 1).astype(acc, copy=False),
+                                      dy_g.astype(acc, copy=False))  # fmt: skip
                 dcols = dcols.reshape(groups * k, m)
                 del dy_t, dy_g  # dy's transposed copy is done with: not beside dx in col2im
                 if dx is None:
