@@ -1,6 +1,6 @@
 """Peak memory of AlexNet's GPU training step, measured without a GPU.
 
-    python benchmarks/memory.py --batch 128 --ops 8     # about 90 s and 4 GB of RAM
+    python benchmarks/memory.py --batch 128 --ops 8     # a minute or so, 4 GB of RAM
     python benchmarks/memory.py --batch 16 32           # quicker: a line through the two
     python benchmarks/memory.py --batch 128 --im2col-workspace 64    # conv2d's columns bounded
 
