@@ -77,12 +77,24 @@ class Context:
 
 
 class Node:
-    """One recorded op: how to send the output's gradient back to its input tensors."""
+    """One recorded op: how to send the output's gradient back to its inputs.
 
-    def __init__(self, fn: type, ctx: Context, inputs: tuple):
+    ``inputs``, in argument order: for an input made by another op, that op's Node; for a leaf
+    that requires a gradient (a parameter), the Tensor itself, whose ``.grad`` collects it;
+    None for anything else. The graph holds Nodes, never an intermediate Tensor, so an
+    activation's array is freed as soon as no backward saved it (a conv's output before its
+    ReLU, say): what backward needs is only what ``ctx.save`` kept. ``shape`` and ``dtype`` are
+    the output's, to check the gradients that come back.
+    """
+
+    requires_grad = True  # a Node's output always does: that is why it was recorded
+
+    def __init__(self, fn: type, ctx: Context, inputs: tuple, shape: tuple, dtype):
         self.fn = fn
         self.ctx = ctx
-        self.inputs = inputs  # the Tensor inputs, in argument order (non-tensors are None)
+        self.inputs = inputs
+        self.shape = shape
+        self.dtype = dtype
 
 
 class Function:
@@ -132,9 +144,16 @@ class Function:
         requires_grad = _grad_enabled and any(needs)
         result = Tensor._wrap(out, device, requires_grad)
         if requires_grad:
-            inputs = tuple(a if isinstance(a, Tensor) else None for a in args)
-            result._node = Node(cls, ctx, inputs)
+            inputs = tuple(_graph_input(a) if isinstance(a, Tensor) else None for a in args)
+            result._node = Node(cls, ctx, inputs, tuple(out.shape), out.dtype)
         return result
+
+
+def _graph_input(t):
+    """What a Node keeps of an input Tensor (see Node): its producer, or a leaf that learns."""
+    if t._node is not None:
+        return t._node
+    return t if t.requires_grad else None
 
 
 def _common_device(op: str, tensors) -> str:
@@ -195,61 +214,75 @@ def _check_float_dtypes(op: str, tensors):
         )
 
 
-def backward(root, grad) -> None:
-    """Send ``grad`` (d loss / d root) back through the graph; leaves accumulate into ``.grad``."""
+def backward(root, grad, retain_graph: bool = False) -> None:
+    """Send ``grad`` (d loss / d root) back through the graph; leaves accumulate into ``.grad``.
+
+    As PyTorch does, each Node's saved arrays are released once its backward has run, so the
+    activations of a training step are freed as backward goes; a second backward through the same
+    graph then needs ``retain_graph=True`` the first time, and says so."""
     from minidl.tensor import Tensor
 
+    # The walk is over Nodes (and the leaves at the end of it), keyed by identity.
+    start = root._node if root._node is not None else root
     # Topological order by depth-first search; reversed, every node comes before its inputs.
     order, seen = [], set()
-    stack = [(root, False)]
+    stack = [(start, False)]
     while stack:
-        tensor, expanded = stack.pop()
+        item, expanded = stack.pop()
         if expanded:
-            order.append(tensor)
+            order.append(item)
             continue
-        if id(tensor) in seen:
+        if id(item) in seen:
             continue
-        seen.add(id(tensor))
-        stack.append((tensor, True))
-        if tensor._node is not None:
-            for parent in tensor._node.inputs:
-                if parent is not None and parent.requires_grad and id(parent) not in seen:
+        seen.add(id(item))
+        stack.append((item, True))
+        if isinstance(item, Node):
+            for parent in item.inputs:
+                if parent is not None and id(parent) not in seen:
                     stack.append((parent, False))
 
-    grads = {id(root): grad}
-    for tensor in reversed(order):
-        dy = grads.pop(id(tensor), None)
+    grads = {id(start): grad}
+    for item in reversed(order):
+        dy = grads.pop(id(item), None)
         if dy is None:
             continue
-        node = tensor._node
-        if node is None:  # a leaf: accumulate (never in place: dy may be shared), as PyTorch does
+        if isinstance(item, Tensor):  # a leaf: accumulate (never in place: dy may be shared)
             # dy has the leaf's shape, dtype and device by construction, so this skips the checks
             # the public ``grad`` setter makes for gradients assigned by hand
-            previous = tensor._grad
+            previous = item._grad
             total = dy if previous is None else previous.data + dy
-            tensor._grad = Tensor._wrap(total, tensor.device, False)
+            item._grad = Tensor._wrap(total, item.device, False)
             continue
+        node = item
         if node.fn.backward is Function.backward:
             raise NotImplementedError(
                 f"{node.fn.__name__} has no backward(ctx, dy): define it as a @staticmethod "
                 "returning d loss / d input for each input (None where there is none)"
             )
+        if node.ctx is None:
+            raise RuntimeError(
+                f"backward: the graph through {op_name(node.fn)} was already used by a "
+                "backward(), which released its saved arrays (as PyTorch does); pass "
+                "retain_graph=True to that first backward() to go through the graph again"
+            )
         if _profile is None:
             input_grads = node.fn.backward(node.ctx, dy)
         else:
-            start = _clock()
+            start_time = _clock()
             input_grads = node.fn.backward(node.ctx, dy)
-            _profile[node.fn.__name__][1] += _clock() - start
+            _profile[node.fn.__name__][1] += _clock() - start_time
+        if not retain_graph:
+            node.ctx = None  # its saved arrays go now, not when the whole graph does
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
         for parent, dx in zip(node.inputs, input_grads):
-            if parent is None or dx is None or not parent.requires_grad:
+            if parent is None or dx is None:
                 continue
             if isinstance(dx, Tensor):  # a backward written with Tensors, as in PyTorch
                 dx = dx.data
             if dx.dtype != parent.dtype and dtypes.is_16bit(parent.dtype):
                 dx = dx.astype(parent.dtype)  # NumPy widened it (see Function.keeps_16bit)
-            if dx.shape != parent.shape:
+            if tuple(dx.shape) != tuple(parent.shape):
                 raise RuntimeError(
                     f"{node.fn.__name__}.backward returned a gradient of shape {dx.shape} "
                     f"for an input of shape {parent.shape}"

@@ -191,10 +191,12 @@ class Tensor:
         self.grad = None
 
     # ---- autograd ----------------------------------------------------------------------------
-    def backward(self, gradient=None) -> None:
+    def backward(self, gradient=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
-        ``gradient`` is d(loss)/d(self); it may be left out only when self is a scalar.
+        ``gradient`` is d(loss)/d(self); it may be left out only when self is a scalar. The
+        graph's saved arrays are released as backward goes, unless ``retain_graph`` (to run
+        backward through the same graph again), as in PyTorch.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
@@ -212,7 +214,7 @@ class Tensor:
                 raise ValueError(
                     f"gradient has shape {tuple(grad.shape)}, expected the tensor's {self.shape}"
                 )
-        backward(self, grad)
+        backward(self, grad, retain_graph)
 
     # ---- math --------------------------------------------------------------------------------
     def __add__(self, other):

@@ -36,6 +36,47 @@ def test_branch_and_join():
     np.testing.assert_allclose(x.grad.numpy(), 3 * (np.exp(6.0) + 2 * 6.0))
 
 
+def test_the_graph_holds_no_intermediate_array_that_no_backward_saved():
+    """The graph keeps Nodes, not Tensors: h's array (read by no backward: relu saves its
+    output) is freed once the user drops h, while the graph through it still works."""
+    import gc
+    import weakref
+
+    x = mdl.tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    h = x * 2.0 + 1.0  # Add saves shapes only
+    y = mdl.functional.relu(h)
+    freed = weakref.ref(h.data)
+    del h
+    gc.collect()
+    assert freed() is None
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 0.0, 2.0])
+
+
+def test_backward_releases_what_forward_saved_and_a_second_backward_says_so():
+    """As PyTorch: each Node's saved arrays go once its backward has run; a second backward
+    through the graph fails naming retain_graph, which keeps them."""
+    import gc
+    import weakref
+
+    x = mdl.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    z = x * 3.0
+    w = (z * z).sum()  # Mul saves z's array
+    saved = weakref.ref(z.data)
+    del z
+    gc.collect()
+    assert saved() is not None
+    w.backward()
+    gc.collect()
+    assert saved() is None  # released with the Mul node's context
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        w.backward()
+    v = (x * x).sum()
+    v.backward(retain_graph=True)
+    v.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [18.0 + 4.0, 36.0 + 8.0])
+
+
 def test_gradients_accumulate_across_backward_calls():
     x = mdl.tensor(np.array([1.0, 2.0]), requires_grad=True)
     (x * 2.0).sum().backward()

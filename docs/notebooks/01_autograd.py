@@ -176,8 +176,9 @@ assert error < 1e-6
 #   `backward(ctx, dy)` returns one gradient per input. `ctx.save(...)` is what forward keeps
 #   for backward (our closures captured it implicitly; here it is explicit).
 # - **`Function.apply(*tensors)`** runs forward on the tensors' arrays and, if any input requires a
-#   gradient, attaches a **`Node`** to the output: the Function class, its `ctx`, and the input
-#   tensors. That node is our `backward_step` + `parents`.
+#   gradient, attaches a **`Node`** to the output: the Function class, its `ctx`, and its
+#   inputs (an input made by an op as that op's Node, a leaf as itself). That node is our
+#   `backward_step` + `parents`.
 # - **`backward(root, grad)`** sorts the graph topologically and calls each node's
 #   `Function.backward` in reverse order, summing gradients that arrive at the same tensor.
 
@@ -189,12 +190,12 @@ L = (a * b + b) ** 2
 node = L._node
 print("L was made by", node.fn.__name__, "from", len(node.inputs), "inputs")
 print("the Pow node saved for backward:", node.ctx.saved)
-add_node = node.inputs[0]._node
+add_node = node.inputs[0]  # an input made by an op is kept as that op's Node
 print(
     "its first input was made by",
     add_node.fn.__name__,
     "from",
-    [t._node.fn.__name__ if t._node else "a leaf" for t in add_node.inputs],
+    [t.fn.__name__ if isinstance(t, autograd.Node) else "a leaf" for t in add_node.inputs],
 )
 
 # %% [markdown]
@@ -243,16 +244,14 @@ def draw_graph(ax, root, parents, label, title):
     ax.axis("off")
 
 
-def tensor_parents(t):
-    return [p for p in t._node.inputs if p is not None] if t._node is not None else []
+def node_parents(v):  # v: a Node, or a leaf Tensor
+    return [p for p in v.inputs if p is not None] if isinstance(v, autograd.Node) else []
 
 
-def tensor_label(t):
-    if t._node is not None:
-        name = t._node.fn.__name__
-    else:
-        name = "leaf" if t.requires_grad else "constant"
-    return f"{name}\n{t.data.item():g}"
+def node_label(v):
+    if isinstance(v, autograd.Node):
+        return f"{v.fn.__name__}\nshape {v.shape}"
+    return f"leaf\n{v.data.item():g}"
 
 
 va, vb = Value(2.0), Value(-3.0)
@@ -264,12 +263,16 @@ draw_graph(
     lambda v: f"{v.op or 'leaf'}\n{v.data:g}",
     "our Value graph",
 )
-draw_graph(right, L, tensor_parents, tensor_label, "minidl's Node graph")
+draw_graph(right, L._node, node_parents, node_label, "minidl's Node graph")
 plt.show()
 
 # %% [markdown]
-# Same shape: minidl also turned the exponent 2 into a (constant) tensor, which is never sent a
-# gradient. Here is the whole of minidl's backward walk; compare it with `Value.backward`:
+# Same shape, with two differences. minidl's graph holds only what backward must reach: the
+# Nodes of ops and the leaves that learn. The exponent 2 (made a constant tensor, which is never
+# sent a gradient) is not in it, and no intermediate *value* is either: a Node keeps the op,
+# what its forward saved and its output's shape, so an activation's array is freed as soon as no
+# backward needs it. Here is the whole of minidl's backward walk; compare it with
+# `Value.backward`:
 
 # %%
 print(inspect.getsource(autograd.backward))

@@ -190,6 +190,7 @@ cuda.launch(
         x_big,
         y_small_launch,
         cuda.i64(x_big.size),
+        cuda.i64(0),  # first: x_big[0] is element 0 of the batch (docs/distributed.md)
         np.uint32(key & 0xFFFFFFFF),
         np.uint32(key >> 32),
         np.uint32(round(0.5 * 2**24)),
