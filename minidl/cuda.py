@@ -54,7 +54,7 @@ ARCHITECTURES = ("compute_75", "compute_80", "compute_90")
 _override_dir: Path | None = None
 _default_dir: Path | None = None
 _modules: dict = {}
-_module_types: dict = {}  # id(compiled module) -> the C types it is instantiated for
+_module_types: dict = {}  # id(compiled module) -> (its C types, its kernels' parameters)
 
 
 # ---- where the sources are -----------------------------------------------------------------------
@@ -89,6 +89,15 @@ def kernel_source_override(folder):
 def kernel_names(source: str) -> list[str]:
     """The templated ``__global__`` kernels a source defines."""
     return re.findall(r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)", source)
+
+
+def kernel_parameters(source: str) -> dict[str, list[str]]:
+    """Each templated kernel's parameter list, as written: {"name": ["const T* x", ...]}."""
+    found = re.findall(
+        r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)", source
+    )
+    return {name: [" ".join(p.split()) for p in params.split(",") if p.strip()]
+            for name, params in found}  # fmt: skip
 
 
 def kernel_types(source: str) -> tuple[str, ...]:
@@ -242,9 +251,17 @@ def launch(file: str | Path, kernel: str, dtype, grid, block, args) -> None:
     """Run ``kernel<T>`` from ``kernels/<file>.cu`` (or from a ``.cu`` path of your own) over
     ``grid`` x ``block`` threads."""
     module = _module(file)
-    types = _module_types.get(id(module))
-    if types is None:  # once per compiled module: the types its "// minidl-types:" line names
-        types = _module_types[id(module)] = kernel_types(_source(file)[0].read_text())
+    if id(module) not in _module_types:  # once per compiled module: its types and signatures
+        source = _source(file)[0].read_text()
+        _module_types[id(module)] = (kernel_types(source), kernel_parameters(source))
+    types, parameters = _module_types[id(module)]
+    expected = parameters.get(kernel)
+    if expected is not None and len(args) != len(expected):
+        # A GPU would read past the arguments given (garbage), the emulator would crash: say it.
+        raise TypeError(
+            f"{kernel} ({file}): takes {len(expected)} arguments ({', '.join(expected)}), got "
+            f"{len(args)}"
+        )
     ctype = CTYPES.get(np.dtype(dtype))
     if ctype not in types:  # e.g. an integer tensor, or float16 in a float/double-only file
         raise TypeError(

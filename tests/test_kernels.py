@@ -317,3 +317,17 @@ def test_a_broken_kernel_is_caught(file, old, new, check, tmp_path, monkeypatch)
     (tmp_path / file).write_text(source.replace(old, new, 1))
     with cuda.kernel_source_override(tmp_path):
         assert not check(), f"breaking {file} ({old!r} -> {new!r}) went unnoticed"
+
+
+def test_a_launch_with_the_wrong_number_of_arguments_is_refused_by_name(monkeypatch):
+    """Every kernel's parameter list is read from its source; a launch that passes another
+    number of arguments (which a GPU would run on garbage and the emulator crash on) is a
+    TypeError naming the kernel and its parameters, before anything runs."""
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    for path in sorted(cuda.kernel_dir().glob("*.cu")):
+        source = path.read_text()
+        assert set(cuda.kernel_parameters(source)) == set(cuda.kernel_names(source)), path.name
+    x = np.ones(4, np.float32)
+    args = (x, np.empty_like(x), cuda.i64(4), np.uint32(1), np.uint32(2), np.uint32(3))
+    with pytest.raises(TypeError, match=r"dropout_forward \(dropout\): takes 8 arguments"):
+        cuda.launch("dropout", "dropout_forward", np.float32, (1,), (32,), (*args, np.float32(2)))
