@@ -56,6 +56,8 @@ from minidl.ops.tensor_ops import (
 class Tensor:
     """An n-dimensional array with an optional gradient, on "cpu" or "cuda"."""
 
+    _wrapped_number = False  # a Python number beside a 16-bit tensor (ops/promotion.py)
+
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str = "cpu"):
         device = backend.check_device(device)
         if isinstance(data, Tensor):

@@ -51,6 +51,31 @@ def test_python_numbers_and_integer_tensors_keep_bfloat16():
     assert x.grad.dtype == BF16
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_python_number_beside_a_16bit_tensor_is_computed_in_float32(dtype):
+    """PyTorch's "opmath": x * 0.3 is x times the float32 0.3, rounded once (not times 0.3
+    rounded to 16 bits first). The same as torch's mul and div; its CPU add and sub round the
+    number to the tensor's dtype first, so there minidl can be 1 ulp closer to the exact sum."""
+    dt = np.dtype(dtype)
+    x = np.random.default_rng(0).standard_normal(2000).astype(np.float32).astype(dt)
+    t = mdl.tensor(x, requires_grad=True)
+    for y, exact in [
+        (t * 0.3, x.astype(np.float32) * np.float32(0.3)),
+        (t / 3.0, x.astype(np.float32) / np.float32(3.0)),
+        (t + 0.7, x.astype(np.float32) + np.float32(0.7)),
+        (2 - t, np.float32(2) - x.astype(np.float32)),
+    ]:
+        assert y.dtype == dt
+        np.testing.assert_array_equal(f32(y), exact.astype(dt).astype(np.float32))
+    (t * 0.3).sum().backward()
+    assert t.grad.dtype == dt
+    assert np.all(f32(t.grad) == np.float32(0.3).astype(dt).astype(np.float32))
+    torch = pytest.importorskip("torch")
+    theirs = torch.from_numpy(x.astype(np.float32)).to(getattr(torch, dtype))
+    np.testing.assert_array_equal(f32(t * 0.3), (theirs * 0.3).float().numpy())
+    np.testing.assert_array_equal(f32(t / 3.0), (theirs / 3.0).float().numpy())
+
+
 def test_sums_accumulate_in_float32():
     """NumPy adds bfloat16 in bfloat16 (10,000 x 0.01 gives 4.0); minidl's sum gives 100."""
     ones = np.full(10_000, 0.01, dtype=np.float32).astype(BF16)

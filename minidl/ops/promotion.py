@@ -56,12 +56,16 @@ def promote(self: Tensor, other) -> tuple[Tensor, Tensor]:
         return self, other
     xp = backend.xp(self.device)
     if type(other) in (float, int) and dtypes.kind(self.dtype) == "f":  # the common case, fast
+        if dtypes.is_16bit(self.dtype):
+            return self, _wrapped_number(xp.asarray(other, dtype=np.float32), self.device)
         return self, _tensor.Tensor._wrap(xp.asarray(other, dtype=self.dtype), self.device, False)
     if isinstance(other, numbers.Number):
         category = _scalar_category(other)
         a = self
         if category > _CATEGORY[dtypes.kind(self.dtype)]:
             a = self.astype(_DEFAULT_OF_CATEGORY[category])
+        if dtypes.is_16bit(a.dtype):
+            return a, _wrapped_number(xp.asarray(other, dtype=np.float32), self.device)
         # astype after asarray: a negative int wraps into an unsigned dtype, as in PyTorch
         value = xp.asarray(other).astype(a.dtype, copy=False)
         return a, _tensor.Tensor._wrap(value, self.device, False)
@@ -72,6 +76,16 @@ def promote(self: Tensor, other) -> tuple[Tensor, Tensor]:
     if category > _CATEGORY[dtypes.kind(self.dtype)]:
         a = self.astype(_DEFAULT_OF_CATEGORY[category])
     return a, value if value.dtype == a.dtype else value.astype(a.dtype)
+
+
+def _wrapped_number(value, device: str) -> Tensor:
+    """A Python number beside a 16-bit tensor, kept in float32 (PyTorch's "opmath"): the op
+    computes in float32 and ``Function.apply`` rounds its result to the tensor's dtype once, so
+    ``x * 0.3`` is round(x * 0.3), not round(x * round(0.3)). Marked, so that the one-float-dtype
+    rule does not count it (PyTorch's wrapped numbers do not take part in promotion either)."""
+    number = _tensor.Tensor._wrap(value, device, False)
+    number._wrapped_number = True
+    return number
 
 
 def sub_operands(self: Tensor, other) -> tuple[Tensor, Tensor]:
