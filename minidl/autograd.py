@@ -203,9 +203,7 @@ def _output_array(fn: type, out):
 
 def _check_float_dtypes(op: str, tensors):
     """The one floating-point dtype among the tensors (None if there is none); two refused."""
-    floating = {
-        t.dtype for t in tensors if dtypes.kind(t.dtype) == "f" and not t._wrapped_number
-    }
+    floating = {t.dtype for t in tensors if dtypes.kind(t.dtype) == "f" and not t._wrapped_number}
     if len(floating) == 1:
         return floating.pop()
     if len(floating) > 1:
