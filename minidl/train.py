@@ -122,13 +122,14 @@ def train_epoch(
     start = time.perf_counter()
     # where each of this rank's batches starts in the global batch (data parallel): dropout
     # counts its elements from there, so N ranks draw one process's masks
-    starts = loader.shard_starts(loader.epoch) if hasattr(loader, "shard_starts") else None
+    sharded = getattr(loader, "world_size", 1) > 1 and hasattr(loader, "shard_starts")
+    starts = loader.shard_starts(loader.epoch) if sharded else []
     bar = _progress(loader, len(loader), desc, progress)
     for step, (x, y) in enumerate(bar, start=1):
         x = Tensor(x, device=device)
         if precision is not None:
             x = precision.cast_input(x)
-        with mdl_random.batch_shard(starts[step - 1] if starts else 0):
+        with mdl_random.batch_shard(starts[step - 1] if step <= len(starts) else 0):
             logits = model(x)
         loss = F.cross_entropy(mdl_precision.Precision.loss_input(logits), y)  # float32 loss
         optimizer.zero_grad()
