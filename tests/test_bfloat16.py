@@ -9,6 +9,7 @@ import minidl as mdl
 import minidl.functional as F
 from minidl import dtypes, train
 
+pytest.importorskip("ml_dtypes")  # a checkout run without installing (the GPU machine) may lack it
 BF16 = dtypes.require_bfloat16("tests/test_bfloat16.py")
 ULP = 2.0**-7  # bfloat16's spacing relative to a value in [1, 2): 8 significant bits
 

@@ -14,8 +14,9 @@ from minidl import backend, cuda, emulator, optim, precision
 from minidl.ops import activation, batchnorm, conv, dropout, loss, lrn, pool, reduce
 from minidl.precision import BFLOAT16, to_float32, to_storage
 
-HALF_TYPES = [np.dtype(np.float16), BFLOAT16]
-HALF_IDS = ["float16", "bfloat16"]
+# bfloat16 needs ml_dtypes, which a checkout run without installing (the GPU machine) may lack
+HALF_TYPES = [np.dtype(np.float16)] + ([BFLOAT16] if BFLOAT16 is not None else [])
+HALF_IDS = ["float16", "bfloat16"][: len(HALF_TYPES)]
 CONVERTED = [
     "activation.cu",
     "batchnorm.cu",
