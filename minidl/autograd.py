@@ -87,8 +87,6 @@ class Node:
     the output's, to check the gradients that come back.
     """
 
-    requires_grad = True  # a Node's output always does: that is why it was recorded
-
     def __init__(self, fn: type, ctx: Context, inputs: tuple, shape: tuple, dtype):
         self.fn = fn
         self.ctx = ctx
