@@ -115,54 +115,23 @@ CASES = {
 }
 
 
-def ours(name, args, device):
-    if name == "relu":
-        return F.relu(*args)
-    if name == "linear":
-        return F.linear(*args)
-    if name == "conv2d":
-        return F.conv2d(*args, stride=1, padding=1)
-    if name == "conv2d_groups":
-        return F.conv2d(*args, stride=2, padding=1, groups=2)
-    if name == "max_pool2d":
-        return F.max_pool2d(args[0], 3, 2)
+def call(f, name, args, lrn_alpha, cross_entropy):
+    """One case through ``f``: minidl.functional or torch.nn.functional, which take the same
+    arguments here but for LRN's alpha (PyTorch divides it by the size) and the loss's target."""
     if name == "local_response_norm":
-        return F.local_response_norm(args[0], 5, 1e-2, 0.75, 2.0)
-    if name == "batch_norm":
-        return F.batch_norm(args[0], None, None, args[1], args[2], training=True)
-    if name == "log_softmax":
-        return F.log_softmax(args[0], dim=1)
-    if name == "softmax":
-        return F.softmax(args[0], dim=1)
-    if name == "cross_entropy":  # the logits cast up, as fit does (Precision.loss_input)
-        target = mdl.tensor(np.arange(6) % 10, device=device)
-        return F.cross_entropy(args[0].astype(np.float32), target)
-    raise KeyError(name)
-
-
-def theirs(torch, name, args):
-    tf = torch.nn.functional
-    if name == "relu":
-        return tf.relu(*args)
-    if name == "linear":
-        return tf.linear(*args)
-    if name == "conv2d":
-        return tf.conv2d(*args, stride=1, padding=1)
-    if name == "conv2d_groups":
-        return tf.conv2d(*args, stride=2, padding=1, groups=2)
-    if name == "max_pool2d":
-        return tf.max_pool2d(args[0], 3, 2)
-    if name == "local_response_norm":
-        return tf.local_response_norm(args[0], 5, 5 * 1e-2, 0.75, 2.0)  # alpha / size there
-    if name == "batch_norm":
-        return tf.batch_norm(args[0], None, None, args[1], args[2], training=True)
-    if name == "log_softmax":
-        return tf.log_softmax(args[0], dim=1)
-    if name == "softmax":
-        return tf.softmax(args[0], dim=1)
+        return f.local_response_norm(args[0], 5, lrn_alpha, 0.75, 2.0)
     if name == "cross_entropy":
-        return tf.cross_entropy(args[0].float(), torch.arange(6) % 10)
-    raise KeyError(name)
+        return cross_entropy(args[0])
+    return {
+        "relu": lambda: f.relu(*args),
+        "linear": lambda: f.linear(*args),
+        "conv2d": lambda: f.conv2d(*args, stride=1, padding=1),
+        "conv2d_groups": lambda: f.conv2d(*args, stride=2, padding=1, groups=2),
+        "max_pool2d": lambda: f.max_pool2d(args[0], 3, 2),
+        "batch_norm": lambda: f.batch_norm(args[0], None, None, args[1], args[2], training=True),
+        "log_softmax": lambda: f.log_softmax(args[0], dim=1),
+        "softmax": lambda: f.softmax(args[0], dim=1),
+    }[name]()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -174,14 +143,19 @@ def test_ops_match_torch_bfloat16(name, device):
     rng = np.random.default_rng(sorted(CASES).index(name))
     arrays = [rng.standard_normal(shape).astype(np.float32).astype(BF16) for shape in CASES[name]]
     mine = [mdl.tensor(a, requires_grad=True, device=device) for a in arrays]
-    y = ours(name, mine, device)
+    target = mdl.tensor(np.arange(6) % 10, device=device)
+    # the logits cast up for the loss, as fit does (Precision.loss_input)
+    y = call(F, name, mine, 1e-2, lambda z: F.cross_entropy(z.astype(np.float32), target))
     dy = rng.standard_normal(y.shape).astype(np.float32).astype(y.dtype)
     y.backward(dy)
     # PyTorch has no bfloat16 LRN on the CPU: its float32 LRN of the same values, which is what
     # ours computes before it rounds
     to = torch.float32 if name == "local_response_norm" else torch.bfloat16
     theirs_in = [torch.from_numpy(a.astype(np.float32)).to(to).requires_grad_() for a in arrays]
-    t = theirs(torch, name, theirs_in)
+    tf = torch.nn.functional
+    t = call(
+        tf, name, theirs_in, 5 * 1e-2, lambda z: tf.cross_entropy(z.float(), torch.arange(6) % 10)
+    )
     t.backward(torch.from_numpy(dy.astype(np.float32)).to(t.dtype))
     expected_dtype = np.float32 if name == "cross_entropy" else BF16
     assert y.dtype == expected_dtype
