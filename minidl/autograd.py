@@ -170,9 +170,16 @@ def op_name(fn: type) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", stem).lower()
 
 
+def _kind(t) -> str:
+    """dtypes.kind of a tensor's dtype; NumPy's own letter unless it is "V" (bfloat16's), since
+    every op asks this of every input."""
+    letter = t.dtype.kind
+    return dtypes.kind(t.dtype) if letter == "V" else letter
+
+
 def _check_dtype_kinds(fn: type, tensors) -> None:
     for t in tensors:
-        if dtypes.kind(t.dtype) not in fn.dtype_kinds:
+        if _kind(t) not in fn.dtype_kinds:
             name = op_name(fn)
             raise TypeError(
                 f"{name}: got dtype {t.dtype}; {name} takes floating-point tensors (float32, "
@@ -201,7 +208,7 @@ def _output_array(fn: type, out):
 
 def _check_float_dtypes(op: str, tensors):
     """The one floating-point dtype among the tensors (None if there is none); two refused."""
-    floating = {t.dtype for t in tensors if dtypes.kind(t.dtype) == "f" and not t._wrapped_number}
+    floating = {t.dtype for t in tensors if _kind(t) == "f" and not t._wrapped_number}
     if len(floating) == 1:
         return floating.pop()
     if len(floating) > 1:
