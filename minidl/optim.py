@@ -54,7 +54,7 @@ class Optimizer:
                 if p.grad is None:
                     continue
                 if precision.is_16bit(p.dtype) and "master" not in state:
-                    state["master"] = precision.to_float32(p.data)  # float32 master weights
+                    state["master"] = p.data.astype(np.float32)  # float32 master weights
                 self._update(p, backend.xp(p.device).ascontiguousarray(p.grad.data), state)
 
     def _update(self, p, g, state) -> None:
@@ -63,7 +63,7 @@ class Optimizer:
 
     def _gradient(self, g, dtype):
         """g times grad_scale, as ``dtype`` (float32 for a 16-bit parameter's master)."""
-        g = precision.to_float32(g) if precision.is_16bit(g.dtype) else g
+        g = g.astype(np.float32) if precision.is_16bit(g.dtype) else g
         if self.grad_scale != 1.0:
             return g * np.dtype(dtype).type(self.grad_scale)
         return g.astype(dtype, copy=False)
@@ -117,7 +117,7 @@ class SGD(Optimizer):
             return
         self._step_numpy(master, self._gradient(g, master.dtype), v)
         if master is not p.data:
-            p.data[...] = precision.to_storage(master, p.dtype)
+            p.data[...] = master.astype(p.dtype, copy=False)  # rounded to 16 bits, once
 
     def _step_numpy(self, w, g, v) -> None:
         lr, mu, wd = (w.dtype.type(x) for x in (self.lr, self.momentum, self.weight_decay))
@@ -192,7 +192,7 @@ class Adam(Optimizer):
         step = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         w -= (step * m / (xp.sqrt(v) + self.eps * math.sqrt(1 - b2**t))).astype(w.dtype)
         if w is not p.data:
-            p.data[...] = precision.to_storage(w, p.dtype)
+            p.data[...] = w.astype(p.dtype, copy=False)  # rounded to 16 bits, once
 
 
 class StepLR:

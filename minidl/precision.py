@@ -50,17 +50,6 @@ def _xp(array):
     return np if isinstance(array, (np.ndarray, np.generic)) else backend.xp("cuda")
 
 
-def to_storage(x, dtype):
-    """x rounded to ``dtype`` (float16, bfloat16, float32 or float64: to nearest, ties to even, as
-    CUDA's ``__float2half_rn``/``__float2bfloat16_rn``); x itself when it already is."""
-    return x.astype(dtype, copy=False)
-
-
-def to_float32(x):
-    """A 16-bit (or any floating) array as float32 (exact from 16 bits)."""
-    return x.astype(np.float32)
-
-
 def all_finite(x) -> bool:
     """No inf and no NaN in x."""
     return bool(_xp(x).isfinite(x).all())

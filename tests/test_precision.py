@@ -12,7 +12,16 @@ import minidl as mdl
 import minidl.functional as F
 from minidl import backend, cuda, emulator, optim, precision
 from minidl.ops import activation, batchnorm, conv, dropout, loss, lrn, pool, reduce
-from minidl.precision import BFLOAT16, to_float32, to_storage
+from minidl.precision import BFLOAT16
+
+
+def to_float32(x):
+    return x.astype(np.float32)
+
+
+def to_storage(x, dtype):
+    return x.astype(dtype)
+
 
 # bfloat16 needs ml_dtypes, which a checkout run without installing (the GPU machine) may lack
 HALF_TYPES = [np.dtype(np.float16)] + ([BFLOAT16] if BFLOAT16 is not None else [])

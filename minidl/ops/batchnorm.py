@@ -36,7 +36,6 @@ import numpy as np
 from minidl import backend, cuda, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
-from minidl.precision import to_storage
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
@@ -199,7 +198,7 @@ def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
         ),
     )
     # the parameters' gradients in the parameters' dtype (rounded once, from float32, if 16-bit)
-    return dx, to_storage(dweight, weight.dtype), to_storage(dbias, weight.dtype)
+    return dx, dweight.astype(weight.dtype, copy=False), dbias.astype(weight.dtype, copy=False)
 
 
 # ---- autograd ------------------------------------------------------------------------------------
