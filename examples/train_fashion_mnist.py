@@ -120,7 +120,10 @@ def main(argv=None) -> float:
     epochs = args.epochs if args.epochs is not None else (10 if alexnet else 3)
     if epochs < 0 or (args.limit is not None and args.limit < 1):
         raise SystemExit("--epochs must be >= 0 and --limit >= 1")
-    mode = precision.Precision(args.precision)
+    try:  # before any data is read: bf16 without ml_dtypes installed says so at once
+        mode = precision.Precision(args.precision)
+    except ImportError as err:
+        raise SystemExit(f"--precision {args.precision}: {err}") from None
     if args.device == "cpu" and mode.name != "fp32":
         raise SystemExit(
             f"--precision {mode.name} trains on the GPU only (--device cuda): NumPy has no TF32 "
@@ -170,10 +173,7 @@ def main(argv=None) -> float:
         )
     model.to(args.device)
     model.summary((1, size, size), show=distributed.is_main())
-    try:  # before the optimizer, which then keeps float32 master copies of 16-bit weights
-        mode.cast_model(model)
-    except ImportError as err:  # bf16 without ml_dtypes installed
-        raise SystemExit(f"--precision {mode.name}: {err}") from None
+    mode.cast_model(model)  # before the optimizer, which then keeps float32 master copies
     if opt_name == "sgd":
         momentum = args.momentum if args.momentum is not None else (0.0 if alexnet else 0.9)
         optimizer = optim.SGD(

@@ -79,7 +79,10 @@ class TenCropCHW:
 
 def main(argv=None) -> float:
     args = parse_args(argv)
-    mode = precision.Precision(args.precision)
+    try:  # before any data is read: bf16 without ml_dtypes installed says so at once
+        mode = precision.Precision(args.precision)
+    except ImportError as err:
+        raise SystemExit(f"--precision {args.precision}: {err}") from None
     if args.device == "cpu" and mode.name != "fp32":
         raise SystemExit(
             f"--precision {mode.name} trains on the GPU only (--device cuda), as in "
@@ -124,10 +127,7 @@ def main(argv=None) -> float:
     model = AlexNet(
         num_classes=len(raw.classes), groups=args.groups, input_size=args.crop, init=args.init
     ).to(args.device)
-    try:  # before the optimizer, which then keeps float32 master copies of 16-bit weights
-        mode.cast_model(model)
-    except ImportError as err:  # bf16 without ml_dtypes installed
-        raise SystemExit(f"--precision {mode.name}: {err}") from None
+    mode.cast_model(model)  # before the optimizer, which then keeps float32 master copies
     optimizer = optim.SGD(
         model.parameters(),
         lr=args.lr if args.lr is not None else 0.01,

@@ -32,8 +32,11 @@ THREADS = 256  # threads per block for element-wise kernels (grid-stride loops)
 REDUCE_THREADS = 256  # threads per block for block reductions; must match kernels/common.cuh
 MAX_BLOCKS = 65535
 
+# The C element types a kernel file may be instantiated for, by the dtype name they store. A file's
+# "// minidl-types:" line is checked against these names, never against what this process can make:
+# without ml_dtypes (bfloat16) installed, a file that also lists __nv_bfloat16 still serves float32.
 # bfloat16 storage is ml_dtypes.bfloat16 (minidl/dtypes.py), a NumPy dtype that CuPy takes too;
-# None when ml_dtypes is not installed, and then no bfloat16 kernel can be asked for.
+# when ml_dtypes is missing no bfloat16 array exists, so no bfloat16 kernel can be asked for.
 BFLOAT16 = dtypes.bfloat16
 CTYPES = {
     np.dtype(np.float32): "float",
@@ -107,9 +110,9 @@ def kernel_types(source: str) -> tuple[str, ...]:
     if found is None:
         return DEFAULT_TYPES
     types = tuple(found.group(1).split())
-    unknown = set(types) - set(CTYPES.values())
+    unknown = set(types) - set(CTYPE_NAMES)
     if unknown:
-        raise ValueError(f"minidl-types: unknown {sorted(unknown)}; known: {list(CTYPES.values())}")
+        raise ValueError(f"minidl-types: unknown {sorted(unknown)}; known: {list(CTYPE_NAMES)}")
     return types
 
 
@@ -124,7 +127,14 @@ def compile_options(*folders: Path) -> tuple[str, ...]:
     source and options) notices a header edit."""
     headers = [h for folder in folders for h in sorted(Path(folder).glob("*.cuh"))]
     digest = hashlib.sha256(b"".join(h.read_bytes() for h in headers))
-    includes = tuple(f"-I{folder}" for folder in (*folders, *cuda_include_dirs()))
+    toolkit = cuda_include_dirs()
+    if not toolkit:
+        raise RuntimeError(
+            "minidl.cuda: NVRTC needs the CUDA headers cuda_fp16.h and cuda_bf16.h (kernels/"
+            "common.cuh includes them) and none were found: pip install 'minidl[nvrtc]' (it brings "
+            "cuda-toolkit[nvrtc,cudart]), or set CUDA_PATH to a CUDA toolkit"
+        )
+    includes = tuple(f"-I{folder}" for folder in (*folders, *toolkit))
     return ("-std=c++14", *includes, f"-DMINIDL_HEADERS={digest.hexdigest()[:16]}")
 
 

@@ -39,10 +39,19 @@ def require_bfloat16(what: str) -> np.dtype:
     """The bfloat16 dtype, or an ImportError saying ``what`` needs ml_dtypes."""
     if bfloat16 is None:
         raise ImportError(
-            f"{what}: bfloat16 needs the ml_dtypes package (pip install ml_dtypes; it is one of "
-            "minidl's dependencies, so a checkout used without installing may lack it)"
+            f"{what}: bfloat16 needs the ml_dtypes package, which is not installed "
+            "(pip install 'ml_dtypes>=0.5'; it is one of minidl's own dependencies, so "
+            "'pip install minidl' brings it and a checkout used without installing may lack it)"
         )
     return bfloat16
+
+
+def resolve(dtype, what: str = "dtype") -> np.dtype:
+    """``np.dtype(dtype)``, where "bfloat16" without ml_dtypes says which package it needs
+    (NumPy's own answer is "data type 'bfloat16' not understood")."""
+    if bfloat16 is None and str(dtype) in ("bfloat16", "bf16"):
+        require_bfloat16(what)
+    return np.dtype(dtype)
 
 
 def is_bfloat16(dtype) -> bool:

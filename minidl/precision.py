@@ -65,6 +65,8 @@ class Precision:
     def __post_init__(self):
         if self.name not in MODES:
             raise ValueError(f"precision: mode must be one of {MODES}, got {self.name!r}")
+        if self.name == "bf16":  # asked for now, not at the first cast: names ml_dtypes if missing
+            dtypes.require_bfloat16("precision bf16")
 
     @property
     def dtype(self) -> np.dtype:

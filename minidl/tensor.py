@@ -70,7 +70,7 @@ class Tensor:
                 + (" (a list of Tensors? stack their .numpy())" if array.dtype == object else "")
             )
         if dtype is not None:
-            array = array.astype(dtype, copy=False)
+            array = array.astype(dtypes.resolve(dtype, "tensor"), copy=False)
         elif array.dtype.kind == "f" and not from_array:
             # Python floats become float32 (as in PyTorch); an array keeps its float dtype
             # (float16 and float64 included), as torch.tensor(array) does.
@@ -173,7 +173,7 @@ class Tensor:
         return self.to("cpu")
 
     def astype(self, dtype) -> Tensor:
-        return Cast.apply(self, dtype=np.dtype(dtype))
+        return Cast.apply(self, dtype=dtypes.resolve(dtype, "astype"))
 
     def double(self) -> Tensor:
         return self.astype(np.float64)

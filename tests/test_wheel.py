@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -41,6 +42,22 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def fresh_venv_seeing_this_environment(venv: Path) -> Path:
+    """A new venv (no system site-packages) whose sys.path ends with this environment's
+    site-packages, listed in a .pth file: the packages the test run has installed, and only those,
+    are there for the wheel's dependencies. Listed as plain folders, their own .pth files (this
+    checkout's editable install among them) are not run, so ``import minidl`` finds the wheel."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(purelib) / "test-environment.pth").write_text("\n".join(sorted(ours)) + "\n")
+    return python
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     wheels = tmp_path / "wheels"
@@ -61,11 +78,25 @@ def test_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     )
     (wheel,) = wheels.glob("minidl-*.whl")
     venv = tmp_path / "venv"
-    # System site-packages give numpy and pillow without a download; the venv's own
-    # site-packages come first on sys.path, so its minidl is the wheel's.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    python = fresh_venv_seeing_this_environment(venv)
+    # Installed with its dependencies, resolved against the packages of the environment running
+    # these tests (never the base interpreter's, never the network): a dependency missing here, or
+    # one the wheel forgot to declare, fails this test instead of being filled in by accident.
+    install = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-build-isolation",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MINIDL_CACHE": str(tmp_path / "cache")}
