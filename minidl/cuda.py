@@ -257,6 +257,21 @@ def _module(file):
     return _modules[key]
 
 
+def compile_all(file: str | Path) -> str:
+    """Compile every kernel of ``kernels/<file>.cu`` (or a ``.cu`` path) for every type its
+    ``minidl-types`` line declares, for the current device; returns what was compiled. A launch
+    compiles lazily; ``python -m minidl.check`` asks for everything at once."""
+    module = _module(file)
+    names = name_expressions(_source(file)[0].read_text())
+    for name in names:
+        if backend.emulating():
+            if name not in module.symbols:
+                raise KeyError(f"emulator: {file} has no instance {name}")
+        else:
+            module.get_function(name)  # NVRTC compiles the whole file on the first of these
+    return f"{len(names)} kernel instances"
+
+
 def launch(file: str | Path, kernel: str, dtype, grid, block, args) -> None:
     """Run ``kernel<T>`` from ``kernels/<file>.cu`` (or from a ``.cu`` path of your own) over
     ``grid`` x ``block`` threads."""

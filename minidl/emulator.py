@@ -184,6 +184,16 @@ def load(path, include_dirs=()) -> EmulatedModule:
     return EmulatedModule(ctypes.CDLL(str(library)), symbols)
 
 
+def compiler_version() -> str:
+    """The first line of ``$CXX --version`` (g++ when CXX is not set), or why there is none."""
+    compiler = os.environ.get("CXX", "g++")
+    try:
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return f"no C++ compiler {compiler!r} (apt-get install g++, or set CXX)"
+    return result.stdout.splitlines()[0] if result.stdout else compiler
+
+
 def _compile(unit: str, path: Path, library: Path, include_dirs=()) -> None:
     cpp = library.with_suffix(".cpp")
     cpp.write_text(unit)

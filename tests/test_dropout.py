@@ -124,3 +124,27 @@ def test_a_shard_of_the_batch_draws_the_whole_batchs_masks_for_its_samples(devic
     assert mdl_random.first_sample() == 0  # restored on leaving
     np.testing.assert_array_equal(part.grad.numpy(), whole.grad.numpy()[3:])
     assert 0 < (part.grad.numpy() == 0).mean() < 1
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_16bit_dropout_scales_in_float32_and_rounds_once_on_both_paths(dtype_name, monkeypatch):
+    """p = 0.4: 1 / (1 - p) is not a 16-bit number. The kernel multiplies in float32 and rounds
+    once; the NumPy path must too (a pre-rounded 16-bit scale differed in ~1 element of 6)."""
+    dtype = np.dtype(dtype_name) if dtype_name == "float16" else pytest.importorskip("ml_dtypes")
+    dtype = np.dtype(getattr(dtype, "bfloat16", dtype))
+    x = random((4, 257, 3)).astype(dtype)
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    results = []
+    for device in ("cpu", "cuda"):
+        mdl.manual_seed(9)
+        t = mdl.tensor(x, requires_grad=True, device=device)
+        y = F.dropout(t, 0.4)
+        y.backward(mdl.tensor(x, device=device))
+        results.append((y.numpy(), t.grad.numpy()))
+    (y, dx), (y_gpu, dx_gpu) = results
+    assert y.dtype == dtype and dx.dtype == dtype
+    # equal values (a dropped negative element is -0.0 on the CPU, +0.0 from the kernel)
+    assert np.array_equal(y, y_gpu) and np.array_equal(dx, dx_gpu)
+    kept = y.astype(np.float32) != 0
+    expected = (x.astype(np.float32) * np.float32(1 / 0.6)).astype(dtype)  # one rounding
+    assert np.array_equal(y[kept].view(np.uint16), expected[kept].view(np.uint16))

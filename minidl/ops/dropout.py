@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda
+from minidl import backend, cuda, dtypes
 from minidl import random as mdl_random
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
@@ -121,25 +121,25 @@ class DropoutFunction(Function):
     def forward(ctx, x, p, key, mask, first=0):
         # first: the element index x's first element has in the global batch (data parallel)
         # x: any shape -> y: same shape
-        scale = 1.0 / (1.0 - p)
-        if mask is not None:  # an injected mask (gradient checks): plain element-wise math
-            m = mask.astype(x.dtype) * x.dtype.type(scale)
-            ctx.save(m, (None, 0), p)
-            return x * m
-        if ctx.device == "cuda":
+        if mask is None and ctx.device == "cuda":
             shape = x.shape  # ascontiguousarray makes a 0-d array (1,): give y x's shape back
             x = backend.xp("cuda").ascontiguousarray(x)
             ctx.save(None, (key, first), p)  # backward regenerates the mask from the key
             return dropout_forward_cuda(x, key, p, first).reshape(shape)
-        m = dropout_mask_numpy(key, x.shape, p, first).astype(x.dtype) * x.dtype.type(scale)
+        if mask is None:
+            mask = dropout_mask_numpy(key, x.shape, p, first)
+        # m = mask / (1 - p) in the compute dtype: a 16-bit x is scaled in float32 and rounded
+        # once, as the kernel does (a 16-bit 1 / (1 - p) would be rounded first: 1/0.6 is 1.667
+        # in float16, and y would differ from the GPU's in the last bit)
+        m = mask.astype(dtypes.compute_dtype(x.dtype)) * (1.0 / (1.0 - p))
         ctx.save(m, (None, 0), p)
-        return x * m
+        return (x * m).astype(x.dtype, copy=False)
 
     @staticmethod
     def backward(ctx, dy):
         m, (key, first), p = ctx.saved
         if m is not None:
-            return dy * m
+            return (dy * m).astype(dy.dtype, copy=False)
         dx = dropout_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p, first)
         return dx.reshape(dy.shape)
 
