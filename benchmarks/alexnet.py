@@ -409,6 +409,10 @@ def main(argv=None) -> dict:
         import torch
     except ImportError:
         torch = None
+    if torch is not None and args.device == "cuda" and not torch.cuda.is_available():
+        # e.g. MINIDL_CUDA_EMULATE=1 beside a CPU build of PyTorch: only our side can be timed
+        print("PyTorch has no CUDA device here: only minidl is timed", file=sys.stderr)
+        torch = None
     ours = Ours(args.device, args.precision)
     theirs = Theirs(torch, args.device, args.precision) if torch is not None else None
     names = list(OPS) if args.ops == "all" else [] if args.ops == "none" else args.ops.split(",")

@@ -85,7 +85,11 @@ MUTATIONS = [
     ("conv.cu", "int h = top + i * dh;", "int h = top + i * dh + 1;"),
     ("lrn.cu", "j <= min(C - 1, c + half)", "j < min(C - 1, c + half)"),
     ("activation.cu", "dx[i] = to_acc(y[i]) > acc_t<T>(0)", "dx[i] = to_acc(y[i]) >= acc_t<T>(1)"),
-    ("loss.cu", "Acc target = (k == t[n]) ? Acc(1) : Acc(0);", "Acc target = (k == t[0]) ? Acc(1) : Acc(0);"),
+    (
+        "loss.cu",
+        "Acc target = (k == t[n]) ? Acc(1) : Acc(0);",
+        "Acc target = (k == t[0]) ? Acc(1) : Acc(0);",
+    ),
     ("dropout.cu", "? to_acc(x[i]) * scale", "? to_acc(x[i]) * scale * acc_t<T>(0.5)"),
 ]
 

@@ -10,10 +10,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,8 @@ FLOAT32_STILL_WORKS = WITHOUT_ML_DTYPES + textwrap.dedent(
     # kernel files that also list __nv_bfloat16 still serve float32 and float64
     os.environ["MINIDL_CUDA_EMULATE"] = "1"
     for dtype in (np.float32, np.float64):
-        z = F.max_pool2d(mdl.tensor(np.arange(16.0, dtype=dtype).reshape(1, 1, 4, 4), device="cuda"), 2)
+        x16 = mdl.tensor(np.arange(16.0, dtype=dtype).reshape(1, 1, 4, 4), device="cuda")
+        z = F.max_pool2d(x16, 2)
         assert z.numpy().ravel().tolist() == [5.0, 7.0, 13.0, 15.0]
         w = mdl.tensor(np.ones((2, 1, 3, 3), dtype), device="cuda")
         F.conv2d(F.local_response_norm(x.to("cuda").astype(dtype), 3), w).numpy()
@@ -188,7 +189,7 @@ def test_without_ml_dtypes_the_example_says_what_bf16_needs(tmp_path):
     script = WITHOUT_ML_DTYPES + textwrap.dedent(
         f"""
         import runpy
-        sys.argv = ["train_fashion_mnist.py", "--precision", "bf16", "--device", "cpu", "--out", {str(tmp_path)!r}]
+        sys.argv = ["train_fashion_mnist.py", "--precision", "bf16", "--out", {str(tmp_path)!r}]
         runpy.run_path({str(ROOT / "examples" / "train_fashion_mnist.py")!r}, run_name="__main__")
         """
     )

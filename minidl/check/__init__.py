@@ -36,7 +36,7 @@ TOLERANCE = {"float64": 1e-10, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3.2
 
 
 class Skip(Exception):
-    """A check that cannot run here (e.g. NCCL under the emulator); said, never counted as passed."""
+    """A check that cannot run here (NCCL under the emulator): said, never counted as passed."""
 
 
 @dataclass
@@ -83,7 +83,9 @@ class Report:
         numbers = ""
         if r.error is not None:
             numbers = f"max err {r.error:.2e}  tol {r.tolerance:.1e}"
-        print(f"{r.status}  {r.name:<52} {numbers or r.detail}  ({r.seconds:.2f} s)", file=self.stream)
+        print(
+            f"{r.status}  {r.name:<52} {numbers or r.detail}  ({r.seconds:.2f} s)", file=self.stream
+        )
         if r.status == "FAIL" and r.error is not None and r.detail:
             print(f"      {r.detail}", file=self.stream)
         self.stream.flush()
@@ -130,7 +132,11 @@ def _gpu_info() -> dict[str, str]:
         info["cuda runtime"] = _cuda_version(runtime.runtimeGetVersion())
         info["cuda driver"] = _cuda_version(runtime.driverGetVersion())
         properties = runtime.getDeviceProperties(runtime.getDevice())
-        name = properties["name"].decode() if isinstance(properties["name"], bytes) else properties["name"]
+        name = (
+            properties["name"].decode()
+            if isinstance(properties["name"], bytes)
+            else properties["name"]
+        )
         info["gpu"] = f"{name}, compute capability {properties['major']}.{properties['minor']}"
         info["gpu memory"] = f"{properties['totalGlobalMem'] / 2**30:.1f} GiB"
     except Exception as err:  # no driver, no device: said in the device check
@@ -159,7 +165,9 @@ def compile_kernels(report: Report) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidl.check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m minidl.check", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="small shapes only (the emulator, CI)")
     parser.add_argument("--json", metavar="FILE", help="write the environment and every result")
     parser.add_argument("--kernels", metavar="DIR", help="take the .cu files from DIR")
@@ -173,12 +181,15 @@ def main(argv=None) -> int:
     print()
     start = time.perf_counter()
     if backend.emulating() or report.check("device", cases.device).status == "PASS":
-        with cuda.kernel_source_override(args.kernels) if args.kernels else contextlib.nullcontext():
+        with (
+            cuda.kernel_source_override(args.kernels) if args.kernels else contextlib.nullcontext()
+        ):
             compile_kernels(report)
             cases.run_all(report, quick=args.quick)
     counts = report.counts()
     seconds = time.perf_counter() - start
-    print(f"\n{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in {seconds:.1f} s")
+    passed, failed, skipped = counts["PASS"], counts["FAIL"], counts["SKIP"]
+    print(f"\n{passed} passed, {failed} failed, {skipped} skipped in {seconds:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(

@@ -45,26 +45,31 @@ def _like(array: np.ndarray, t):
 
 def op_cases() -> list[Case]:
     """Odd sizes (partial thread blocks), every branch of each op, and AlexNet's layers."""
-    conv = F.conv2d
+    conv, pool, lrn = F.conv2d, F.max_pool2d, F.local_response_norm
     weights = np.linspace(0.5, 2.0, 10)
+
+    def smoothed(z):
+        targets = _targets(6, 10, ignore=-100)
+        return F.cross_entropy(z, targets, weight=_like(weights, z), label_smoothing=0.1)
+
     return [
-        Case("conv2d 3x3 pad 1", lambda x, w, b: conv(x, w, b, padding=1), ((2, 3, 7, 9), (4, 3, 3, 3), (4,))),
+        Case("conv2d 3x3 pad 1", lambda x, w, b: conv(x, w, b, padding=1),
+             ((2, 3, 7, 9), (4, 3, 3, 3), (4,))),
         Case("conv2d 5x5 stride 2 pad 2 groups 2", lambda x, w, b: conv(x, w, b, 2, 2, groups=2),
              ((1, 4, 11, 10), (6, 2, 5, 5), (6,))),
-        Case("conv2d 3x3 dilation 2", lambda x, w: conv(x, w, dilation=2), ((2, 2, 9, 9), (3, 2, 3, 3))),
-        Case("max_pool2d 3/2", lambda x: F.max_pool2d(x, 3, 2), ((2, 3, 9, 11),), distinct=True),
-        Case("max_pool2d 3/2 pad 1 ceil_mode", lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+        Case("conv2d 3x3 dilation 2", lambda x, w: conv(x, w, dilation=2),
+             ((2, 2, 9, 9), (3, 2, 3, 3))),
+        Case("max_pool2d 3/2", lambda x: pool(x, 3, 2), ((2, 3, 9, 11),), distinct=True),
+        Case("max_pool2d 3/2 pad 1 ceil_mode", lambda x: pool(x, 3, 2, 1, ceil_mode=True),
              ((1, 2, 8, 7),), distinct=True),
-        Case("local_response_norm 5 alpha 0.5", lambda x: F.local_response_norm(x, 5, 0.5, 0.75, 2.0),
+        Case("local_response_norm 5 alpha 0.5", lambda x: lrn(x, 5, 0.5, 0.75, 2.0),
              ((2, 7, 5, 6),)),
         Case("relu", F.relu, ((3, 5, 7),)),
         Case("bias_relu", F.bias_relu, ((2, 5, 3, 7), (5,))),
         Case("cross_entropy", lambda z: F.cross_entropy(z, _targets(6, 10)), ((6, 10),)),
-        Case("cross_entropy weight, smoothing, ignore_index",
-             lambda z: F.cross_entropy(z, _targets(6, 10, -100), weight=_like(weights, z),
-                                       label_smoothing=0.1),
-             ((6, 10),)),
-        Case("batch_norm training", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+        Case("cross_entropy weight, smoothing, ignore_index", smoothed, ((6, 10),)),
+        Case("batch_norm training",
+             lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
              ((4, 3, 5, 5), (3,), (3,))),
         # AlexNet's layers at batch 2 (the paper's sizes; 227x227 input)
         Case("conv1 96x11x11 stride 4", lambda x, w, b: conv(x, w, b, 4),
@@ -73,10 +78,10 @@ def op_cases() -> list[Case]:
              ((2, 96, 27, 27), (256, 48, 5, 5), (256,)), quick=False),
         Case("conv3 384x3x3 pad 1", lambda x, w, b: conv(x, w, b, 1, 1),
              ((2, 256, 13, 13), (384, 256, 3, 3), (384,)), quick=False),
-        Case("pool1 3/2 at 96x55x55", lambda x: F.max_pool2d(x, 3, 2), ((2, 96, 55, 55),),
+        Case("pool1 3/2 at 96x55x55", lambda x: pool(x, 3, 2), ((2, 96, 55, 55),),
              quick=False, distinct=True),
-        Case("lrn1 at 96x55x55", lambda x: F.local_response_norm(x, 5, 1e-4, 0.75, 2.0),
-             ((2, 96, 55, 55),), quick=False),
+        Case("lrn1 at 96x55x55", lambda x: lrn(x, 5, 1e-4, 0.75, 2.0), ((2, 96, 55, 55),),
+             quick=False),
         Case("relu at 96x55x55", F.relu, ((2, 96, 55, 55),), quick=False),
     ]  # fmt: skip
 
@@ -130,7 +135,7 @@ def sgd_steps(device: str, dtype) -> np.ndarray:
     rng = np.random.default_rng(8)
     w = mdl.tensor(rng.standard_normal((5, 301)).astype(dtype), requires_grad=True, device=device)
     optimizer = optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=0.01)
-    for step in range(3):
+    for _ in range(3):
         w.grad = mdl.tensor(rng.standard_normal(w.shape).astype(dtype), device=device)
         optimizer.step()
     return _f64(w)
@@ -194,7 +199,9 @@ def seeded_dropout(x):
 
 def check_properties(report: Report) -> None:
     for dtype in storage_dtypes():
-        report.check(f"dropout mask equals the CPU's [{dtype.name}]", lambda d=dtype: dropout_bits(d))
+        report.check(
+            f"dropout mask equals the CPU's [{dtype.name}]", lambda d=dtype: dropout_bits(d)
+        )
     report.check("max_pool2d backward: two runs equal bits", max_pool_deterministic)
     small = [c for c in op_cases() if c.quick]
     small.append(Case("dropout", seeded_dropout, ((3, 4, 5),)))
@@ -279,6 +286,8 @@ def run_all(report: Report, quick: bool) -> None:
         report.check(f"NCCL all-reduce, one rank [{dtype.name}]", lambda d=dtype: nccl_allreduce(d))
     for mode in ("fp32", "tf32", "fp16", "bf16"):
         if mode == "bf16" and len(storage_dtypes()) < 4:
-            report.check("training steps [bf16]", lambda: (_ for _ in ()).throw(Skip("no ml_dtypes")))
+            report.check(
+                "training steps [bf16]", lambda: (_ for _ in ()).throw(Skip("no ml_dtypes"))
+            )
             continue
         report.check(f"training steps [{mode}]", lambda m=mode: train_steps(m))
