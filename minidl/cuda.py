@@ -21,22 +21,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
 from minidl import backend, dtypes
 
+# the parsing lives below the loader and the emulator; its names stay part of the loader's API
+from minidl.kernel_source import (  # noqa: F401
+    CTYPE_NAMES,
+    DEFAULT_TYPES,
+    kernel_names,
+    kernel_parameters,
+    kernel_types,
+    name_expressions,
+)
+
 THREADS = 256  # threads per block for element-wise kernels (grid-stride loops)
 REDUCE_THREADS = 256  # threads per block for block reductions; must match kernels/common.cuh
 MAX_BLOCKS = 65535
 
-# The C element types a kernel file may be instantiated for, by the dtype name they store. A file's
-# "// minidl-types:" line is checked against these names, never against what this process can make:
-# without ml_dtypes (bfloat16) installed, a file that also lists __nv_bfloat16 still serves float32.
-# bfloat16 storage is ml_dtypes.bfloat16 (minidl/dtypes.py), a NumPy dtype that CuPy takes too;
-# when ml_dtypes is missing no bfloat16 array exists, so no bfloat16 kernel can be asked for.
+# The C type of each dtype (minidl/kernel_source.py has the names a "// minidl-types:" line may
+# use). bfloat16 storage is ml_dtypes.bfloat16 (minidl/dtypes.py), a NumPy dtype that CuPy takes
+# too; when ml_dtypes is missing no bfloat16 array exists, so no bfloat16 kernel is asked for.
 BFLOAT16 = dtypes.bfloat16
 CTYPES = {
     np.dtype(np.float32): "float",
@@ -45,13 +52,6 @@ CTYPES = {
 }
 if BFLOAT16 is not None:
     CTYPES[BFLOAT16] = "__nv_bfloat16"
-CTYPE_NAMES = {
-    "float": "float32",
-    "double": "float64",
-    "__half": "float16",
-    "__nv_bfloat16": "bfloat16",
-}
-DEFAULT_TYPES = ("float", "double")  # a .cu file without a "// minidl-types:" line
 ARCHITECTURES = ("compute_75", "compute_80", "compute_90")
 
 _override_dir: Path | None = None
@@ -87,38 +87,6 @@ def kernel_source_override(folder):
         yield
     finally:
         _override_dir = previous
-
-
-def kernel_names(source: str) -> list[str]:
-    """The templated ``__global__`` kernels a source defines."""
-    return re.findall(r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)", source)
-
-
-def kernel_parameters(source: str) -> dict[str, list[str]]:
-    """Each templated kernel's parameter list, as written: {"name": ["const T* x", ...]}."""
-    found = re.findall(
-        r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)", source
-    )
-    return {name: [" ".join(p.split()) for p in params.split(",") if p.strip()]
-            for name, params in found}  # fmt: skip
-
-
-def kernel_types(source: str) -> tuple[str, ...]:
-    """The element types a file's kernels are instantiated for: its ``// minidl-types: ...`` line
-    (see kernels/common.cuh), or float and double for a file that has none."""
-    found = re.search(r"^// minidl-types:(.*)$", source, re.MULTILINE)
-    if found is None:
-        return DEFAULT_TYPES
-    types = tuple(found.group(1).split())
-    unknown = set(types) - set(CTYPE_NAMES)
-    if unknown:
-        raise ValueError(f"minidl-types: unknown {sorted(unknown)}; known: {list(CTYPE_NAMES)}")
-    return types
-
-
-def name_expressions(source: str) -> list[str]:
-    types = kernel_types(source)
-    return [f"{name}<{ctype}>" for name in kernel_names(source) for ctype in types]
 
 
 def compile_options(*folders: Path) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidl import cuda, dtypes
+from minidl import dtypes, kernel_source
 
 SHIM = Path(__file__).resolve().parent / "emu_shim.h"
 
@@ -95,7 +95,7 @@ def _marshal(position: int, value):
 def translation_unit(path: Path, source: str, include_dirs=()) -> tuple[str, dict[str, str]]:
     """The C++ file that includes the shim and the kernel source and exports each kernel."""
     barriers = kernels_with_barriers(source, included_headers(path, source, include_dirs))
-    expressions = cuda.name_expressions(source)
+    expressions = kernel_source.name_expressions(source)
     symbols = {expr: f"minidl_emu_{i}" for i, expr in enumerate(expressions)}
     lines = [f'#include "{SHIM}"', f'#include "{path}"']
     for expr, symbol in symbols.items():
@@ -130,7 +130,7 @@ def kernels_with_barriers(source: str, headers: str = "") -> set[str]:
         reached = {name for name, body in bodies.items() if barrier and calls.search(body)}
         grown = not reached <= barrier
         barrier |= reached
-    return barrier & set(cuda.kernel_names(source))
+    return barrier & set(kernel_source.kernel_names(source))
 
 
 _NOT_FUNCTIONS = {"if", "for", "while", "switch", "return", "sizeof", "catch"}
