@@ -171,6 +171,13 @@ def grid_for(count: int, threads: int = THREADS) -> tuple[int]:
     return (max(1, min(MAX_BLOCKS, -(-int(count) // threads))),)
 
 
+def launch_1d(file: str | Path, kernel: str, dtype, count: int, args, threads: int = THREADS):
+    """Launch ``kernel<T>`` with a thread for each of ``count`` elements: blocks of ``threads``
+    threads in a 1-D grid (capped at MAX_BLOCKS; the kernels' grid-stride loops cover the rest).
+    The launch shape of every element-wise kernel, written once."""
+    launch(file, kernel, dtype, grid_for(count, threads), (threads,), args)
+
+
 def i32(*values):
     return tuple(np.int32(v) for v in values) if len(values) != 1 else np.int32(values[0])
 
