@@ -4,10 +4,14 @@ A tensor lives on "cpu" (a NumPy array) or "cuda" (a CuPy array). Ops choose the
 the tensor's *device*, never from the array's type: with ``MINIDL_CUDA_EMULATE=1`` a "cuda" tensor
 keeps a NumPy array and its ops launch our CUDA kernels under the CPU emulator
 (``minidl/emulator.py``). That seam is what lets CI test the GPU branch without a GPU.
+
+This is the one module that imports CuPy (``cupy()``): the kernel loader (``minidl/cuda.py``),
+the GEMMs, the TF32 switch and NCCL get it, or a submodule of it, from here.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -28,9 +32,7 @@ def check_device(device) -> str:
     if name not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if name == "cuda" and not emulating():
-        from minidl import cuda
-
-        cuda.require_gpu()
+        require_gpu()
     return name
 
 
@@ -38,9 +40,7 @@ def xp(device: str):
     """The array module for a device: NumPy for "cpu" and for emulated "cuda", else CuPy."""
     if device == "cpu" or emulating():
         return np
-    from minidl import cuda
-
-    return cuda.cupy()
+    return cupy()
 
 
 def move(array, device: str):
@@ -49,12 +49,62 @@ def move(array, device: str):
         if type(array).__module__.startswith("cupy"):
             return array.get()
         return np.asarray(array)
-    from minidl import cuda
-
-    return cuda.cupy().asarray(array)
+    return cupy().asarray(array)
 
 
 def to_numpy(array) -> np.ndarray:
     if type(array).__module__.startswith("cupy"):
         return array.get()
     return np.asarray(array)
+
+
+# ---- CuPy and the GPU ----------------------------------------------------------------------------
+def cupy(submodule: str = ""):
+    """Import CuPy (or ``cupy.<submodule>``, e.g. "cuda.nccl"), or explain what is missing."""
+    try:
+        return importlib.import_module("cupy" + (f".{submodule}" if submodule else ""))
+    except ImportError as err:
+        raise RuntimeError(
+            "device='cuda' needs CuPy: pip install 'minidl[cuda13]' (or [cuda12]), "
+            "or set MINIDL_CUDA_EMULATE=1 to run the CUDA kernels on the CPU emulator"
+        ) from err
+
+
+def cublas():
+    """CuPy's cuBLAS bindings (``cupy_backends.cuda.libs.cublas``), for the GEMMs we call
+    directly (minidl/gemm.py) and the TF32 math mode (minidl/precision.py)."""
+    cupy()  # the same error as above when CuPy is missing
+    return importlib.import_module("cupy_backends.cuda.libs.cublas")
+
+
+_gpu_checked = False
+
+
+def require_gpu() -> None:
+    """Fail clearly without CuPy or a GPU; asked once per process (every tensor creation on
+    "cuda" calls this)."""
+    global _gpu_checked
+    if _gpu_checked:
+        return
+    cp = cupy()
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CuPy raises its own CUDARuntimeError without a driver
+        raise RuntimeError(
+            f"device='cuda' needs an NVIDIA GPU and driver ({err}); "
+            "set MINIDL_CUDA_EMULATE=1 to run the CUDA kernels on the CPU emulator"
+        ) from None
+    if count < 1:
+        raise RuntimeError("device='cuda': CuPy sees no GPU; MINIDL_CUDA_EMULATE=1 emulates one")
+    _gpu_checked = True
+
+
+def gpu_available() -> bool:
+    """A real GPU with CuPy (never under the emulator)."""
+    if emulating():
+        return False
+    try:
+        require_gpu()
+    except RuntimeError:
+        return False
+    return True

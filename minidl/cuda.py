@@ -1,4 +1,4 @@
-"""The kernel loader: the one module that imports CuPy.
+"""The kernel loader: compiles ``kernels/*.cu`` for the device and launches their kernels.
 
 Each ``kernels/<file>.cu`` holds ``template <typename T> __global__ void name(...)`` kernels.
 ``launch("pool", "max_pool2d_forward", dtype, grid, block, args)`` compiles the file once per
@@ -120,51 +120,6 @@ def cuda_include_dirs() -> tuple[str, ...]:
     return (found,) if os.path.isdir(found) else ()
 
 
-# ---- CuPy and the GPU ----------------------------------------------------------------------------
-def cupy():
-    """Import CuPy, or explain what is missing."""
-    try:
-        import cupy as cp
-    except ImportError as err:
-        raise RuntimeError(
-            "device='cuda' needs CuPy: pip install 'minidl[cuda13]' (or [cuda12]), "
-            "or set MINIDL_CUDA_EMULATE=1 to run the CUDA kernels on the CPU emulator"
-        ) from err
-    return cp
-
-
-_gpu_checked = False
-
-
-def require_gpu() -> None:
-    """Fail clearly without CuPy or a GPU; asked once per process (every tensor creation on
-    "cuda" calls this)."""
-    global _gpu_checked
-    if _gpu_checked:
-        return
-    cp = cupy()
-    try:
-        count = cp.cuda.runtime.getDeviceCount()
-    except Exception as err:  # CuPy raises its own CUDARuntimeError without a driver
-        raise RuntimeError(
-            f"device='cuda' needs an NVIDIA GPU and driver ({err}); "
-            "set MINIDL_CUDA_EMULATE=1 to run the CUDA kernels on the CPU emulator"
-        ) from None
-    if count < 1:
-        raise RuntimeError("device='cuda': CuPy sees no GPU; MINIDL_CUDA_EMULATE=1 emulates one")
-    _gpu_checked = True
-
-
-def gpu_available() -> bool:
-    if backend.emulating():
-        return False
-    try:
-        require_gpu()
-    except RuntimeError:
-        return False
-    return True
-
-
 # ---- launching -----------------------------------------------------------------------------------
 def grid_for(count: int, threads: int = THREADS) -> tuple[int]:
     """Enough blocks to give every element a thread (kernels loop if the grid is capped)."""
@@ -214,7 +169,7 @@ def _module(file):
     source version: a launch of ours costs two stat calls here, and an edited kernel (or header)
     is compiled again."""
     path, includes, headers = _source(file)
-    device = "emulator" if backend.emulating() else cupy().cuda.runtime.getDevice()
+    device = "emulator" if backend.emulating() else backend.cupy().cuda.runtime.getDevice()
     version = (path.stat().st_mtime_ns, *(h.stat().st_mtime_ns for h in headers))
     key = (str(path), device, version)
     if key not in _modules:
@@ -224,7 +179,7 @@ def _module(file):
             _modules[key] = emulator.load(path, include_dirs=includes[1:])
         else:
             source = path.read_text()
-            _modules[key] = cupy().RawModule(
+            _modules[key] = backend.cupy().RawModule(
                 code=source,
                 options=compile_options(*includes),
                 name_expressions=name_expressions(source),
@@ -314,4 +269,4 @@ def load_module(path) -> KernelModule:
 def synchronize() -> None:
     """Wait for the GPU (before reading a clock); nothing to wait for under the emulator."""
     if not backend.emulating():
-        cupy().cuda.get_current_stream().synchronize()
+        backend.cupy().cuda.get_current_stream().synchronize()

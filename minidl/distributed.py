@@ -66,9 +66,7 @@ def init(device: str | None = None) -> None:
     if _world is None:
         _world = _join() if launched_under_mpi() else _World()
     if device is not None and str(device).startswith("cuda") and not backend.emulating():
-        from minidl import cuda
-
-        cuda.cupy().cuda.Device(_world.local_rank).use()
+        backend.cupy().cuda.Device(_world.local_rank).use()
 
 
 def _join() -> _World:
@@ -296,8 +294,7 @@ def allreduce_(buffer) -> None:
         if world.size > 1:
             world.comm.Allreduce(_in_place(), buffer)
         return
-    from cupy.cuda import nccl
-
+    nccl = backend.cupy("cuda.nccl")
     kinds = {"float16": nccl.NCCL_FLOAT16, "float32": nccl.NCCL_FLOAT32}
     kinds["float64"] = nccl.NCCL_FLOAT64
     kinds["bfloat16"] = getattr(nccl, "NCCL_BFLOAT16", 9)  # ncclBfloat16 = 9 (nccl.h)
@@ -316,17 +313,14 @@ def allreduce_(buffer) -> None:
 
 
 def _current_stream():
-    from minidl import cuda
-
-    return cuda.cupy().cuda.get_current_stream()
+    return backend.cupy().cuda.get_current_stream()
 
 
 def _nccl(world: _World):
     """The NCCL communicator: rank 0 makes the unique id, MPI carries it to the others, and
     each rank joins with the GPU chosen by ``init("cuda")`` current."""
     if world.nccl is None:
-        from cupy.cuda import nccl
-
+        nccl = backend.cupy("cuda.nccl")
         if not nccl.available:
             raise RuntimeError(
                 "minidl.distributed: NCCL is not available to CuPy "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minidl import backend, cuda, dtypes
+from minidl import backend, dtypes
 
 # Output tiles cuBLAS's float32 kernels compute per thread block (about 128 x 128), and how many
 # such tiles keep every multiprocessor busy: used to choose how far to split a long inner dimension.
@@ -39,9 +39,11 @@ def multiprocessor_count() -> int:
     """The current GPU's multiprocessors (132 on an H100 SXM); 132 under the emulator."""
     if backend.emulating():
         return 132
-    device = cuda.cupy().cuda.runtime.getDevice()
+    device = backend.cupy().cuda.runtime.getDevice()
     if device not in _multiprocessors:
-        _multiprocessors[device] = cuda.cupy().cuda.Device(device).attributes["MultiProcessorCount"]
+        _multiprocessors[device] = (
+            backend.cupy().cuda.Device(device).attributes["MultiProcessorCount"]
+        )
     return _multiprocessors[device]
 
 
@@ -77,14 +79,13 @@ def matmul_nt_split_k(a, b):
     # cuBLAS is column-major: a row-major (R, C) block with row stride M is a column-major
     # (C, R) matrix with leading dimension M. partial[s, g] (P, Q) row-major is column-major
     # (Q, P) = b_s (Q, Mc) @ a_s^T (Mc, P): b transposed ("T"), a as it is ("N").
-    from cupy_backends.cuda.libs import cublas
-
+    cublas = backend.cublas()
     gemm = {np.float32: cublas.sgemmStridedBatched, np.float64: cublas.dgemmStridedBatched}[
         a.dtype.type
     ]
     op_n, op_t = 0, 1  # cublasOperation_t: CUBLAS_OP_N, CUBLAS_OP_T
     one, zero = np.ones(1, a.dtype), np.zeros(1, a.dtype)
-    handle = cuda.cupy().cuda.device.get_cublas_handle()
+    handle = backend.cupy().cuda.device.get_cublas_handle()
     size = bounds[0][1] - bounds[0][0]
     runs = [(0, len(bounds) - 1, size), (len(bounds) - 1, 1, bounds[-1][1] - bounds[-1][0])]
     for first, count, k in runs:  # the equal slices in one call, then the last (longer) one

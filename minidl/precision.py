@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minidl import backend, cuda, dtypes
+from minidl import backend, dtypes
 
 MODES = ("fp32", "tf32", "fp16", "bf16")
 BFLOAT16 = dtypes.bfloat16  # ml_dtypes.bfloat16 (None without ml_dtypes): minidl/dtypes.py
@@ -122,11 +122,11 @@ def set_tf32(enabled: bool) -> bool:
     mode); under the emulator and on the CPU it is only recorded: NumPy has no TF32."""
     global _tf32
     previous, _tf32 = _tf32, bool(enabled)
-    if backend.emulating() or not cuda.gpu_available():
+    if not backend.gpu_available():  # the CPU, or the emulator
         return previous
-    cp = cuda.cupy()
-    from cupy._core import _routines_linalg as linalg
-    from cupy_backends.cuda.libs import cublas
+    cp = backend.cupy()
+    linalg = backend.cupy("_core._routines_linalg")  # private: CuPy's compute type for matmul
+    cublas = backend.cublas()
 
     compute = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
     linalg.set_compute_type(np.float32, compute)

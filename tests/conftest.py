@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from minidl import cuda
+from minidl import backend
 
 
 def pytest_configure(config):
@@ -20,7 +20,7 @@ def kernel_device(request, monkeypatch):
     """device="cuda" under the kernel emulator, and on a real GPU where there is one."""
     if request.param == "emulated":
         monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
-    elif not cuda.gpu_available():
+    elif not backend.gpu_available():
         pytest.skip("no NVIDIA GPU with CuPy on this machine")
     return "cuda"
 

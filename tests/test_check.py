@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from minidl import cuda
-from minidl.check import Report, cases
+from minidl import backend, cuda
+from minidl.check import cases
+from minidl.check.report import Report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +114,7 @@ def test_a_broken_kernel_fails_the_op_checks(file, old, new, tmp_path, monkeypat
 
 
 def test_without_a_gpu_or_the_emulator_the_device_check_fails_and_says_what_to_do(tmp_path):
-    if cuda.gpu_available():
+    if backend.gpu_available():
         pytest.skip("this machine has a GPU")
     result = run_check(tmp_path, "--quick", emulate=False)
     assert result.returncode == 1

@@ -17,8 +17,8 @@ import numpy as np
 
 import minidl as mdl
 import minidl.functional as F
-from minidl import backend, cuda, distributed, nn, optim
-from minidl.check import TOLERANCE, Report, Skip, storage_dtypes
+from minidl import backend, distributed, nn, optim
+from minidl.check.report import TOLERANCE, Report, Skip, storage_dtypes
 from minidl.precision import GradScaler, Precision
 
 
@@ -234,7 +234,7 @@ def alexnet_cpu_vs_gpu(quick: bool) -> tuple[float, float]:
 def nccl_allreduce(dtype) -> str:
     if backend.emulating():
         raise Skip("no NCCL under the emulator (MPI sums its arrays; tests/test_distributed.py)")
-    cp = cuda.cupy()
+    cp = backend.cupy()
     values = cp.asarray((np.arange(1000) % 17).astype(dtype))
     buffer = values.copy()
     distributed.allreduce_(buffer)  # a world of one: a one-rank NCCL communicator
@@ -272,8 +272,8 @@ def train_steps(mode_name: str, steps: int = 12) -> str:
 
 
 def device() -> str:
-    if not cuda.gpu_available():
-        cuda.require_gpu()  # raises the reason: no CuPy, no driver, no GPU
+    if not backend.gpu_available():
+        backend.require_gpu()  # raises the reason: no CuPy, no driver, no GPU
     return "a GPU through CuPy"
 
 
