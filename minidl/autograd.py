@@ -8,6 +8,10 @@ records a ``Node`` on the output. ``backward`` walks those nodes in reverse topo
 A forward may also return a Tensor, as a PyTorch ``Function``'s does: ``apply`` takes its array.
 An op that computes in floating point only sets ``dtype_kinds = "f"`` and ``apply`` refuses an
 integer or bool input by the op's name, never converting it silently.
+
+The graph sees a tensor as a ``GraphTensor``: its array, device, ``requires_grad``, the Node that
+made it and its gradient. ``minidl.tensor.Tensor`` (the user's face: constructors, operators) is
+that class with everything else added, so this module stands below it and never imports it.
 """
 
 from __future__ import annotations
@@ -76,6 +80,20 @@ class Context:
         self.saved = values
 
 
+class GraphTensor:
+    """What the graph needs of a tensor; ``minidl.tensor.Tensor`` is the class users meet."""
+
+    data: object  # the array (NumPy, or CuPy on a GPU)
+    device: str
+    requires_grad: bool
+    _grad: GraphTensor | None
+    _node: Node | None  # the op that made it; None for a leaf
+
+    def _new(self, array, requires_grad: bool) -> GraphTensor:
+        """A tensor around ``array`` on this tensor's device: an op's result, a leaf's grad."""
+        raise NotImplementedError
+
+
 class Node:
     """One recorded op: how to send the output's gradient back to its inputs.
 
@@ -117,16 +135,16 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **params):
-        from minidl.tensor import Tensor
-
-        tensors = [a for a in args if isinstance(a, Tensor)]
+        tensors = [a for a in args if isinstance(a, GraphTensor)]
+        if not tensors:
+            raise TypeError(f"{cls.__name__}.apply: needs at least one Tensor argument")
         device = _common_device(cls.__name__, tensors)
         floating = _check_float_dtypes(cls.__name__, tensors)
         if cls.dtype_kinds is not None:
             _check_dtype_kinds(cls, tensors)
-        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        needs = tuple(isinstance(a, GraphTensor) and a.requires_grad for a in args)
         ctx = Context(device, needs)
-        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        arrays = [a.data if isinstance(a, GraphTensor) else a for a in args]
         if _profile is None:
             out = cls.forward(ctx, *arrays, **params)
         else:
@@ -136,13 +154,12 @@ class Function:
             entry[0] += _clock() - start
             entry[2] += 1
         out = _output_array(cls, out)
-        if floating is not None and out.dtype != floating and dtypes.is_16bit(floating):
-            if cls.keeps_16bit and dtypes.kind(out.dtype) == "f":
-                out = out.astype(floating)
+        if floating is not None and cls.keeps_16bit:
+            out = dtypes.round_to_storage(out, floating)  # computed in float32, rounded once
         requires_grad = _grad_enabled and any(needs)
-        result = Tensor._wrap(out, device, requires_grad)
+        result = tensors[0]._new(out, requires_grad)
         if requires_grad:
-            inputs = tuple(_graph_input(a) if isinstance(a, Tensor) else None for a in args)
+            inputs = tuple(_graph_input(a) if isinstance(a, GraphTensor) else None for a in args)
             result._node = Node(cls, ctx, inputs, tuple(out.shape), out.dtype)
         return result
 
@@ -192,11 +209,9 @@ def _check_dtype_kinds(fn: type, tensors) -> None:
 
 def _output_array(fn: type, out):
     """forward's result as an array (a Tensor gives its array); anything else is refused."""
-    from minidl.tensor import Tensor
-
     if type(out) is np.ndarray or isinstance(out, np.generic):  # the common case first
         return out
-    if isinstance(out, Tensor):
+    if isinstance(out, GraphTensor):
         return out.data
     if hasattr(out, "shape") and hasattr(out, "dtype") and out.dtype.kind != "O":
         return out
@@ -208,7 +223,7 @@ def _output_array(fn: type, out):
 
 def _check_float_dtypes(op: str, tensors):
     """The one floating-point dtype among the tensors (None if there is none); two refused."""
-    floating = {t.dtype for t in tensors if _kind(t) == "f" and not t._wrapped_number}
+    floating = {t.dtype for t in tensors if _kind(t) == "f"}
     if len(floating) == 1:
         return floating.pop()
     if len(floating) > 1:
@@ -225,11 +240,35 @@ def backward(root, grad, retain_graph: bool = False) -> None:
     As PyTorch does, each Node's saved arrays are released once its backward has run, so the
     activations of a training step are freed as backward goes; a second backward through the same
     graph then needs ``retain_graph=True`` the first time, and says so."""
-    from minidl.tensor import Tensor
-
-    # The walk is over Nodes (and the leaves at the end of it), keyed by identity.
     start = root._node if root._node is not None else root
-    # Topological order by depth-first search; reversed, every node comes before its inputs.
+    grads = {id(start): grad}  # d loss / d (each Node's output, or leaf), keyed by identity
+    for item in reversed(_topological_order(start)):  # every node before its inputs
+        dy = grads.pop(id(item), None)
+        if dy is None:
+            continue
+        if isinstance(item, GraphTensor):  # a leaf: accumulate (never in place: dy may be shared)
+            # dy has the leaf's shape, dtype and device by construction, so this skips the checks
+            # the public ``grad`` setter makes for gradients assigned by hand
+            total = dy if item._grad is None else item._grad.data + dy
+            item._grad = item._new(total, False)
+            continue
+        for parent, dx in zip(item.inputs, _run_backward(item, dy, retain_graph)):
+            if parent is None or dx is None:
+                continue
+            if isinstance(dx, GraphTensor):  # a backward written with Tensors, as in PyTorch
+                dx = dx.data
+            dx = dtypes.round_to_storage(dx, parent.dtype)  # NumPy may have widened it
+            if tuple(dx.shape) != tuple(parent.shape):
+                raise RuntimeError(
+                    f"{item.fn.__name__}.backward returned a gradient of shape {dx.shape} "
+                    f"for an input of shape {parent.shape}"
+                )
+            key = id(parent)
+            grads[key] = dx if key not in grads else grads[key] + dx
+
+
+def _topological_order(start) -> list:
+    """Nodes and leaves reachable from ``start``, each after all of its inputs (depth first)."""
     order, seen = [], set()
     stack = [(start, False)]
     while stack:
@@ -245,52 +284,28 @@ def backward(root, grad, retain_graph: bool = False) -> None:
             for parent in item.inputs:
                 if parent is not None and id(parent) not in seen:
                     stack.append((parent, False))
+    return order
 
-    grads = {id(start): grad}
-    for item in reversed(order):
-        dy = grads.pop(id(item), None)
-        if dy is None:
-            continue
-        if isinstance(item, Tensor):  # a leaf: accumulate (never in place: dy may be shared)
-            # dy has the leaf's shape, dtype and device by construction, so this skips the checks
-            # the public ``grad`` setter makes for gradients assigned by hand
-            previous = item._grad
-            total = dy if previous is None else previous.data + dy
-            item._grad = Tensor._wrap(total, item.device, False)
-            continue
-        node = item
-        if node.fn.backward is Function.backward:
-            raise NotImplementedError(
-                f"{node.fn.__name__} has no backward(ctx, dy): define it as a @staticmethod "
-                "returning d loss / d input for each input (None where there is none)"
-            )
-        if node.ctx is None:
-            raise RuntimeError(
-                f"backward: the graph through {op_name(node.fn)} was already used by a "
-                "backward(), which released its saved arrays (as PyTorch does); pass "
-                "retain_graph=True to that first backward() to go through the graph again"
-            )
-        if _profile is None:
-            input_grads = node.fn.backward(node.ctx, dy)
-        else:
-            start_time = _clock()
-            input_grads = node.fn.backward(node.ctx, dy)
-            _profile[node.fn.__name__][1] += _clock() - start_time
-        if not retain_graph:
-            node.ctx = None  # its saved arrays go now, not when the whole graph does
-        if not isinstance(input_grads, tuple):
-            input_grads = (input_grads,)
-        for parent, dx in zip(node.inputs, input_grads):
-            if parent is None or dx is None:
-                continue
-            if isinstance(dx, Tensor):  # a backward written with Tensors, as in PyTorch
-                dx = dx.data
-            if dx.dtype != parent.dtype and dtypes.is_16bit(parent.dtype):
-                dx = dx.astype(parent.dtype)  # NumPy widened it (see Function.keeps_16bit)
-            if tuple(dx.shape) != tuple(parent.shape):
-                raise RuntimeError(
-                    f"{node.fn.__name__}.backward returned a gradient of shape {dx.shape} "
-                    f"for an input of shape {parent.shape}"
-                )
-            key = id(parent)
-            grads[key] = dx if key not in grads else grads[key] + dx
+
+def _run_backward(node: Node, dy, retain_graph: bool) -> tuple:
+    """One Node's backward: its inputs' gradients as a tuple; its saved arrays released after."""
+    if node.fn.backward is Function.backward:
+        raise NotImplementedError(
+            f"{node.fn.__name__} has no backward(ctx, dy): define it as a @staticmethod "
+            "returning d loss / d input for each input (None where there is none)"
+        )
+    if node.ctx is None:
+        raise RuntimeError(
+            f"backward: the graph through {op_name(node.fn)} was already used by a "
+            "backward(), which released its saved arrays (as PyTorch does); pass "
+            "retain_graph=True to that first backward() to go through the graph again"
+        )
+    if _profile is None:
+        input_grads = node.fn.backward(node.ctx, dy)
+    else:
+        start = _clock()
+        input_grads = node.fn.backward(node.ctx, dy)
+        _profile[node.fn.__name__][1] += _clock() - start
+    if not retain_graph:
+        node.ctx = None  # its saved arrays go now, not when the whole graph does
+    return input_grads if isinstance(input_grads, tuple) else (input_grads,)

@@ -44,14 +44,13 @@ MAX_BLOCKS = 65535
 # The C type of each dtype (minidl/kernel_source.py has the names a "// minidl-types:" line may
 # use). bfloat16 storage is ml_dtypes.bfloat16 (minidl/dtypes.py), a NumPy dtype that CuPy takes
 # too; when ml_dtypes is missing no bfloat16 array exists, so no bfloat16 kernel is asked for.
-BFLOAT16 = dtypes.bfloat16
 CTYPES = {
-    np.dtype(np.float32): "float",
-    np.dtype(np.float64): "double",
-    np.dtype(np.float16): "__half",
+    dtypes.float32: "float",
+    dtypes.float64: "double",
+    dtypes.float16: "__half",
 }
-if BFLOAT16 is not None:
-    CTYPES[BFLOAT16] = "__nv_bfloat16"
+if dtypes.bfloat16 is not None:
+    CTYPES[dtypes.bfloat16] = "__nv_bfloat16"
 ARCHITECTURES = ("compute_75", "compute_80", "compute_90")
 
 _override_dir: Path | None = None

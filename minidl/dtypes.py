@@ -14,9 +14,13 @@ NumPy computes 16-bit math in ways a GPU does not, so two operations go through 
 - ``sum``: NumPy adds bfloat16 in bfloat16 (10,000 additions of 0.01 give 4.0, not 100). A 16-bit
   sum accumulates in float32 and is rounded once, as our kernels' ``acc_t`` and PyTorch do.
 
-And one more rule, in ``Function.apply`` (``minidl/autograd.py``): NumPy widens bfloat16 to
-float32 beside a Python float (``x * 0.5``), so a Function whose floating inputs are 16-bit and
-whose result came back wider has it rounded to the input's dtype, once.
+And the rule of every 16-bit op, "compute in float32, round once", as two named steps:
+``to_compute(array)`` widens 16-bit storage to float32 where an op computes (softmax, LRN,
+BatchNorm, conv's col2im, as their kernels do), and ``round_to_storage(result, storage)`` rounds a
+result or gradient that came back wider to the 16-bit dtype, once. ``Function.apply`` and
+``autograd.backward`` call the second for every op (``minidl/autograd.py``): NumPy widens
+bfloat16 to float32 beside a Python float (``x * 0.5``), and a float32 constant beside a 16-bit
+tensor makes a float32 result (``minidl/promotion.py``).
 """
 
 from __future__ import annotations
@@ -79,6 +83,21 @@ def is_16bit(dtype) -> bool:
 def compute_dtype(dtype) -> np.dtype:
     """What a value of ``dtype`` is computed in: float32 for 16-bit storage, else itself."""
     return float32 if is_16bit(dtype) else np.dtype(dtype)
+
+
+def to_compute(array):
+    """``array`` in its compute dtype: a 16-bit array widened to float32, anything else as it is
+    (no copy). The first half of "compute in float32, round once"."""
+    return array.astype(compute_dtype(array.dtype), copy=False)
+
+
+def round_to_storage(array, storage):
+    """A floating result or gradient that came back wider than the 16-bit ``storage`` dtype,
+    rounded to it once; anything else as it is. The second half of "compute in float32, round
+    once", applied to every op's result and every gradient by the autograd."""
+    if array.dtype != storage and is_16bit(storage) and kind(array.dtype) == "f":
+        return array.astype(storage)
+    return array
 
 
 def _is_numpy(array) -> bool:

@@ -15,7 +15,7 @@ PyTorch's semantics where a user's habits reach (``tests/test_semantics.py`` che
   tensor beside a float tensor takes the float's dtype; ``/`` of integers is float32. Two
   different floating-point dtypes are refused by name, where PyTorch would widen to the larger:
   float32 meeting float64 is most often a mistake that doubles memory (use ``.double()``).
-  The rules are ``minidl/ops/promotion.py``.
+  The rules are ``minidl/promotion.py``.
 - dims: in [-ndim, ndim - 1], else PyTorch's ``IndexError: Dimension out of range``; a 0-d
   tensor takes dims 0 and -1. ``mean`` over an empty dim is NaN (0 / 0).
 - indexing: integers select first, then index arrays (``x[0, :, [1, 2]]`` is (3, 2) on a
@@ -28,9 +28,8 @@ import numbers
 
 import numpy as np
 
-from minidl import backend, dtypes
-from minidl.autograd import backward
-from minidl.ops.promotion import DEFAULT_DTYPE, promote, sub_operands, true_divide_operands
+from minidl import backend, dtypes, promotion
+from minidl.autograd import GraphTensor, backward
 from minidl.ops.tensor_ops import (
     Add,
     Cast,
@@ -53,10 +52,8 @@ from minidl.ops.tensor_ops import (
 )
 
 
-class Tensor:
+class Tensor(GraphTensor):
     """An n-dimensional array with an optional gradient, on "cpu" or "cuda"."""
-
-    _wrapped_number = False  # a Python number beside a 16-bit tensor (ops/promotion.py)
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str = "cpu"):
         device = backend.check_device(device)
@@ -74,7 +71,7 @@ class Tensor:
         elif array.dtype.kind == "f" and not from_array:
             # Python floats become float32 (as in PyTorch); an array keeps its float dtype
             # (float16 and float64 included), as torch.tensor(array) does.
-            array = array.astype(DEFAULT_DTYPE, copy=False)
+            array = array.astype(promotion.DEFAULT_DTYPE, copy=False)
         if requires_grad and dtypes.kind(array.dtype) != "f":
             raise TypeError(f"requires_grad needs a floating-point dtype, got {array.dtype}")
         self.data = array
@@ -93,6 +90,10 @@ class Tensor:
         t._grad = None
         t._node = None
         return t
+
+    def _new(self, array, requires_grad: bool) -> Tensor:
+        """A plain Tensor on this device (the autograd makes op results and grads with it)."""
+        return Tensor._wrap(array, self.device, requires_grad)
 
     @property
     def grad(self) -> Tensor | None:
@@ -219,36 +220,63 @@ class Tensor:
         backward(self, grad, retain_graph)
 
     # ---- math --------------------------------------------------------------------------------
+    def _operands(self, other):
+        """(self, other) promoted as PyTorch does (``minidl/promotion.py``): other is a Tensor,
+        or a number, list or array made a constant array of the op."""
+        if isinstance(other, Tensor):
+            mine, theirs = promotion.tensor_dtypes(self.dtype, other.dtype)
+            return self._cast(mine), other._cast(theirs)
+        mine, value = promotion.constant_operand(self.dtype, other, self.device)
+        return self._cast(mine), value
+
+    def _subtraction_operands(self, other):
+        promotion.check_subtraction(self.dtype, other)
+        return self._operands(other)
+
+    def _division_operands(self, other):
+        a, b = self._operands(other)
+        dtype = promotion.division_dtype(a.dtype, b.dtype)
+        if dtype is None:
+            return a, b
+        # integers divide in the default float dtype, from their own values (a negative Python
+        # int must not wrap into a uint8 tensor's dtype first)
+        if isinstance(other, Tensor):
+            return self.astype(dtype), other.astype(dtype)
+        return self.astype(dtype), promotion.constant_operand(dtype, other, self.device)[1]
+
+    def _cast(self, dtype) -> Tensor:
+        return self if self.dtype == dtype else self.astype(dtype)
+
     def __add__(self, other):
-        a, b = promote(self, other)
+        a, b = self._operands(other)
         return Add.apply(a, b)
 
     def __radd__(self, other):
-        a, b = promote(self, other)
+        a, b = self._operands(other)
         return Add.apply(b, a)
 
     def __sub__(self, other):
-        a, b = sub_operands(self, other)
+        a, b = self._subtraction_operands(other)
         return Sub.apply(a, b)
 
     def __rsub__(self, other):
-        a, b = sub_operands(self, other)
+        a, b = self._subtraction_operands(other)
         return Sub.apply(b, a)
 
     def __mul__(self, other):
-        a, b = promote(self, other)
+        a, b = self._operands(other)
         return Mul.apply(a, b)
 
     def __rmul__(self, other):
-        a, b = promote(self, other)
+        a, b = self._operands(other)
         return Mul.apply(b, a)
 
     def __truediv__(self, other):
-        a, b = true_divide_operands(self, other)
+        a, b = self._division_operands(other)
         return Div.apply(a, b)
 
     def __rtruediv__(self, other):
-        a, b = true_divide_operands(self, other)
+        a, b = self._division_operands(other)
         return Div.apply(b, a)
 
     def __neg__(self):
@@ -258,19 +286,19 @@ class Tensor:
         if dtypes.kind(self.dtype) != "f" and isinstance(other, numbers.Integral) and other < 0:
             # checked before promotion wraps -3 into an unsigned dtype (NumPy's own message)
             raise ValueError("pow: Integers to negative integer powers are not allowed.")
-        a, b = promote(self, other)
+        a, b = self._operands(other)
         return Pow.apply(a, b)
 
     def __rpow__(self, other):
-        a, b = promote(self, other)
+        a, b = self._operands(other)
         return Pow.apply(b, a)
 
     def __matmul__(self, other):
-        a, b = promote(self, other)
+        a, b = self._operands(other)
         return MatMul.apply(a, b)
 
     def __rmatmul__(self, other):
-        a, b = promote(self, other)
+        a, b = self._operands(other)
         return MatMul.apply(b, a)
 
     def __getitem__(self, index):
@@ -307,7 +335,7 @@ class Tensor:
 
     def _floating(self) -> Tensor:
         # exp and log of an integer (or bool) tensor are float32, as in PyTorch (NumPy: float64)
-        return self if dtypes.kind(self.dtype) == "f" else self.astype(DEFAULT_DTYPE)
+        return self if dtypes.kind(self.dtype) == "f" else self.astype(promotion.DEFAULT_DTYPE)
 
     def exp(self):
         return Exp.apply(self._floating())

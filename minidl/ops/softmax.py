@@ -27,7 +27,7 @@ class LogSoftmaxFunction(Function):
     @staticmethod
     def forward(ctx, z, dim):
         xp = backend.xp(ctx.device)
-        z = z.astype(dtypes.compute_dtype(z.dtype), copy=False)  # 16-bit: in float32, as PyTorch
+        z = dtypes.to_compute(z)  # 16-bit: in float32, as PyTorch (apply rounds y once)
         z = xp.moveaxis(z, dim, -1)
         y = z - logsumexp_rows(xp, z)[..., None]
         y = xp.moveaxis(y, -1, dim)
@@ -49,7 +49,7 @@ class SoftmaxFunction(Function):
     @staticmethod
     def forward(ctx, z, dim):
         xp = backend.xp(ctx.device)
-        z = z.astype(dtypes.compute_dtype(z.dtype), copy=False)  # 16-bit: in float32, as PyTorch
+        z = dtypes.to_compute(z)  # 16-bit: in float32, as PyTorch (apply rounds y once)
         e = xp.exp(z - z.max(axis=dim, keepdims=True))
         y = e / e.sum(axis=dim, keepdims=True)
         ctx.save(y, dim)
