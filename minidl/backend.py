@@ -62,7 +62,9 @@ def to_numpy(array) -> np.ndarray:
 def cupy(submodule: str = ""):
     """Import CuPy (or ``cupy.<submodule>``, e.g. "cuda.nccl"), or explain what is missing."""
     try:
-        return importlib.import_module("cupy" + (f".{submodule}" if submodule else ""))
+        import cupy
+
+        return importlib.import_module(f"cupy.{submodule}") if submodule else cupy
     except ImportError as err:
         raise RuntimeError(
             "device='cuda' needs CuPy: pip install 'minidl[cuda13]' (or [cuda12]), "
@@ -71,10 +73,12 @@ def cupy(submodule: str = ""):
 
 
 def cublas():
-    """CuPy's cuBLAS bindings (``cupy_backends.cuda.libs.cublas``), for the GEMMs we call
-    directly (minidl/gemm.py) and the TF32 math mode (minidl/precision.py)."""
+    """CuPy's cuBLAS bindings, for the GEMMs we call directly (minidl/gemm.py) and the TF32 math
+    mode (minidl/precision.py)."""
     cupy()  # the same error as above when CuPy is missing
-    return importlib.import_module("cupy_backends.cuda.libs.cublas")
+    from cupy_backends.cuda.libs import cublas
+
+    return cublas
 
 
 _gpu_checked = False

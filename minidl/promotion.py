@@ -10,8 +10,8 @@ A Python number beside a 16-bit tensor is kept in float32 (PyTorch's "opmath"): 
 in float32 and ``Function.apply`` rounds its result to the tensor's dtype once, so ``x * 0.3`` is
 round(x * 0.3), not round(x * round(0.3)).
 
-The rules work on dtypes and values, never on Tensors: ``minidl/tensor.py`` asks them which dtype
-each operand takes and casts. A number or list becomes a plain array (a constant of the op).
+``operands(self, other)`` (the Tensor's ``_operands``) applies the rules: another Tensor is cast
+to the promoted dtype, a number or list becomes a plain array, a constant of the op.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numbers
 import numpy as np
 
 from minidl import backend, dtypes
+from minidl.autograd import GraphTensor
 
 DEFAULT_DTYPE = np.dtype(np.float32)  # what Python floats become (as in PyTorch)
 
@@ -82,6 +83,36 @@ def constant_operand(mine, other, device: str) -> tuple[np.dtype, object]:
     if _category(value.dtype) > _category(mine):
         mine = _DEFAULT_OF_CATEGORY[_category(value.dtype)]
     return mine, value.astype(mine, copy=False)
+
+
+def operands(self, other):
+    """(self, other) promoted: other a Tensor cast to the promoted dtype, or a constant array."""
+    if isinstance(other, GraphTensor):
+        mine, theirs = tensor_dtypes(self.dtype, other.dtype)
+        return _cast(self, mine), _cast(other, theirs)
+    mine, value = constant_operand(self.dtype, other, self.device)
+    return _cast(self, mine), value
+
+
+def subtraction_operands(self, other):
+    check_subtraction(self.dtype, other)
+    return operands(self, other)
+
+
+def division_operands(self, other):
+    """True division: integers (and bools) divide in the default float dtype, from their own
+    values (a negative Python int must not wrap into a uint8 tensor's dtype first)."""
+    a, b = operands(self, other)
+    dtype = division_dtype(a.dtype, b.dtype)
+    if dtype is None:
+        return a, b
+    if isinstance(other, GraphTensor):
+        return self.astype(dtype), other.astype(dtype)
+    return self.astype(dtype), constant_operand(dtype, other, self.device)[1]
+
+
+def _cast(t, dtype):
+    return t if t.dtype == dtype else t.astype(dtype)
 
 
 def check_subtraction(mine, other) -> None:

@@ -19,7 +19,7 @@ PyTorch's semantics where a user's habits reach (``tests/test_semantics.py`` che
 - dims: in [-ndim, ndim - 1], else PyTorch's ``IndexError: Dimension out of range``; a 0-d
   tensor takes dims 0 and -1. ``mean`` over an empty dim is NaN (0 / 0).
 - indexing: integers select first, then index arrays (``x[0, :, [1, 2]]`` is (3, 2) on a
-  (2, 3, 4) tensor, where NumPy would give (2, 3)); see ``torch_index`` in tensor_ops.py.
+  (2, 3, 4) tensor, where NumPy would give (2, 3)); see ``minidl/indexing.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from minidl import backend, dtypes, promotion
 from minidl.autograd import GraphTensor, backward
+from minidl.indexing import dim_index, dim_tuple
 from minidl.ops.tensor_ops import (
     Add,
     Cast,
@@ -47,8 +48,6 @@ from minidl.ops.tensor_ops import (
     Sub,
     Sum,
     ToDevice,
-    dim_index,
-    dim_tuple,
 )
 
 
@@ -220,32 +219,11 @@ class Tensor(GraphTensor):
         backward(self, grad, retain_graph)
 
     # ---- math --------------------------------------------------------------------------------
-    def _operands(self, other):
-        """(self, other) promoted as PyTorch does (``minidl/promotion.py``): other is a Tensor,
-        or a number, list or array made a constant array of the op."""
-        if isinstance(other, Tensor):
-            mine, theirs = promotion.tensor_dtypes(self.dtype, other.dtype)
-            return self._cast(mine), other._cast(theirs)
-        mine, value = promotion.constant_operand(self.dtype, other, self.device)
-        return self._cast(mine), value
-
-    def _subtraction_operands(self, other):
-        promotion.check_subtraction(self.dtype, other)
-        return self._operands(other)
-
-    def _division_operands(self, other):
-        a, b = self._operands(other)
-        dtype = promotion.division_dtype(a.dtype, b.dtype)
-        if dtype is None:
-            return a, b
-        # integers divide in the default float dtype, from their own values (a negative Python
-        # int must not wrap into a uint8 tensor's dtype first)
-        if isinstance(other, Tensor):
-            return self.astype(dtype), other.astype(dtype)
-        return self.astype(dtype), promotion.constant_operand(dtype, other, self.device)[1]
-
-    def _cast(self, dtype) -> Tensor:
-        return self if self.dtype == dtype else self.astype(dtype)
+    # The operands of a binary operator, promoted as PyTorch does (minidl/promotion.py): other
+    # becomes a Tensor of the promoted dtype, or a constant array of the op.
+    _operands = promotion.operands
+    _subtraction_operands = promotion.subtraction_operands
+    _division_operands = promotion.division_operands
 
     def __add__(self, other):
         a, b = self._operands(other)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from minidl import backend, dtypes
 from minidl.autograd import Function
+from minidl.indexing import dim_index
 from minidl.ops._checks import require_tensor
 from minidl.ops.loss import logsumexp_rows
-from minidl.ops.tensor_ops import dim_index
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
