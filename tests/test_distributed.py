@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidl import cuda, data, distributed, train
+from minidl import backend, data, distributed, train
 from tests import distributed_worker as worker
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -301,6 +301,7 @@ def test_the_nccl_path_calls_cupys_documented_api(monkeypatch):
     cupy_cuda = pytest.importorskip("cupy.cuda")
     FakeNccl.calls = []
     monkeypatch.setattr(cupy_cuda, "nccl", FakeNccl, raising=False)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", FakeNccl)  # what backend.cupy() imports
     stream = type("Stream", (), {"ptr": 77})()
     monkeypatch.setattr(distributed, "_current_stream", lambda: stream)
     monkeypatch.setattr(distributed, "_world", distributed._World())  # a world of one
@@ -318,9 +319,9 @@ def test_the_nccl_path_calls_cupys_documented_api(monkeypatch):
 # ---- NCCL on a GPU -------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_nccl_sums_in_place_on_a_one_rank_communicator():
-    if not cuda.gpu_available():
+    if not backend.gpu_available():
         pytest.skip("no NVIDIA GPU with CuPy on this machine")
-    cp = cuda.cupy()
+    cp = backend.cupy()
     distributed.init("cuda")
     for dtype in (np.float16, np.float32, np.float64):
         x = cp.arange(1000, dtype=dtype)
@@ -332,7 +333,7 @@ def test_nccl_sums_in_place_on_a_one_rank_communicator():
 
 @pytest.mark.gpu
 def test_steps_on_two_gpus_equal_steps_in_one_process(tmp_path):
-    if not cuda.gpu_available() or cuda.cupy().cuda.runtime.getDeviceCount() < 2:
+    if not backend.gpu_available() or backend.cupy().cuda.runtime.getDeviceCount() < 2:
         pytest.skip("needs two NVIDIA GPUs (NCCL takes one GPU per rank)")
     ranks = run_ok("steps", tmp_path, env={"DISTRIBUTED_WORKER_DEVICE": "cuda"})
     single = worker.train_steps()
