@@ -40,11 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import minidl as mdl  # noqa: E402
 import minidl.functional as F  # noqa: E402
-from minidl import cuda, dtypes, optim, precision  # noqa: E402
+from minidl import backend, cuda, dtypes, optim, precision  # noqa: E402
 from minidl.models.alexnet import AlexNet  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_twin import torch_alexnet  # noqa: E402
+from minidl.testing import torch_twin  # noqa: E402
 
 # name: (kind, input shape without the batch, parameters)
 OPS = {
@@ -200,8 +198,9 @@ class Theirs(Framework):
         return t.requires_grad_(requires_grad)
 
     def model(self, seed=0):
-        self.torch.manual_seed(seed)
-        return torch_alexnet(self.torch, num_classes=1000).to(self.device)
+        """Our AlexNet's twin (minidl.testing.torch_twin): the same layers and weights."""
+        mdl.manual_seed(seed)
+        return torch_twin(AlexNet(num_classes=1000)).to(self.device)
 
     def sgd(self, model):
         return self.torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -442,7 +441,7 @@ def main(argv=None) -> dict:
             if args.device == "cuda":
                 results["memory"] = {
                     "how": "bytes reserved by each framework's GPU memory pool, MB",
-                    "ours_mb": cuda.cupy().get_default_memory_pool().total_bytes() / 2**20,
+                    "ours_mb": backend.cupy().get_default_memory_pool().total_bytes() / 2**20,
                     "theirs_mb": torch.cuda.max_memory_reserved() / 2**20 if torch else None,
                 }
         if theirs is not None and args.device == "cuda":  # and against PyTorch's defaults

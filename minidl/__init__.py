@@ -47,6 +47,15 @@ def randn(*shape, dtype=None, device: str = "cpu", requires_grad: bool = False) 
     return Tensor(values, requires_grad, device=device)
 
 
+def __getattr__(name: str):
+    """``mdl.testing`` on first use (``minidl.testing``: helpers for tests, not the engine)."""
+    if name == "testing":
+        import minidl.testing
+
+        return minidl.testing
+    raise AttributeError(f"module 'minidl' has no attribute {name!r}")
+
+
 __all__ = [
     "Tensor",
     "functional",

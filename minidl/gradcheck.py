@@ -66,27 +66,31 @@ def gradcheck(
             with no_grad():
                 return float((fn(*args).data * v).sum())
 
-        failures = []
-        for i in checked:
-            data = args[i].data
-            numeric = np.zeros(data.shape)
-            for index in np.ndindex(*data.shape):
-                original = data[index].item()
-                data[index] = original + eps
-                plus = projected()
-                data[index] = original - eps
-                minus = projected()
-                data[index] = original
-                numeric[index] = (plus - minus) / (2 * eps)
-            report = _compare(i, analytic[i], numeric, atol, rtol)
-            if report:
-                failures.append(report)
+        reports = [
+            _compare(i, analytic[i], _numeric_gradient(projected, args[i].data, eps), atol, rtol)
+            for i in checked
+        ]
     finally:
         for i, grad in zip(checked, saved_grads):
             args[i].grad = grad
+    failures = [report for report in reports if report]
     if failures:
         raise GradcheckError("gradcheck failed:\n" + "\n".join(failures))
     return True
+
+
+def _numeric_gradient(projected: Callable[[], float], data, eps: float) -> np.ndarray:
+    """Central differences of ``projected()`` over each element of ``data``, nudged in place."""
+    numeric = np.zeros(data.shape)
+    for index in np.ndindex(*data.shape):
+        original = data[index].item()
+        data[index] = original + eps
+        plus = projected()
+        data[index] = original - eps
+        minus = projected()
+        data[index] = original
+        numeric[index] = (plus - minus) / (2 * eps)
+    return numeric
 
 
 def _grad_or_zeros(t: Tensor) -> np.ndarray:

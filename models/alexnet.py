@@ -16,10 +16,93 @@ groups=2 are the two GPU towers (3.2). 60,965,224 parameters with groups, 62,378
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from minidl import nn
 from minidl.nn import init as mdl_init
 
 INITS = ("paper", "caffe", "kaiming")
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One of the five conv layers and what follows its ReLU."""
+
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    grouped: bool = False  # split into ``groups`` towers (the two GPUs of section 3.2)
+    norm: bool = False  # a normalization layer (LRN, or BatchNorm2d) after the ReLU
+    pool: bool = False  # then max-pool 3x3, stride 2 (overlapping, section 3.4)
+
+
+PAPER_CONVS = (
+    ConvSpec(96, 11, stride=4, norm=True, pool=True),
+    ConvSpec(256, 5, padding=2, grouped=True, norm=True, pool=True),
+    ConvSpec(384, 3, padding=1),
+    ConvSpec(384, 3, padding=1, grouped=True),
+    ConvSpec(256, 3, padding=1, grouped=True, pool=True),
+)
+SMALL_CONVS = (
+    ConvSpec(32, 5, padding=2, norm=True, pool=True),
+    ConvSpec(64, 5, padding=2, grouped=True, norm=True, pool=True),
+    ConvSpec(96, 3, padding=1),
+    ConvSpec(96, 3, padding=1, grouped=True),
+    ConvSpec(64, 3, padding=1, grouped=True, pool=True),
+)
+BIASES_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # the paper's bias-1 layers (section 5)
+
+
+def lrn() -> nn.LocalResponseNorm:
+    """The paper's LRN: n=5, k=2, alpha=1e-4, beta=0.75 (section 3.3)."""
+    return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+
+
+def features(convs, in_channels: int, groups: int, normalization=lambda channels: lrn()):
+    """conv1..conv5, each followed by its ReLU, then (where its spec says) ``normalization`` and
+    max-pooling; layer names conv1, relu1, norm1, pool1, conv2, ..."""
+    layers = {}
+    for i, spec in enumerate(convs, start=1):
+        layers[f"conv{i}"] = nn.Conv2d(
+            in_channels,
+            spec.out_channels,
+            spec.kernel_size,
+            stride=spec.stride,
+            padding=spec.padding,
+            groups=groups if spec.grouped else 1,
+        )
+        layers[f"relu{i}"] = nn.ReLU()
+        if spec.norm:
+            layers[f"norm{i}"] = normalization(spec.out_channels)
+        if spec.pool:
+            layers[f"pool{i}"] = nn.MaxPool2d(3, 2)
+        in_channels = spec.out_channels
+    return nn.Sequential(**layers)
+
+
+def classifier(in_features: int, hidden: int, num_classes: int, dropout: float):
+    """fc6 and fc7 (``hidden`` wide, dropout before each, ReLU after), then fc8."""
+    return nn.Sequential(
+        flatten=nn.Flatten(),
+        drop6=nn.Dropout(dropout),
+        fc6=nn.Linear(in_features, hidden),
+        relu6=nn.ReLU(),
+        drop7=nn.Dropout(dropout),
+        fc7=nn.Linear(hidden, hidden),
+        relu7=nn.ReLU(),
+        fc8=nn.Linear(hidden, num_classes),
+    )
+
+
+def feature_side(convs, input_size: int) -> int:
+    """Side of the last pooled feature map for a square input of side ``input_size``."""
+    side = input_size
+    for spec in convs:
+        side = (side + 2 * spec.padding - spec.kernel_size) // spec.stride + 1
+        if spec.pool:
+            side = (side - 3) // 2 + 1
+    return side
 
 
 class AlexNet(nn.Module):
@@ -40,45 +123,17 @@ class AlexNet(nn.Module):
             raise ValueError(
                 f"AlexNet: input_size {input_size} is too small (needs at least {MIN_INPUT_SIZE})"
             )
-        self.features = nn.Sequential(
-            conv1=nn.Conv2d(in_channels, 96, 11, stride=4),
-            relu1=nn.ReLU(),
-            norm1=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
-            pool1=nn.MaxPool2d(3, 2),
-            conv2=nn.Conv2d(96, 256, 5, padding=2, groups=groups),
-            relu2=nn.ReLU(),
-            norm2=nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
-            pool2=nn.MaxPool2d(3, 2),
-            conv3=nn.Conv2d(256, 384, 3, padding=1),
-            relu3=nn.ReLU(),
-            conv4=nn.Conv2d(384, 384, 3, padding=1, groups=groups),
-            relu4=nn.ReLU(),
-            conv5=nn.Conv2d(384, 256, 3, padding=1, groups=groups),
-            relu5=nn.ReLU(),
-            pool5=nn.MaxPool2d(3, 2),
-        )
-        self.classifier = nn.Sequential(
-            flatten=nn.Flatten(),
-            drop6=nn.Dropout(dropout),
-            fc6=nn.Linear(256 * side * side, 4096),
-            relu6=nn.ReLU(),
-            drop7=nn.Dropout(dropout),
-            fc7=nn.Linear(4096, 4096),
-            relu7=nn.ReLU(),
-            fc8=nn.Linear(4096, num_classes),
-        )
-        initialize(self, init, ones=("conv2", "conv4", "conv5", "fc6", "fc7"))
+        self.features = features(PAPER_CONVS, in_channels, groups)
+        self.classifier = classifier(256 * side * side, 4096, num_classes, dropout)
+        initialize(self, init, ones=BIASES_ONE)
 
     def forward(self, x):
         return self.classifier(self.features(x))
 
 
 def feature_size(input_size: int) -> int:
-    """Side of conv5's pooled output: 6 for 227, 5 for 224."""
-    side = (input_size - 11) // 4 + 1  # conv1
-    side = (side - 3) // 2 + 1  # pool1 (conv2 keeps the size)
-    side = (side - 3) // 2 + 1  # pool2 (conv3-5 keep it)
-    return (side - 3) // 2 + 1  # pool5
+    """Side of conv5's pooled output: 6 for 227, 5 for 224 (conv2-5 keep the size)."""
+    return feature_side(PAPER_CONVS, input_size)
 
 
 # The smallest input side with an output left after pool5, computed rather than written down:
@@ -113,40 +168,11 @@ class SmallAlexNet(nn.Module):
         super().__init__()
         if norm not in ("lrn", "batch"):
             raise ValueError(f"SmallAlexNet: norm must be 'lrn' or 'batch', got {norm!r}")
-
-        def normalization(channels: int) -> nn.Module:
-            if norm == "batch":
-                return nn.BatchNorm2d(channels)
-            return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
-
-        self.features = nn.Sequential(
-            conv1=nn.Conv2d(in_channels, 32, 5, padding=2),
-            relu1=nn.ReLU(),
-            norm1=normalization(32),
-            pool1=nn.MaxPool2d(3, 2),
-            conv2=nn.Conv2d(32, 64, 5, padding=2, groups=groups),
-            relu2=nn.ReLU(),
-            norm2=normalization(64),
-            pool2=nn.MaxPool2d(3, 2),
-            conv3=nn.Conv2d(64, 96, 3, padding=1),
-            relu3=nn.ReLU(),
-            conv4=nn.Conv2d(96, 96, 3, padding=1, groups=groups),
-            relu4=nn.ReLU(),
-            conv5=nn.Conv2d(96, 64, 3, padding=1, groups=groups),
-            relu5=nn.ReLU(),
-            pool5=nn.MaxPool2d(3, 2),
-        )
-        self.classifier = nn.Sequential(
-            flatten=nn.Flatten(),
-            drop6=nn.Dropout(dropout),
-            fc6=nn.Linear(64 * 2 * 2, 512),
-            relu6=nn.ReLU(),
-            drop7=nn.Dropout(dropout),
-            fc7=nn.Linear(512, 512),
-            relu7=nn.ReLU(),
-            fc8=nn.Linear(512, num_classes),
-        )
-        initialize(self, init, ones=("conv2", "conv4", "conv5", "fc6", "fc7"))
+        normalization = nn.BatchNorm2d if norm == "batch" else lambda channels: lrn()
+        self.features = features(SMALL_CONVS, in_channels, groups, normalization)
+        side = feature_side(SMALL_CONVS, 28)
+        self.classifier = classifier(64 * side * side, 512, num_classes, dropout)
+        initialize(self, init, ones=BIASES_ONE)
 
     def forward(self, x):
         return self.classifier(self.features(x))

@@ -1,15 +1,10 @@
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import minidl as mdl
 import minidl.functional as F
 from minidl.models.alexnet import AlexNet, SmallAlexNet, feature_size
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from torch_twin import copy_weights, torch_alexnet  # noqa: E402
+from minidl.testing import torch_twin
 
 
 def test_parameter_counts_match_the_paper():
@@ -50,11 +45,46 @@ def test_paper_and_caffe_inits():
         AlexNet(init="xavier-ish")
 
 
-def torch_twin(torch, net, groups):
-    """The same network in PyTorch (benchmarks/torch_twin.py), float64, with our weights."""
-    twin = torch_alexnet(torch, num_classes=10, groups=groups).double()
-    copy_weights(torch, twin, net)
-    return twin
+def paper_alexnet_in_torch(torch, num_classes, feature_side):
+    """The paper's table written out in PyTorch by hand (its LRN alpha is ours times size)."""
+    nn = torch.nn
+    return [
+        nn.Conv2d(3, 96, 11, stride=4),
+        nn.ReLU(),
+        nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2),
+        nn.ReLU(),
+        nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(256 * feature_side**2, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, num_classes),
+    ]
+
+
+def test_the_pytorch_twin_is_the_paper_layer_for_layer():
+    """models/alexnet.py's table against the paper's, through torch_twin; the names of the state
+    dict are ours."""
+    torch = pytest.importorskip("torch")
+    net = AlexNet(num_classes=10, input_size=67)
+    twin = torch_twin(net)
+    leaves = [m for m in twin.modules() if not list(m.children())]
+    expected = paper_alexnet_in_torch(torch, 10, feature_side=1)
+    assert [repr(m) for m in leaves] == [repr(m) for m in expected]
+    assert list(twin.state_dict()) == list(net.state_dict())
 
 
 @pytest.mark.slow
@@ -62,7 +92,8 @@ def test_logits_and_every_gradient_equal_a_pytorch_twin():
     torch = pytest.importorskip("torch")
     mdl.manual_seed(0)
     net = AlexNet(num_classes=10, init="kaiming").double().eval()
-    twin = torch_twin(torch, net, 2).eval()
+    twin = torch_twin(net).eval()  # float64, with our weights
+    assert isinstance(twin.features.conv2, torch.nn.Conv2d) and twin.features.conv2.groups == 2
     x = np.random.default_rng(0).standard_normal((2, 3, 227, 227))
     y = np.array([3, 7])
     loss = F.cross_entropy(net(mdl.tensor(x)), y)
