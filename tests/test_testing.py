@@ -76,7 +76,7 @@ def test_without_torch_check_op_gradchecks_then_says_torch_is_missing(cube, monk
     Cube.factor["cpu"] = 1.01
     with pytest.raises(testing.GradcheckError):  # without torch, the gradcheck still runs
         testing.check_op([(3, 4)], lambda x: x**3, cube)
-    with pytest.raises(pytest.skip.Exception, match="not installed"):  # tests/helpers' wrapper
+    with pytest.raises(pytest.skip.Exception, match="not installed"):  # tests/helpers.py's wrapper
         check_op_or_skip([(3, 4)], "nn.functional.relu", F.relu)
     with pytest.raises(testing.TorchMissing):
         testing.torch_twin(nn.ReLU())

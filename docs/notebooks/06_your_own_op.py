@@ -35,7 +35,7 @@ import numpy as np
 
 import minidl as mdl
 import minidl.functional as F
-from minidl import backend, cuda, nn
+from minidl import backend, cuda, nn, testing
 from minidl.autograd import Function
 
 rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def rms_norm(x: mdl.Tensor, eps: float = 1e-6) -> mdl.Tensor:
 
 
 x64 = mdl.tensor(rng.standard_normal((4, 7)), requires_grad=True)
-ok = mdl.gradcheck(lambda t: rms_norm(t), [x64])
+ok = testing.gradcheck(lambda t: rms_norm(t), [x64])  # minidl.testing: docs/testing.md
 print("gradcheck(rms_norm, CPU):", ok)
 assert ok
 
@@ -291,26 +291,35 @@ except FileNotFoundError as err:
 # ## The kernel against NumPy
 #
 # Rows longer than the block (D = 700 > 256 threads: each thread sums several elements) and
-# shorter (D = 5: most threads add zeros), in float32 and float64, forward and backward:
+# shorter (D = 5: most threads add zeros), in float32 and float64, forward and backward.
+# `minidl.testing.forward_backward(fn, inputs, device, dtype)` runs the op on one device and its
+# backward with a seeded `dy`, and returns the output and the input gradients as NumPy arrays:
 
 # %%
 for rows, d in [(6, 700), (3, 5)]:
     for dtype, tolerance in [(np.float32, 1e-5), (np.float64, 1e-12)]:
-        xs = (rng.standard_normal((rows, d)) * 3).astype(dtype)
-        dys = rng.standard_normal((rows, d)).astype(dtype)
-        results = {}
-        for device in ("cpu", "cuda"):
-            t = mdl.tensor(xs, requires_grad=True, device=device)
-            out = rms_norm(t)
-            out.backward(dys)
-            results[device] = (out.numpy(), t.grad.numpy())
+        xs = rng.standard_normal((rows, d)) * 3
+        results = {
+            device: testing.forward_backward(rms_norm, [xs], device, dtype)
+            for device in ("cpu", "cuda")
+        }
         forward_error = np.abs(results["cuda"][0] - results["cpu"][0]).max()
-        backward_error = np.abs(results["cuda"][1] - results["cpu"][1]).max()
+        backward_error = np.abs(results["cuda"][1][0] - results["cpu"][1][0]).max()
         print(
             f"({rows}, {d}) {np.dtype(dtype).name}: kernel vs NumPy, forward max error "
             f"{forward_error:.1e}, backward max error {backward_error:.1e}"
         )
         assert forward_error < tolerance and backward_error < tolerance
+
+# %% [markdown]
+# In a test file, that comparison is one line: `testing.check_kernel` runs both devices with the
+# same inputs and `dy` and fails when the forward or any gradient is off by more than the
+# library's tolerance for the dtype (`testing.TOLERANCE`):
+
+# %%
+for dtype in (np.float32, np.float64):
+    testing.check_kernel(rms_norm, [(6, 300)], dtype)
+print("check_kernel(rms_norm): the kernels match the NumPy path")
 
 # %% [markdown]
 # And the gradient check through the kernels (float64, emulated device). It runs the forward
@@ -319,7 +328,7 @@ for rows, d in [(6, 700), (3, 5)]:
 
 # %%
 x64_gpu = mdl.tensor(rng.standard_normal((3, 16)), requires_grad=True, device="cuda")
-ok = mdl.gradcheck(lambda t: rms_norm(t), [x64_gpu])
+ok = testing.gradcheck(lambda t: rms_norm(t), [x64_gpu])
 print("gradcheck(rms_norm, emulated kernels):", ok)
 assert ok
 
@@ -360,8 +369,9 @@ assert abs(loss_gpu - loss_cpu) < 1e-5 and error < 1e-4
 # body and in the `__device__` functions the kernel calls (`minidl/emulator.py`,
 # `kernels_with_barriers`), so a barrier inside a helper such as a `block_sum()` works too.
 #
-# **Read next:** `docs/custom_op.md` (softplus end to end, also on a GPU) and `docs/reduce.md`
-# (minidl's own shared-memory tree, barrier by barrier).
+# **Read next:** `docs/custom_op.md` (softplus end to end, also on a GPU), `docs/reduce.md`
+# (minidl's own shared-memory tree, barrier by barrier) and `docs/testing.md` (the checks of
+# this notebook as one-line tests: `minidl.testing`).
 #
 # ## Exercises
 #
