@@ -137,12 +137,11 @@ class SGD(Optimizer):
 
     def _step_cuda(self, w, g, master, v) -> None:
         # w: the parameter (any kernel dtype); master, v: acc_t (master is w for float32/64)
-        cuda.launch(
+        cuda.launch_1d(
             "sgd",
             "sgd_step",
             w.dtype,
-            cuda.grid_for(w.size),
-            (cuda.THREADS,),
+            w.size,
             (
                 w,
                 g,

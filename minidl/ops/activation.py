@@ -47,12 +47,11 @@ def bias_relu_backward_numpy(dy, y):
 # ---- CUDA (kernels/activation.cu) ----------------------------------------------------------------
 def relu_forward_cuda(x):
     y = backend.xp("cuda").empty_like(x)
-    cuda.launch(
+    cuda.launch_1d(
         "activation",
         "relu_forward",
         x.dtype,
-        cuda.grid_for(x.size),
-        (cuda.THREADS,),
+        x.size,
         (x, y, cuda.i64(x.size)),
     )
     return y
@@ -60,12 +59,11 @@ def relu_forward_cuda(x):
 
 def relu_backward_cuda(dy, y):
     dx = backend.xp("cuda").empty_like(dy)
-    cuda.launch(
+    cuda.launch_1d(
         "activation",
         "relu_backward",
         dy.dtype,
-        cuda.grid_for(dy.size),
-        (cuda.THREADS,),
+        dy.size,
         (dy, y, dx, cuda.i64(dy.size)),
     )
     return dx
@@ -74,12 +72,11 @@ def relu_backward_cuda(dy, y):
 def bias_relu_forward_cuda(x, b):
     n, c = x.shape[:2]
     y = backend.xp("cuda").empty_like(x)
-    cuda.launch(
+    cuda.launch_1d(
         "activation",
         "bias_relu_forward",
         x.dtype,
-        cuda.grid_for(x.size),
-        (cuda.THREADS,),
+        x.size,
         (x, b, y, cuda.i64(x.size), *cuda.i32(c, x.size // max(n * c, 1))),  # N may be 0
     )
     return y

@@ -104,12 +104,11 @@ def batch_norm_stats_cuda(x):
 
 def update_running_cuda(running_mean, running_var, shift, offset, var, m, momentum):
     c = running_mean.size
-    cuda.launch(
+    cuda.launch_1d(
         "batchnorm",
         "batch_norm_update_running",
         running_mean.dtype,
-        cuda.grid_for(c),
-        (cuda.THREADS,),
+        c,
         (
             running_mean,
             running_var,
@@ -126,12 +125,11 @@ def update_running_cuda(running_mean, running_var, shift, offset, var, m, moment
 def batch_norm_forward_cuda(x, shift, offset, var, weight, bias, eps):
     n, c, plane = x.shape
     y = backend.xp("cuda").empty_like(x)
-    cuda.launch(
+    cuda.launch_1d(
         "batchnorm",
         "batch_norm_forward",
         x.dtype,
-        cuda.grid_for(x.size),
-        (cuda.THREADS,),
+        x.size,
         (
             x,
             shift,
@@ -174,12 +172,11 @@ def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
         ),
     )
     dx = xp.empty_like(x)
-    cuda.launch(
+    cuda.launch_1d(
         "batchnorm",
         "batch_norm_backward_input",
         x.dtype,
-        cuda.grid_for(x.size),
-        (cuda.THREADS,),
+        x.size,
         (
             dy,
             x,

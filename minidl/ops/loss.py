@@ -116,12 +116,11 @@ def cross_entropy_forward_cuda(z, t):
 def cross_entropy_backward_cuda(dloss, z, t, lse):
     n, k = z.shape
     dz = backend.xp("cuda").empty_like(z)
-    cuda.launch(
+    cuda.launch_1d(
         "loss",
         "cross_entropy_backward",
         z.dtype,
-        cuda.grid_for(z.size),
-        (cuda.THREADS,),
+        z.size,
         (z, t, lse, dz, cuda.i64(z.size), cuda.i32(k), *cuda.real(z.dtype, float(dloss) / n)),
     )
     return dz
@@ -165,12 +164,11 @@ def cross_entropy_options_backward_cuda(
     t = xp.zeros((1,), dtype=np.int32) if soft else t
     p = p if soft else xp.zeros((1,), dtype=z.dtype)
     dz = xp.empty_like(z)
-    cuda.launch(
+    cuda.launch_1d(
         "loss",
         "cross_entropy_options_backward",
         z.dtype,
-        cuda.grid_for(z.size),
-        (cuda.THREADS,),
+        z.size,
         (
             z,
             t,

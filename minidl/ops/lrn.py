@@ -79,12 +79,11 @@ def local_response_norm_forward_cuda(a, size, alpha, beta, k):
     xp = backend.xp("cuda")
     b = xp.empty_like(a)
     s = xp.empty(a.shape, dtype=cuda.accumulator(a.dtype))  # float32 for 16-bit a (lrn.cu)
-    cuda.launch(
+    cuda.launch_1d(
         "lrn",
         "lrn_forward",
         a.dtype,
-        cuda.grid_for(a.size),
-        (cuda.THREADS,),
+        a.size,
         (a, b, s, cuda.i64(a.size), *cuda.i32(c, plane, size), *cuda.real(a.dtype, alpha, beta, k)),
     )
     return b, s
@@ -94,12 +93,11 @@ def local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta):
     n, c = a.shape[:2]
     plane = a.size // max(n * c, 1)  # an empty batch (N = 0) launches no work
     da = backend.xp("cuda").empty_like(a)
-    cuda.launch(
+    cuda.launch_1d(
         "lrn",
         "lrn_backward",
         a.dtype,
-        cuda.grid_for(a.size),
-        (cuda.THREADS,),
+        a.size,
         (
             db,
             a,
