@@ -1,31 +1,30 @@
-"""Training utilities: an epoch loop, evaluation (top-1/top-5, optional ten-crop), ``fit`` and a
-CSV log. Checkpoints that resume exactly are ``minidl/checkpoint.py`` (``docs/checkpoints.md``);
-the pictures (curves, conv1's filters) are ``minidl/plots.py``.
+"""Training: a step, an epoch and a run.
 
-A step whose loss or gradients are not finite (NaN or inf) is never applied: by default training
-stops there with ``NonFiniteLossError`` naming the epoch, the step and the loss; with
-``nonfinite="skip"`` such steps are skipped and counted (``skipped_steps`` in the log).
+    train_step   forward, loss, zero_grad, backward, all-reduce, guard, step: one batch
+    train_epoch  the steps over a loader, and the epoch's loss, accuracy and rate
+    evaluate     mean loss, top-1 and top-5 (ten-crop batches averaged), no gradients
+    fit          the epochs: resume, evaluation, the schedule, checkpoints and the logs
 
-A precision mode (``minidl/precision.py``, ``docs/precision.md``) is chosen per run: ``fit(...,
-precision="fp16")``. With a ``GradScaler`` (fp16's default) an inf/NaN gradient is the scaler's
-business: it skips the step and halves the scale, the run goes on, and the log shows the scale and
-the steps it skipped (``loss_scale``, ``scaler_skipped_steps``); a non-finite loss still stops.
+What a non-finite step does (stop or skip) and the optional loss scaler are one object,
+``StepGuard`` (``minidl/guard.py``). Checkpoints that resume exactly are ``minidl/checkpoint.py``
+(``docs/checkpoints.md``); the pictures (curves, conv1's filters) are ``minidl/plots.py``. A
+precision mode (``minidl/precision.py``, ``docs/precision.md``) is chosen per run:
+``fit(..., precision="fp16")``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 import minidl.functional as F
 from minidl import backend, distributed
 from minidl import precision as mdl_precision
-from minidl import random as mdl_random
 from minidl.autograd import no_grad
 from minidl.checkpoint import (  # noqa: F401 - save/load/read are also train's public names
     CheckpointError,
@@ -34,22 +33,17 @@ from minidl.checkpoint import (  # noqa: F401 - save/load/read are also train's 
     read_checkpoint,
     save_checkpoint,
 )
+from minidl.guard import (  # noqa: F401 - NONFINITE, all_finite: train's public names too
+    NONFINITE,
+    NonFiniteLossError,
+    StepGuard,
+    all_finite,
+)
+from minidl.nn.layers import Dropout
 from minidl.plots import plot_curves, save_filter_grid
 from minidl.tensor import Tensor
 
-NONFINITE = ("stop", "skip")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped at a step whose loss or gradients were not finite (nonfinite="stop").
-
-    That step's update was not applied and nothing was written after it. ``epoch`` and ``step``
-    (1-based) say where, ``loss`` is the loss value, ``history`` the epochs finished before."""
-
-    def __init__(self, message: str, epoch, step: int, loss: float, history=None):
-        super().__init__(message)
-        self.epoch, self.step, self.loss = epoch, step, loss
-        self.history = history if history is not None else []
+NO_CURVES = "curves.png not written: matplotlib is missing (pip install 'minidl[plot]')"
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -60,150 +54,92 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def all_finite(arrays) -> bool:
-    """True when no array holds a NaN or an inf.
+# ---- a step --------------------------------------------------------------------------------------
+class Step(NamedTuple):
+    """What a step gives its epoch: the loss, the logits, and whether the guard skipped it."""
 
-    Fast path: the sum of their sums, in float32 or wider (a NaN or an inf anywhere makes it NaN
-    or inf); np.sum of a CuPy array runs on the GPU (NumPy hands it to CuPy), so a GPU sends back
-    one number. Only when that sum is not finite, which huge finite values can also cause, is
-    each array looked at element by element."""
-    total = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is what is looked for
-        for a in arrays:
-            total = total + np.sum(a, dtype=np.result_type(a.dtype, np.float32))
-    if math.isfinite(float(total)):
-        return True
-    return all(bool(np.isfinite(a).all()) for a in arrays)
+    loss: float
+    logits: Tensor
+    skipped: bool
 
 
-def _gradients(optimizer) -> list:
-    return [p.grad.data for p in optimizer.params if p.grad is not None]
+def train_step(model, x: Tensor, y: np.ndarray, optimizer, guard: StepGuard) -> Step:
+    """One optimizer step on the batch x: (N, ...), y: (N,) class indices.
+
+    x is on the model's device and in its dtype. ``skipped``: the guard dropped this step (a
+    non-finite loss or gradient under nonfinite="skip"; "stop" raises). A step whose update the
+    loss scaler skipped is not ``skipped``: its forward pass counts in the epoch's figures."""
+    logits = model(x)
+    loss = F.cross_entropy(mdl_precision.Precision.loss_input(logits), y)  # of float32 logits
+    optimizer.zero_grad()
+    guard.backward(loss)  # with a loss scaler, of the scaled loss
+    # several processes: every rank now holds the whole batch's gradient, so every rank's guard
+    # takes the same decision (a non-finite gradient anywhere is one everywhere)
+    distributed.allreduce_gradients(optimizer.params, weight=len(y))
+    loss_value = loss.item()  # also waits for the GPU, so the epoch's rate is honest
+    if not guard.check(loss_value, optimizer):  # "stop" raises; "skip" drops the step
+        return Step(loss_value, logits, skipped=True)
+    guard.step(optimizer)  # or the scaler's step; an update that overflows stops the run
+    return Step(loss_value, logits, skipped=False)
 
 
-def _weights_and_buffers(optimizer) -> list:
-    """The parameters and the optimizer's per-parameter arrays (momentum, Adam's moments)."""
-    buffers = [v for state in optimizer.state for v in state.values() if getattr(v, "ndim", 0)]
-    return [p.data for p in optimizer.params] + buffers
-
-
+# ---- an epoch ------------------------------------------------------------------------------------
 def train_epoch(
     model,
     loader,
     optimizer,
     device: str = "cpu",
     progress: bool = True,
-    desc: str = "train",
-    nonfinite: str = "stop",
+    guard: StepGuard | None = None,
     epoch: int | None = None,
     precision=None,
-    scaler=None,
+    desc: str | None = None,
 ) -> dict:
-    """One pass over ``loader``; returns mean loss, accuracy, images/second, seconds and
-    ``skipped_steps``. Loss and accuracy count the steps whose loss was finite.
+    """One pass over ``loader``; returns mean loss, accuracy, images/second, seconds and the
+    guard's counts (``skipped_steps``; with a loss scaler ``loss_scale`` and
+    ``scaler_skipped_steps``). Loss and accuracy count the steps the guard did not skip.
 
-    A step whose loss or gradients are not finite is not applied: nonfinite="stop" raises
-    NonFiniteLossError, "skip" counts it and goes on; an epoch in which every step was skipped
-    stops either way (nothing was learnt).
-
-    ``precision`` (a ``Precision``; None is fp32): each batch is cast to its storage dtype and
-    the loss computed from float32 logits; the model must already be cast. ``scaler`` (an
-    enabled ``GradScaler``): backward runs on the scaled loss, and a step whose gradients hold
-    inf or NaN is skipped by the scaler, which halves its scale; that is not an error here. The
-    result then also holds ``loss_scale`` (after the epoch) and ``scaler_skipped_steps``."""
-    if nonfinite not in NONFINITE:
-        raise ValueError(f"train_epoch: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
-    if scaler is not None and not scaler.enabled:
-        scaler = None  # a disabled scaler is no scaler: the checks below stay as they are
-    scaler_skipped_before = scaler.skipped_steps if scaler is not None else 0
+    ``guard``: a run's ``StepGuard`` (None: stop at a non-finite step, no loss scaler); an epoch
+    in which every step was skipped stops either way. ``epoch`` numbers its messages and names
+    the progress bar (else ``desc``, by default "train").
+    ``precision`` (a ``Precision``; None is fp32): each batch is cast to its storage dtype; the
+    model must already be cast."""
+    guard = guard if guard is not None else StepGuard(caller="train_epoch")
+    guard.begin_epoch(epoch, len(loader))
     model.train()
-    total_loss, correct, seen, skipped = 0.0, 0, 0, 0
-    where = f"epoch {epoch}, " if epoch is not None else ""
+    total_loss, correct, seen = 0.0, 0, 0
     progress = progress and distributed.is_main()
     start = time.perf_counter()
-    # where each of this rank's batches starts in the global batch (data parallel): dropout
-    # counts its elements from there, so N ranks draw one process's masks
-    sharded = getattr(loader, "world_size", 1) > 1 and hasattr(loader, "shard_starts")
-    starts = loader.shard_starts(loader.epoch) if sharded else []
+    desc = desc or (f"epoch {epoch}" if epoch is not None else "train")
     bar = _progress(loader, len(loader), desc, progress)
-    for step, (x, y) in enumerate(bar, start=1):
+    for batch in bar:
+        x, y = batch
         x = Tensor(x, device=device)
-        if precision is not None:
-            x = precision.cast_input(x)
-        with mdl_random.batch_shard(starts[step - 1] if step <= len(starts) else 0):
-            logits = model(x)
-        loss = F.cross_entropy(mdl_precision.Precision.loss_input(logits), y)  # float32 loss
-        optimizer.zero_grad()
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        # several processes: every rank now holds the whole batch's gradient, so every rank
-        # takes the same decision below (a non-finite gradient anywhere is one everywhere)
-        distributed.allreduce_gradients(optimizer.params, weight=len(y))
-        batch_loss = loss.item()  # also waits for the GPU, so the rate below is honest
-        # Checked before the update, so a bad batch can be skipped without a trace (in
-        # data-parallel training: after the gradients are averaged, so every rank agrees). With
-        # a scaler, only the loss: an inf/NaN gradient is the scaler's to skip (below).
-        if not (
-            math.isfinite(batch_loss) and (scaler is not None or all_finite(_gradients(optimizer)))
-        ):
-            what = "a gradient" if math.isfinite(batch_loss) else "the loss"
-            if nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"{where}step {step} of {len(loader)}: {what} is not finite (loss "
-                    f"{batch_loss}, lr {optimizer.lr}); the update was not applied. Look for "
-                    "NaN or inf in the data, or lower the learning rate; nonfinite='skip' "
-                    "(--nonfinite skip) skips such steps instead",
-                    epoch,
-                    step,
-                    batch_loss,
-                )
-            skipped += 1
+        x = precision.cast_input(x) if precision is not None else x
+        # data parallel: dropout counts from where this rank's part of the global batch starts
+        Dropout.place(model, getattr(batch, "first", 0))  # a plain (x, y) pair: one process
+        step = train_step(model, x, y, optimizer, guard)
+        if step.skipped:
             continue
-        if scaler is None:
-            optimizer.step()
-            stepped = True
-        else:  # skipped (and counted in scaler.skipped_steps) when a gradient is inf/NaN
-            stepped = scaler.step(optimizer)
-            scaler.update()  # halved after a skip, grown after growth_interval clean steps
-        # A finite gradient can still overflow in the update (g * g in Adam, a huge lr): that
-        # cannot be undone, so it stops the run whatever ``nonfinite`` says.
-        if stepped and not all_finite(_weights_and_buffers(optimizer)):
-            raise NonFiniteLossError(
-                f"{where}step {step} of {len(loader)}: the update overflowed (loss "
-                f"{batch_loss}, lr {optimizer.lr}): the weights or the optimizer's buffers "
-                "now hold NaN or inf, and the run cannot go on from them. Lower the learning "
-                "rate",
-                epoch,
-                step,
-                batch_loss,
-            )
-        total_loss += batch_loss * len(y)
-        correct += int((backend.to_numpy(logits.data).argmax(axis=1) == y).sum())
+        total_loss += step.loss * len(y)
+        correct += int((backend.to_numpy(step.logits.data).argmax(axis=1) == y).sum())
         seen += len(y)
         if progress:
             rate = seen / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{batch_loss:.4f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{step.loss:.4f}", img_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
     total_loss, correct, seen = distributed.allreduce_sum([total_loss, correct, seen])  # all ranks
-    if seen == 0:
-        raise NonFiniteLossError(
-            f"{where}all {skipped} steps had a non-finite loss or gradient and were skipped; "
-            "nothing was learnt. Look for NaN or inf in the data, or lower the learning rate",
-            epoch,
-            skipped,
-            float("nan"),
-        )
-    result = {
+    counts = guard.end_epoch(seen)  # stops an epoch that learnt nothing
+    return {
         "loss": total_loss / seen,
         "accuracy": correct / seen,
         "images_per_second": seen / seconds,
         "seconds": seconds,
-        "skipped_steps": skipped,
+        **counts,
     }
-    if scaler is not None:  # every rank took the same decisions: no reduction needed
-        result["loss_scale"] = scaler.get_scale()
-        result["scaler_skipped_steps"] = scaler.skipped_steps - scaler_skipped_before
-    return result
 
 
+# ---- evaluation ----------------------------------------------------------------------------------
 def topk_correct(scores: np.ndarray, y: np.ndarray, k: int) -> int:
     """How many rows have their label among the k highest scores."""
     k = min(k, scores.shape[1])
@@ -236,7 +172,7 @@ def evaluate(model, loader, device: str = "cpu", progress: bool = False, precisi
     return {"loss": total_loss / seen, "top1": top1 / seen, "top5": top5 / seen}
 
 
-# ---- logs ---------------------------------------------------------------------------
+# ---- logs ----------------------------------------------------------------------------------------
 def write_csv(path, history: list[dict]) -> None:
     """One row per epoch; the columns are every key seen, in order (a history resumed from an
     older checkpoint may lack the newer ones: those cells stay empty)."""
@@ -249,7 +185,43 @@ def write_csv(path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
-# ---- the loop ------------------------------------------------------------------------------------
+def _row(epoch: int, lr: float, train: dict, test: dict) -> dict:
+    """An epoch's line of the history (and of log.csv)."""
+    row = {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": round(train["loss"], 6),
+        "train_accuracy": round(train["accuracy"], 6),
+        "test_loss": round(test["loss"], 6),
+        "test_top1": round(test["top1"], 6),
+        "test_top5": round(test["top5"], 6),
+        "images_per_second": round(train["images_per_second"], 1),
+        "seconds": round(train["seconds"], 1),
+        "skipped_steps": train["skipped_steps"],
+    }
+    if "loss_scale" in train:  # loss scaling: the scale after the epoch, the steps it skipped
+        row["loss_scale"] = train["loss_scale"]
+        row["scaler_skipped_steps"] = train["scaler_skipped_steps"]
+    return row
+
+
+def _epoch_line(row: dict) -> str:
+    """What fit prints after an epoch."""
+    notes = f", {row['skipped_steps']} steps skipped (non-finite)" if row["skipped_steps"] else ""
+    if "loss_scale" in row:
+        by_scaler = row["scaler_skipped_steps"]
+        notes += f", loss scale {row['loss_scale']:g}" + (
+            f" ({by_scaler} steps skipped by loss scaling)" if by_scaler else ""
+        )
+    return (
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc "
+        f"{row['train_accuracy']:.4f} | test loss {row['test_loss']:.4f} top-1 "
+        f"{row['test_top1']:.4f} top-5 {row['test_top5']:.4f} | "
+        f"{row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s{notes}"
+    )
+
+
+# ---- a run ---------------------------------------------------------------------------------------
 def fit(
     model,
     train_loader,
@@ -268,139 +240,134 @@ def fit(
     scaler=None,
 ) -> list[dict]:
     """Train for ``epochs`` epochs in all (counting those in a resumed checkpoint), evaluating
-    after each; writes out_dir/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}.
-
-    Returns the history, one row per epoch (``lr`` is the rate that epoch trained with,
-    ``skipped_steps`` the steps skipped for a non-finite loss). With nothing left to train
-    (``epochs`` at most the checkpoint's) nothing is written. A non-finite loss or gradient
-    stops the run (NonFiniteLossError) with the last checkpoint untouched, unless
-    nonfinite="skip". ``resume_lr`` replaces the checkpoint's learning rate.
-
-    ``precision``: "fp32", "tf32", "fp16" or a ``Precision`` (None, the default: the model's own
-    dtype and the TF32 setting as they are). Cast the model with ``Precision(mode).cast_model``
-    before building the optimizer, which then keeps float32 master weights. fp16 scales the loss
-    with ``scaler`` (a new ``GradScaler()`` when None); its scale and skipped steps go to the log
-    (``loss_scale``, ``scaler_skipped_steps``) and its state to the checkpoint. tf32 runs the
-    epochs inside ``matmul_mode()``."""
-    if nonfinite not in NONFINITE:
-        raise ValueError(f"fit: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+    after each; writes out_dir/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}. Returns
+    the history, one row per epoch (``lr``: the rate it trained with); with nothing left to
+    train, nothing is written. A non-finite loss or gradient stops the run
+    (NonFiniteLossError), the last checkpoint untouched, unless nonfinite="skip" (minidl/guard.py).
+    ``resume_lr`` replaces the checkpoint's learning rate. ``optimizer`` and ``scheduler`` may be
+    factories (``params -> optimizer``, ``optimizer -> schedule``), called after the model is cast
+    to ``precision``; ``_setup`` says what ``precision`` and ``scaler`` do."""
     if epochs < 0:
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
-    if precision is not None and not isinstance(precision, mdl_precision.Precision):
-        precision = mdl_precision.Precision(precision)
-    dtypes = {str(p.dtype) for p in model.parameters()}
-    wrong = sorted(dtypes - {str(precision.dtype)}) if precision is not None else []
-    if wrong:
-        raise ValueError(
-            f"fit: precision {precision.name} trains {precision.dtype} parameters, the model "
-            f"has {wrong}: cast it with Precision({precision.name!r}).cast_model(model) before "
-            "building the optimizer (which then keeps float32 master weights)"
-        )
-    if scaler is None and precision is not None and precision.loss_scaling:
-        scaler = mdl_precision.GradScaler()
-    if scaler is not None and not scaler.enabled:
-        scaler = None
-    history: list[dict] = []
-    start_epoch = 0
-    # several processes (minidl.distributed): rank 0 alone prints and writes files
+    optimizer, scheduler, precision, guard = _setup(
+        model, optimizer, scheduler, precision, scaler, nonfinite
+    )
+    run = _Run(model, train_loader, test_loader, optimizer, scheduler, guard, precision, device)
     out = Path(out_dir) if out_dir is not None and distributed.is_main() else None
-    log = log if distributed.is_main() else (lambda *args: None)
-    checkpoint = out / "checkpoint.npz" if out is not None else None
+    log = log if distributed.is_main() else (lambda *args: None)  # rank 0 alone writes, prints
+    start_epoch, history = 0, []
     if resume is not None:
         start_epoch, history = load_checkpoint(
-            resume, model, optimizer, scheduler, train_loader, lr=resume_lr, log=log, scaler=scaler
+            resume, model, optimizer, scheduler, train_loader, resume_lr, log, guard.scaler
         )
         log(f"resumed from {resume} after epoch {start_epoch}")
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
     if epochs <= start_epoch:
         log(f"nothing to train: {epochs} epochs asked for, {start_epoch} done; nothing written")
         return history
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    told_no_curves, skipped_in_all = False, 0
-    # tf32: TF32 GEMMs while training, restored after; None leaves the setting as it is
-    with precision.matmul_mode() if precision is not None else contextlib.nullcontext():
-        for epoch in range(start_epoch + 1, epochs + 1):
-            lr = optimizer.lr  # the rate this epoch trains with; the scheduler changes it after
-            try:
-                train = train_epoch(
-                    model,
-                    train_loader,
-                    optimizer,
-                    device,
-                    progress,
-                    f"epoch {epoch}",
-                    nonfinite,
-                    epoch,
-                    precision,
-                    scaler,
-                )
-            except NonFiniteLossError as err:
-                kept = f"; {checkpoint} is as it was" if checkpoint and checkpoint.exists() else ""
-                raise NonFiniteLossError(
-                    f"training stopped: {err}. Nothing was written for epoch {epoch}{kept}",
-                    err.epoch,
-                    err.step,
-                    err.loss,
-                    history,
-                ) from None
-            distributed.broadcast_parameters(model)  # BatchNorm's running statistics: rank 0's
-            test = evaluate(model, test_loader, device, precision=precision)
-            if scheduler is not None:
-                scheduler.step(test["top1"])
-            row = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": round(train["loss"], 6),
-                "train_accuracy": round(train["accuracy"], 6),
-                "test_loss": round(test["loss"], 6),
-                "test_top1": round(test["top1"], 6),
-                "test_top5": round(test["top5"], 6),
-                "images_per_second": round(train["images_per_second"], 1),
-                "seconds": round(train["seconds"], 1),
-                "skipped_steps": train["skipped_steps"],
-            }
-            if scaler is not None:  # loss scaling: the scale after the epoch, the steps it skipped
-                row["loss_scale"] = train["loss_scale"]
-                row["scaler_skipped_steps"] = train["scaler_skipped_steps"]
-            history.append(row)
-            skipped_in_all += row["skipped_steps"]
-            skipped = (
-                f", {row['skipped_steps']} steps skipped (non-finite)"
-                if row["skipped_steps"]
-                else ""
-            )
-            if scaler is not None:
-                by_scaler = row["scaler_skipped_steps"]
-                skipped += f", loss scale {row['loss_scale']:g}" + (
-                    f" ({by_scaler} steps skipped by loss scaling)" if by_scaler else ""
-                )
-            log(
-                f"epoch {epoch}: train loss {row['train_loss']:.4f} acc "
-                f"{row['train_accuracy']:.4f} | test loss {row['test_loss']:.4f} top-1 "
-                f"{row['test_top1']:.4f} top-5 {row['test_top5']:.4f} | "
-                f"{row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s{skipped}"
-            )
-            if out is not None:
-                save_checkpoint(
-                    checkpoint,
-                    model,
-                    optimizer,
-                    scheduler,
-                    train_loader,
-                    epoch,
-                    history,
-                    scaler=scaler,
-                )
-                write_csv(out / "log.csv", history)
-                if not plot_curves(history, out / "curves.png") and not told_no_curves:
-                    log(
-                        "curves.png not written: matplotlib is missing (pip install 'minidl[plot]')"
-                    )
-                    told_no_curves = True
-    if skipped_in_all:
-        log(f"{skipped_in_all} steps were skipped for a non-finite loss or gradient")
-    if out is not None:
-        first_conv = next(p for name, p in model.named_parameters() if p.ndim == 4)
-        save_filter_grid(first_conv.numpy(), out / "conv1_filters.png")
+    resumed_rows = len(history)
+    try:  # tf32: TF32 GEMMs while training, restored after; None leaves the setting as it is
+        with precision.matmul_mode() if precision is not None else contextlib.nullcontext():
+            for epoch in range(start_epoch + 1, epochs + 1):
+                history.append(run.epoch(epoch, progress))
+                log(_epoch_line(history[-1]))
+                if out is not None and not run.save(out, history) and epoch == start_epoch + 1:
+                    log(NO_CURVES)  # said once: matplotlib will not appear during the run
+    except NonFiniteLossError as err:
+        raise _stopped(err, out, history) from None
+    skipped = sum(row["skipped_steps"] for row in history[resumed_rows:])
+    if skipped:
+        log(f"{skipped} steps were skipped for a non-finite loss or gradient")
+    if out is not None:  # the paper's Figure 3
+        save_filter_grid(_first_conv_weight(model), out / "conv1_filters.png")
     return history
+
+
+def _setup(model, optimizer, scheduler, precision, scaler, nonfinite: str):
+    """fit's optimizer, schedule, precision and guard.
+
+    ``precision``: "fp32", "tf32", "fp16", "bf16" or a ``Precision`` (None: the model's own dtype
+    and the TF32 setting as they are). The model's parameters must be in its storage dtype before
+    the optimizer exists, which then keeps float32 master weights: given an optimizer factory,
+    fit casts the model (``Precision.cast_model``) and then calls it; given an optimizer, it
+    refuses a model not cast. fp16 scales the loss with ``scaler`` (a new ``GradScaler()`` when
+    None); its scale and skipped steps go to the log (``loss_scale``, ``scaler_skipped_steps``)
+    and its state to the checkpoint. tf32 runs the epochs inside ``matmul_mode()``."""
+    if precision is not None and not isinstance(precision, mdl_precision.Precision):
+        precision = mdl_precision.Precision(precision)
+    if scaler is None and precision is not None and precision.loss_scaling:
+        scaler = mdl_precision.GradScaler()
+    guard = StepGuard(nonfinite, scaler, caller="fit")
+    if callable(optimizer):  # a factory: the master copies are made from the cast weights
+        if precision is not None:
+            precision.cast_model(model)
+        optimizer = optimizer(model.parameters())
+    if callable(scheduler):
+        scheduler = scheduler(optimizer)
+    dtypes = {str(p.dtype) for p in model.parameters()}
+    wrong = sorted(dtypes - {str(precision.dtype)}) if precision is not None else []
+    if wrong:
+        raise ValueError(
+            f"fit: precision {precision.name} trains {precision.dtype} parameters, the model "
+            f"has {wrong}: cast it with Precision({precision.name!r}).cast_model(model) before "
+            "building the optimizer (which then keeps float32 master weights), or give fit an "
+            "optimizer factory (params -> optimizer) and fit casts the model first"
+        )
+    return optimizer, scheduler, precision, guard
+
+
+class _Run(NamedTuple):
+    """What each of fit's epochs works with."""
+
+    model: object
+    train_loader: object
+    test_loader: object
+    optimizer: object
+    scheduler: object
+    guard: StepGuard
+    precision: object  # a Precision, or None
+    device: str
+
+    def epoch(self, epoch: int, progress: bool) -> dict:
+        """Train one epoch, evaluate, step the schedule; returns the epoch's history row."""
+        lr = self.optimizer.lr  # the rate this epoch trains with; the scheduler changes it after
+        train = train_epoch(
+            self.model,
+            self.train_loader,
+            self.optimizer,
+            self.device,
+            progress,
+            self.guard,
+            epoch,
+            self.precision,
+        )
+        distributed.broadcast_parameters(self.model)  # BatchNorm's running statistics: rank 0's
+        test = evaluate(self.model, self.test_loader, self.device, precision=self.precision)
+        if self.scheduler is not None:
+            self.scheduler.step(test["top1"])
+        return _row(epoch, lr, train, test)
+
+    def save(self, out: Path, history: list[dict]) -> bool:
+        """checkpoint.npz, log.csv and curves.png; False when curves.png needs matplotlib."""
+        parts = (self.model, self.optimizer, self.scheduler, self.train_loader)
+        epoch = history[-1]["epoch"]
+        save_checkpoint(out / "checkpoint.npz", *parts, epoch, history, self.guard.scaler)
+        write_csv(out / "log.csv", history)
+        return plot_curves(history, out / "curves.png")
+
+
+def _first_conv_weight(model) -> np.ndarray:
+    return next(p for name, p in model.named_parameters() if p.ndim == 4).numpy()
+
+
+def _stopped(err: NonFiniteLossError, out: Path | None, history: list[dict]):
+    """The error that ends a run a step stopped: nothing was written for its epoch."""
+    checkpoint = out / "checkpoint.npz" if out is not None else None
+    kept = f"; {checkpoint} is as it was" if checkpoint and checkpoint.exists() else ""
+    return NonFiniteLossError(
+        f"training stopped: {err}. Nothing was written for epoch {err.epoch}{kept}",
+        err.epoch,
+        err.step,
+        err.loss,
+        history,
+    )

@@ -161,8 +161,9 @@ def test_steps_on_two_ranks_equal_steps_in_one_process(tmp_path):
 
 def test_steps_with_dropout_on_two_ranks_equal_steps_in_one_process(tmp_path):
     """The same 8 steps through Dropout(0.5): each rank counts dropout's elements from where its
-    part of the global batch starts (batch_shard), so the ranks draw one process's masks, and
-    the weights agree to float64 round-off (an uneven last batch, 3 + 2, included)."""
+    part of the global batch starts (the loader's Batch.first, handed to the Dropout layers), so
+    the ranks draw one process's masks, and the weights agree to float64 round-off (an uneven
+    last batch, 3 + 2, included)."""
     ranks = run_ok("steps_dropout", tmp_path)
     single = worker.train_steps(dropout=True)
     baseline = worker.train_steps()

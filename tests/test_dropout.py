@@ -3,6 +3,7 @@ import pytest
 
 import minidl as mdl
 import minidl.functional as F
+from minidl import data, nn
 from minidl.ops.dropout import dropout_bits, dropout_mask_numpy
 from tests.helpers import assert_all_close, forward_backward, random
 
@@ -85,7 +86,7 @@ def test_mask_does_not_depend_on_launch_shape(kernel_device):
         y = backend.xp("cuda").empty_like(xs)
         cuda.launch(
             "dropout",
-            "dropout_forward",
+            "dropout_apply",
             np.float32,
             grid,
             block,
@@ -107,10 +108,8 @@ def test_mask_does_not_depend_on_launch_shape(kernel_device):
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_a_shard_of_the_batch_draws_the_whole_batchs_masks_for_its_samples(device, monkeypatch):
-    """A data-parallel rank whose batch starts at sample 3 of the global batch (batch_shard(3))
-    keeps and drops exactly what one process does for samples 3.., forward and backward."""
-    from minidl import random as mdl_random
-
+    """A data-parallel rank whose batch starts at sample 3 of the global batch (first=3) keeps
+    and drops exactly what one process does for samples 3.., forward and backward."""
     monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
     x = np.random.default_rng(0).standard_normal((8, 5, 3)).astype(np.float32)
     mdl.manual_seed(4)
@@ -118,12 +117,40 @@ def test_a_shard_of_the_batch_draws_the_whole_batchs_masks_for_its_samples(devic
     F.dropout(whole, 0.5).sum().backward()
     mdl.manual_seed(4)  # every rank draws the same key
     part = mdl.tensor(x[3:], requires_grad=True, device=device)
-    with mdl_random.batch_shard(3):
-        y = F.dropout(part, 0.5)
+    y = F.dropout(part, 0.5, first=3)
     y.sum().backward()
-    assert mdl_random.first_sample() == 0  # restored on leaving
     np.testing.assert_array_equal(part.grad.numpy(), whole.grad.numpy()[3:])
     assert 0 < (part.grad.numpy() == 0).mean() < 1
+
+
+def test_the_dropout_layer_passes_the_batchs_first_sample_on(monkeypatch):
+    """nn.Dropout hands the position the loop gave it (Dropout.place, from the loader's
+    Batch.first) to F.dropout: the layer draws the shard's part of the whole batch's mask."""
+    x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+    mdl.manual_seed(4)
+    whole = F.dropout(mdl.tensor(x), 0.5).numpy()
+    model = nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.5))
+    nn.Dropout.place(model, 3)
+    assert model[1].first == 3
+    mdl.manual_seed(4)
+    np.testing.assert_array_equal(model[1](mdl.tensor(x[3:])).numpy(), whole[3:])
+    nn.Dropout.place(model, 0)
+    mdl.manual_seed(4)
+    np.testing.assert_array_equal(model[1](mdl.tensor(x)).numpy(), whole)
+
+
+def test_a_ranks_batches_carry_where_they_start_in_the_global_batch():
+    """The DataLoader yields Batch pairs whose ``first`` is the rank's start in the global batch
+    (np.array_split's shares: 9 -> 3 + 3 + 3, the last batch 5 -> 2 + 2 + 1); they unpack as
+    (x, y). One process: always 0."""
+    ds = data.ArrayDataset(np.zeros((23, 2), np.float32), np.arange(23))
+    for rank, firsts in [(0, [0, 0, 0]), (1, [3, 3, 2]), (2, [6, 6, 4])]:
+        loader = data.DataLoader(ds, 9, rank=rank, world_size=3, workers=0)
+        batches = list(loader)
+        assert [b.first for b in batches] == firsts == loader.shard_starts(0)
+        x, y = batches[0]
+        assert x.shape == (len(y), 2)
+    assert {b.first for b in data.DataLoader(ds, 9, workers=2)} == {0}
 
 
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])

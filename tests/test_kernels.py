@@ -206,8 +206,8 @@ MUTATIONS = [
     ("dropout.cu", "return (h >> 8) >= threshold;", "return (h >> 7) >= threshold;", dropout_ok),
     (
         "dropout.cu",
-        "dx[i] = from_acc<T>(dropout_keep(key_lo, key_hi, first + i, threshold)",
-        "dx[i] = from_acc<T>(dropout_keep(key_lo, key_hi, first + i + 1, threshold)",
+        "y[i] = from_acc<T>(dropout_keep(key_lo, key_hi, first + i, threshold)",
+        "y[i] = from_acc<T>(dropout_keep(key_lo, key_hi, first + i + 1, threshold)",
         dropout_ok,
     ),
     (
@@ -329,5 +329,5 @@ def test_a_launch_with_the_wrong_number_of_arguments_is_refused_by_name(monkeypa
         assert set(cuda.kernel_parameters(source)) == set(cuda.kernel_names(source)), path.name
     x = np.ones(4, np.float32)
     args = (x, np.empty_like(x), cuda.i64(4), np.uint32(1), np.uint32(2), np.uint32(3))
-    with pytest.raises(TypeError, match=r"dropout_forward \(dropout\): takes 8 arguments"):
-        cuda.launch("dropout", "dropout_forward", np.float32, (1,), (32,), (*args, np.float32(2)))
+    with pytest.raises(TypeError, match=r"dropout_apply \(dropout\): takes 8 arguments"):
+        cuda.launch("dropout", "dropout_apply", np.float32, (1,), (32,), (*args, np.float32(2)))

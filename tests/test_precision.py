@@ -288,11 +288,11 @@ def check_lrn(dtype):
 def check_dropout(dtype):
     x16, x = inputs16((5, 301), dtype)
     key, p = 0x1234_5678_9ABC_DEF0, 0.3
-    y16 = run(dropout.dropout_forward_cuda, x16, key, p)
+    y16 = run(dropout.dropout_apply_cuda, x16, key, p)
     mask = dropout.dropout_mask_numpy(key, x.shape, p)
     scale = np.float32(1 / (1 - p))
     assert np.array_equal(to_float32(y16), round16(np.where(mask, x * scale, 0), dtype))
-    dx16 = run(dropout.dropout_backward_cuda, x16, key, p)
+    dx16 = run(dropout.dropout_apply_cuda, x16, key, p)  # backward: the same mask-apply on dy
     assert np.array_equal(to_float32(dx16), to_float32(y16))
     return True
 
@@ -498,7 +498,7 @@ def test_dropout_mask_is_the_same_at_every_precision(kernel_device):
     key = 987654321
     zeros = []
     for dtype in (np.dtype(np.float32), np.dtype(np.float64), *HALF_TYPES):
-        y = run(dropout.dropout_forward_cuda, to_storage(x, dtype), key, 0.5)
+        y = run(dropout.dropout_apply_cuda, to_storage(x, dtype), key, 0.5)
         zeros.append(to_float32(y) == 0)
     assert all(np.array_equal(zeros[0], z) for z in zeros[1:])
     assert 0.4 < zeros[0].mean() < 0.6

@@ -145,7 +145,8 @@ assert error == 0.0
 # %% [markdown]
 # ## The same mask from the CUDA kernel
 #
-# The GPU branch launches `dropout_forward` with the key; each thread hashes its own index. Under
+# The GPU branch launches `dropout_apply` with the key; each thread hashes its own index. (The
+# backward launches the same kernel on dy: dx = dy * m / (1 - p) is the same mask-apply.) Under
 # the emulator (notebook 2) the kernel runs on the CPU, and the result must equal the NumPy
 # path's exactly: same key, same integer hash, same comparison, same product.
 #
@@ -182,7 +183,7 @@ y_small_launch = np.empty_like(x_big)
 key = 0x0123456789ABCDEF
 cuda.launch(
     "dropout",
-    "dropout_forward",
+    "dropout_apply",
     np.float32,
     (3,),  # grid: 3 blocks
     (32,),  # block: 32 threads

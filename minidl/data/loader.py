@@ -11,6 +11,10 @@ of every global batch: rank r gets ``np.array_split(batch, W)[r]``. The global o
 are the single-process ones (the seed is the same on every rank), so K steps on 2 ranks with
 B/2 samples each are K steps of one process with batch B. Each rank's random transforms draw from
 ``default_rng([seed, e, b, r])``: independent across ranks, but not the single process's draws.
+
+Each batch is a ``Batch``: it unpacks as ``x, y``, and ``batch.first`` says where it starts in
+the global batch (0 in one process). The training loop hands ``first`` to the model's Dropout
+layers, so the ranks together draw the masks one process draws (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -19,6 +23,18 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+
+class Batch(tuple):
+    """One batch: the pair ``(x, y)``, which it unpacks as, and ``first``, the position of its
+    first sample in the global batch (``DataLoader.shard_starts``; 0 in one process)."""
+
+    first: int
+
+    def __new__(cls, x, y, first: int = 0):
+        batch = super().__new__(cls, (x, y))
+        batch.first = int(first)
+        return batch
 
 
 class DataLoader:
@@ -100,8 +116,8 @@ class DataLoader:
     def shard_starts(self, epoch: int) -> list[int]:
         """For each batch this rank reads in ``epoch``, where it starts in the global batch:
         ``np.array_split`` gives the first ``L % W`` ranks ``L // W + 1`` samples of a batch of
-        L, the others ``L // W``. All 0 in one process. ``train_epoch`` hands it to dropout
-        (``minidl.random.batch_shard``), so the ranks draw one process's masks."""
+        L, the others ``L // W``. All 0 in one process. Each batch carries its start
+        (``Batch.first``) to dropout, so the ranks draw one process's masks."""
         starts = []
         for batch in self.global_batches(epoch):
             share, extra = divmod(len(batch), self.world_size)
@@ -111,12 +127,13 @@ class DataLoader:
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        batches = self.batches(epoch)
+        batches, starts = self.batches(epoch), self.shard_starts(epoch)
 
         def make(b):
             # one process keeps its (seed, epoch, batch) stream; each rank adds its number
             key = [self.seed, epoch, b] + ([self.rank] if self.world_size > 1 else [])
-            return self.dataset.batch(batches[b], np.random.default_rng(key))
+            x, y = self.dataset.batch(batches[b], np.random.default_rng(key))
+            return Batch(x, y, starts[b])
 
         if self.workers < 1:
             for b in range(len(batches)):

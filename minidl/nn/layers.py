@@ -142,16 +142,30 @@ class LocalResponseNorm(Module):
 
 
 class Dropout(Module):
-    """Inverted dropout while training, identity in eval mode."""
+    """Inverted dropout while training, identity in eval mode.
+
+    ``first``: where this process's batch starts in the global batch, in samples (0, the default,
+    in one process). In data-parallel training the loop sets it before each forward pass to the
+    batch's ``Batch.first`` with ``Dropout.place(model, first)``, and the layer passes it on to
+    ``F.dropout``, so the ranks draw the masks one process draws (docs/distributed.md)."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
         self.p = p
+        self.first = 0
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training)
+        return F.dropout(x, self.p, self.training, first=self.first)
+
+    @staticmethod
+    def place(model: Module, first: int) -> None:
+        """Tell every Dropout layer in ``model`` that the next batch starts at sample ``first``
+        of the global batch."""
+        for layer in model.modules():
+            if isinstance(layer, Dropout):
+                layer.first = first
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -12,8 +12,9 @@ The mask comes from a counter-based generator: each call draws a 64-bit key from
 
 ``bits`` is MurmurHash3's 32-bit finalizer applied twice (``dropout_bits`` below; the same lines
 in ``kernels/dropout.cu``). The mask is therefore the same on the CPU and on the GPU, for any
-launch shape, and the GPU backward regenerates it from the key instead of storing it. A mask can
-also be injected (``mask=``) for gradient checks.
+launch shape, and the GPU backward regenerates it from the key instead of storing it: forward and
+backward are the same mask-apply, one kernel (``dropout_apply``). A mask can also be injected
+(``mask=``) for gradient checks.
 Page: docs/dropout.md. Plain definition: the formula above, y = x * m / (1 - p), given the mask.
 """
 
@@ -71,46 +72,14 @@ def _key_args(key: int):
     return np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
 
 
-def dropout_forward_cuda(x, key, p, first=0):
+def dropout_apply_cuda(x, key, p, first=0):
+    """y[i] = keep(first + i) ? x[i] / (1 - p) : 0; forward passes x, backward passes dy."""
+    # x: any shape, contiguous -> y: same shape
     y = backend.xp("cuda").empty_like(x)
-    cuda.launch(
-        "dropout",
-        "dropout_forward",
-        x.dtype,
-        cuda.grid_for(x.size),
-        (cuda.THREADS,),
-        (
-            x,
-            y,
-            cuda.i64(x.size),
-            cuda.i64(first),
-            *_key_args(key),
-            np.uint32(keep_threshold(p)),
-            *cuda.real(x.dtype, 1.0 / (1.0 - p)),
-        ),
-    )
+    threshold, scale = np.uint32(keep_threshold(p)), cuda.real(x.dtype, 1.0 / (1.0 - p))
+    args = (x, y, cuda.i64(x.size), cuda.i64(first), *_key_args(key), threshold, *scale)
+    cuda.launch_1d("dropout", "dropout_apply", x.dtype, x.size, args)
     return y
-
-
-def dropout_backward_cuda(dy, key, p, first=0):
-    dx = backend.xp("cuda").empty_like(dy)
-    cuda.launch(
-        "dropout",
-        "dropout_backward",
-        dy.dtype,
-        cuda.grid_for(dy.size),
-        (cuda.THREADS,),
-        (
-            dy,
-            dx,
-            cuda.i64(dy.size),
-            cuda.i64(first),
-            *_key_args(key),
-            np.uint32(keep_threshold(p)),
-            *cuda.real(dy.dtype, 1.0 / (1.0 - p)),
-        ),
-    )
-    return dx
 
 
 # ---- autograd ------------------------------------------------------------------------------------
@@ -125,7 +94,7 @@ class DropoutFunction(Function):
             shape = x.shape  # ascontiguousarray makes a 0-d array (1,): give y x's shape back
             x = backend.xp("cuda").ascontiguousarray(x)
             ctx.save(None, (key, first), p)  # backward regenerates the mask from the key
-            return dropout_forward_cuda(x, key, p, first).reshape(shape)
+            return dropout_apply_cuda(x, key, p, first).reshape(shape)
         if mask is None:
             mask = dropout_mask_numpy(key, x.shape, p, first)
         # m = mask / (1 - p) in the compute dtype: a 16-bit x is scaled in float32 and rounded
@@ -140,15 +109,19 @@ class DropoutFunction(Function):
         m, (key, first), p = ctx.saved
         if m is not None:
             return (dy * m).astype(dy.dtype, copy=False)
-        dx = dropout_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p, first)
+        # the same mask-apply as forward, on dy: the key regenerates the mask
+        dx = dropout_apply_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p, first)
         return dx.reshape(dy.shape)
 
 
-def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None) -> Tensor:
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None, first: int = 0) -> Tensor:
     """Inverted dropout: zero each element with probability p and scale the rest by 1 / (1 - p).
 
     Identity when ``training`` is False or p == 0. ``mask`` (same shape as x, 1 = keep) replaces
-    the random draw, for gradient checks and teaching.
+    the random draw, for gradient checks and teaching. ``first``: where x's first sample is in
+    the global batch (data-parallel training: ``Batch.first`` of the DataLoader, passed on by
+    ``nn.Dropout``; 0 in one process). The mask is counted from there, so each sample gets the
+    mask one process would draw for it (docs/distributed.md).
     """
     require_tensor("dropout", "x", x)
     if not 0.0 <= p <= 1.0:
@@ -165,7 +138,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None) -> Tens
         if tuple(mask.shape) != x.shape:
             raise ValueError(f"dropout: mask has shape {tuple(mask.shape)}, expected {x.shape}")
         return DropoutFunction.apply(x, p=float(p), key=None, mask=mask)
-    # In a data-parallel run this process's batch starts mdl_random.first_sample() samples into
-    # the global one: count from there, and each sample gets the mask one process would draw.
-    first = mdl_random.first_sample() * (x.numel() // x.shape[0]) if x.ndim and x.shape[0] else 0
+    # first sample -> first element: each sample holds x.numel() // x.shape[0] elements
+    first = int(first) * (x.numel() // x.shape[0]) if x.ndim and x.shape[0] else 0
     return DropoutFunction.apply(x, p=float(p), key=mdl_random.next_key(), mask=None, first=first)
