@@ -77,6 +77,12 @@ def save_checkpoint(
         "scheduler": type(scheduler).__name__ if scheduler is not None else None,
     }
     arrays["meta"] = np.array(json.dumps(meta))
+    _write_atomically(path, arrays)
+
+
+def _write_atomically(path: Path, arrays: dict) -> None:
+    """``np.savez`` to a temporary file beside ``path``, synced, then renamed onto ``path``; the
+    folder is synced after the rename. A kill at any moment leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(path)
     # One temporary name per process, so two writers never write into the same file.
