@@ -27,10 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, beside this file
+
+import common  # noqa: E402  (it puts the checkout on sys.path too)
 
 import minidl as mdl  # noqa: E402
-from minidl import data, distributed, optim, precision, train  # noqa: E402
+from minidl import data, distributed, optim, train  # noqa: E402
 from minidl.models.alexnet import AlexNet, SmallAlexNet  # noqa: E402
 
 
@@ -48,17 +50,21 @@ def parse_args(argv=None):
     p.add_argument(
         "--size", type=int, default=None, help="input side (default 28 small, 224 alexnet)"
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--epochs", type=int, default=None, help="default 3 small, 10 alexnet")
-    p.add_argument("--batch-size", type=int, default=128)
+    common.add_recipe_flags(
+        p,
+        epochs=None,
+        batch_size=128,
+        lr=None,
+        help={
+            "--epochs": "default 3 small, 10 alexnet",
+            "--lr": "default 2e-3 adam (halved each epoch), 0.01 sgd",
+        },
+    )
     p.add_argument(
         "--optimizer",
         choices=["sgd", "adam"],
         default=None,
         help="default adam for small (converges in few epochs), sgd for alexnet (D2L)",
-    )
-    p.add_argument(
-        "--lr", type=float, default=None, help="default 2e-3 adam (halved each epoch), 0.01 sgd"
     )
     p.add_argument("--momentum", type=float, default=None, help="default 0.9; 0 for alexnet (D2L)")
     p.add_argument("--weight-decay", type=float, default=None, help="default 0 (sgd: 5e-4 paper)")
@@ -66,28 +72,15 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=None, help="default 0.3 small, 0.5 alexnet")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--data", default=None, help="folder with the four Fashion-MNIST .gz files")
-    p.add_argument("--out", default=None, help="output folder (default runs/fashion-<model>)")
-    p.add_argument(
-        "--resume",
-        default=None,
-        help="checkpoint.npz to continue from (its optimizer and lr unless --optimizer/--lr "
-        "say otherwise; docs/checkpoints.md)",
+    common.add_run_flags(
+        p,
+        out=None,
+        help={
+            "--out": "output folder (default runs/fashion-<model>)",
+            "--resume": "checkpoint.npz to continue from (its optimizer and lr unless "
+            "--optimizer/--lr say otherwise; docs/checkpoints.md)",
+        },
     )
-    p.add_argument(
-        "--nonfinite",
-        choices=train.NONFINITE,
-        default="stop",
-        help="a step with a NaN/inf loss: stop the run (exit status 1) or skip the step",
-    )
-    p.add_argument(
-        "--precision",
-        choices=precision.MODES,
-        default="fp32",
-        help="fp32, tf32, fp16 with loss scaling, or bf16 (GPU only; docs/precision.md)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
@@ -120,16 +113,7 @@ def main(argv=None) -> float:
     epochs = args.epochs if args.epochs is not None else (10 if alexnet else 3)
     if epochs < 0 or (args.limit is not None and args.limit < 1):
         raise SystemExit("--epochs must be >= 0 and --limit >= 1")
-    try:  # before any data is read: bf16 without ml_dtypes installed says so at once
-        mode = precision.Precision(args.precision)
-    except ImportError as err:
-        raise SystemExit(f"--precision {args.precision}: {err}") from None
-    if args.device == "cpu" and mode.name != "fp32":
-        raise SystemExit(
-            f"--precision {mode.name} trains on the GPU only (--device cuda): NumPy has no TF32 "
-            "and no 16-bit BLAS, so 16-bit training would only be slow there "
-            "(MINIDL_CUDA_EMULATE=1 --device cuda runs the GPU path on the CPU, for checking)"
-        )
+    mode = common.precision_mode(args)  # before any data is read
     resumed = train.checkpoint_summary(args.resume) if args.resume is not None else None
     opt_name = args.optimizer or resumed_optimizer(resumed) or ("sgd" if alexnet else "adam")
     lr = args.lr if args.lr is not None else (0.01 if opt_name == "sgd" else 2e-3)
@@ -173,51 +157,43 @@ def main(argv=None) -> float:
         )
     model.to(args.device)
     model.summary((1, size, size), show=distributed.is_main())
-    mode.cast_model(model)  # before the optimizer, which then keeps float32 master copies
-    if opt_name == "sgd":
+
+    def make_optimizer(params):  # fit calls it once the model is cast to the precision
+        decay = args.weight_decay or 0.0
+        if opt_name == "adam":
+            return optim.Adam(params, lr=lr, weight_decay=decay)
         momentum = args.momentum if args.momentum is not None else (0.0 if alexnet else 0.9)
-        optimizer = optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=args.weight_decay or 0.0
-        )
-    else:
-        optimizer = optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay or 0.0)
-    if alexnet:  # the paper's rule: divide by 10 when test accuracy stops improving
-        scheduler = optim.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=1)
-    else:  # three short epochs: halve the rate after each one
-        scheduler = optim.StepLR(optimizer, step_size=1, gamma=0.5)
-    out = args.out or f"runs/fashion-{args.model}"
+        return optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
+
+    def make_scheduler(optimizer):
+        if alexnet:  # the paper's rule: divide by 10 when test accuracy stops improving
+            return optim.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=1)
+        return optim.StepLR(optimizer, step_size=1, gamma=0.5)  # three short epochs: halve each
+
+    args.out = args.out or f"runs/fashion-{args.model}"
     say(
         f"training {args.model} ({model.num_parameters():,} parameters) "
         f"on {len(train_set)} images, {distributed.world_size()} process(es), "
-        f"{size}x{size}, {args.device}, {mode.name}, {opt_name} {lr_text}, {epochs} epochs -> {out}"
+        f"{size}x{size}, {args.device}, {mode.name}, {opt_name} {lr_text}, {epochs} epochs "
+        f"-> {args.out}"
     )
     start = time.perf_counter()
-    try:
-        history = train.fit(
-            model,
-            train_loader,
-            test_loader,
-            optimizer,
-            epochs,
-            args.device,
-            scheduler=scheduler,
-            out_dir=out,
-            resume=args.resume,
-            progress=not args.no_progress,
-            nonfinite=args.nonfinite,
-            resume_lr=args.lr,  # an lr given on the command line wins over the checkpoint's
-            precision=mode,  # fp16: a GradScaler, its scale and skipped steps in the log
-        )
-    except train.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    history = common.fit(
+        args,
+        model,
+        train_loader,
+        test_loader,
+        make_optimizer,
+        make_scheduler,
+        epochs=epochs,
+        resume_lr=args.lr,  # an lr given on the command line wins over the checkpoint's
+        precision=mode,  # fp16: a GradScaler, its scale and skipped steps in the log
+    )
     if history:
         accuracy = history[-1]["test_top1"]
     else:  # --epochs 0: the model as it is (fresh or resumed), evaluated, nothing written
         accuracy = train.evaluate(model, test_loader, args.device, precision=mode)["top1"]
-    say(f"wall time: {time.perf_counter() - start:.0f} s")
-    say(f"test accuracy: {accuracy:.4f}")
-    return accuracy
+    return common.finish(start, accuracy, say=say)
 
 
 if __name__ == "__main__":

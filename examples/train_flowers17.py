@@ -12,7 +12,9 @@ Every default below is that recipe; the help of each option says where it comes 
 validation part is evaluated after each epoch (the "test" columns of log.csv and the printout).
 
 Writes <out>/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}; --resume continues from a
-checkpoint. The last line printed is "validation accuracy: 0.xxxx".
+checkpoint. --device, --precision, --nonfinite and the other "running" flags are those of every
+example (examples/common.py): a NaN or inf loss stops the run with exit status 1. The last line
+printed is "validation accuracy: 0.xxxx".
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, beside this file
 
+import common  # noqa: E402  (it puts the checkout on sys.path too)
 import numpy as np  # noqa: E402
 
 import minidl as mdl  # noqa: E402
-from minidl import data, optim, train  # noqa: E402
+from minidl import data, optim  # noqa: E402
 from minidl.data import flowers  # noqa: E402
 from minidl.models.keras_alexnet import KerasAlexNet  # noqa: E402
 
@@ -72,19 +75,23 @@ def parse_args(argv=None):
         "once, unseeded); Keras's validation split then cuts these shuffled arrays",
     )
     recipe = p.add_argument_group("the write-up's recipe (Keras defaults unless said)")
-    recipe.add_argument(
-        "--epochs", type=int, default=50, help="epochs (the issue gives no count; our default)"
+    common.add_recipe_flags(
+        recipe,
+        epochs=50,
+        batch_size=64,
+        lr=1e-3,
+        help={
+            "--epochs": "epochs (the issue gives no count; our default)",
+            "--batch-size": "model.fit(batch_size=64)",
+            "--lr": "optimizer='adam': Keras's learning_rate 0.001",
+        },
     )
-    recipe.add_argument("--batch-size", type=int, default=64, help="model.fit(batch_size=64)")
     recipe.add_argument(
         "--validation-split",
         type=float,
         default=0.2,
         help="model.fit(validation_split=0.2): the LAST 20%% of the (load-shuffled) arrays "
         "validate, taken before any per-epoch shuffling, as Keras takes them",
-    )
-    recipe.add_argument(
-        "--lr", type=float, default=1e-3, help="optimizer='adam': Keras's learning_rate 0.001"
     )
     recipe.add_argument("--beta1", type=float, default=0.9, help="Keras Adam's beta_1")
     recipe.add_argument("--beta2", type=float, default=0.999, help="Keras Adam's beta_2")
@@ -104,13 +111,7 @@ def parse_args(argv=None):
         action="store_true",
         help="do not reshuffle the training part each epoch (model.fit(shuffle=True) does)",
     )
-    run = p.add_argument_group("running")
-    run.add_argument("--device", default="cpu", help="cpu or cuda")
-    run.add_argument("--out", default="runs/flowers17", help="output folder")
-    run.add_argument("--resume", default=None, help="checkpoint.npz to continue from")
-    run.add_argument("--seed", type=int, default=0, help="weights, dropout and epoch order")
-    run.add_argument("--workers", type=int, default=2, help="data-loading threads")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_run_flags(p.add_argument_group("running"), out="runs/flowers17", workers=2)
     return p.parse_args(argv)
 
 
@@ -130,6 +131,7 @@ def load_fashion_mnist_224(limit: int, seed: int):
 
 def main(argv=None) -> float:
     args = parse_args(argv)
+    mode = common.precision_mode(args)  # before any data is read
     mdl.manual_seed(args.seed)
     if args.fashion_mnist:
         images, labels = load_fashion_mnist_224(args.fashion_mnist, args.shuffle_seed)
@@ -161,31 +163,20 @@ def main(argv=None) -> float:
     model = KerasAlexNet(num_classes=classes, dropout=args.dropout)
     model.to(args.device)
     model.summary((3, 224, 224))
-    optimizer = optim.Adam(
-        model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.epsilon
-    )
+
+    def make_optimizer(params):  # fit calls it once the model is cast to the precision
+        return optim.Adam(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.epsilon)
+
     what = f"Fashion-MNIST x{args.fashion_mnist}" if args.fashion_mnist else "Flowers-17"
     print(
         f"training KerasAlexNet on {what}: {len(x_train)} images, validating on {len(x_val)}, "
-        f"{args.device}, Adam lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs "
-        f"-> {args.out}"
+        f"{args.device}, {mode.name}, Adam lr {args.lr}, batch {args.batch_size}, "
+        f"{args.epochs} epochs -> {args.out}"
     )
     start = time.perf_counter()
-    history = train.fit(
-        model,
-        train_loader,
-        val_loader,
-        optimizer,
-        args.epochs,
-        args.device,
-        out_dir=args.out,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    history = common.fit(args, model, train_loader, val_loader, make_optimizer, precision=mode)
     accuracy = history[-1]["test_top1"] if history else float("nan")
-    print(f"wall time: {time.perf_counter() - start:.0f} s")
-    print(f"validation accuracy: {accuracy:.4f}")
-    return accuracy
+    return common.finish(start, accuracy, "validation accuracy")
 
 
 if __name__ == "__main__":

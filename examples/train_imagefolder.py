@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, beside this file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402  (it puts the checkout on sys.path too)
+import numpy as np  # noqa: E402
 
 import minidl as mdl  # noqa: E402
-from minidl import data, optim, precision, train  # noqa: E402
+from minidl import data, optim  # noqa: E402
 from minidl.data import transforms as T  # noqa: E402
 from minidl.models.alexnet import AlexNet  # noqa: E402
 
@@ -33,14 +35,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--train", required=True, help="folder with one sub-folder per class")
     p.add_argument("--val", default=None, help="validation folder (default: the training folder)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--epochs", type=int, default=90)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="default 0.01; on --resume, the checkpoint's rate unless this is given",
+    common.add_recipe_flags(
+        p,
+        epochs=90,
+        batch_size=128,
+        lr=None,
+        help={"--lr": "default 0.01; on --resume, the checkpoint's rate unless this is given"},
     )
     p.add_argument("--init", default="caffe", help="paper, caffe or kaiming")
     p.add_argument("--groups", type=int, default=2)
@@ -52,18 +52,7 @@ def parse_args(argv=None):
         default=1000,
         help="training images used for the mean RGB and the PCA",
     )
-    p.add_argument("--out", default="runs/imagefolder")
-    p.add_argument("--resume", default=None)
-    p.add_argument("--nonfinite", choices=train.NONFINITE, default="stop")
-    p.add_argument(
-        "--precision",
-        choices=precision.MODES,
-        default="fp32",
-        help="fp32, tf32, fp16 with loss scaling, or bf16 (GPU only; docs/precision.md)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--no-progress", action="store_true")
+    common.add_run_flags(p, out="runs/imagefolder", workers=4)
     return p.parse_args(argv)
 
 
@@ -79,15 +68,7 @@ class TenCropCHW:
 
 def main(argv=None) -> float:
     args = parse_args(argv)
-    try:  # before any data is read: bf16 without ml_dtypes installed says so at once
-        mode = precision.Precision(args.precision)
-    except ImportError as err:
-        raise SystemExit(f"--precision {args.precision}: {err}") from None
-    if args.device == "cpu" and mode.name != "fp32":
-        raise SystemExit(
-            f"--precision {mode.name} trains on the GPU only (--device cuda), as in "
-            "examples/train_fashion_mnist.py (docs/precision.md)"
-        )
+    mode = common.precision_mode(args)  # before any data is read
     mdl.manual_seed(args.seed)
     base = T.Compose([T.ResizeShorter(args.resize), T.CenterCrop(args.resize)])
     raw = data.ImageFolder(args.train, base)
@@ -127,39 +108,29 @@ def main(argv=None) -> float:
     model = AlexNet(
         num_classes=len(raw.classes), groups=args.groups, input_size=args.crop, init=args.init
     ).to(args.device)
-    mode.cast_model(model)  # before the optimizer, which then keeps float32 master copies
-    optimizer = optim.SGD(
-        model.parameters(),
-        lr=args.lr if args.lr is not None else 0.01,
-        momentum=0.9,
-        weight_decay=5e-4,
-        rule="paper",
+    lr = args.lr if args.lr is not None else 0.01
+
+    def make_optimizer(params):  # fit calls it once the model is cast to the precision
+        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, rule="paper")
+
+    def make_scheduler(optimizer):
+        return optim.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=2)
+
+    start = time.perf_counter()
+    history = common.fit(
+        args,
+        model,
+        train_loader,
+        val_loader,
+        make_optimizer,
+        make_scheduler,
+        resume_lr=args.lr,  # an lr given on the command line wins over the checkpoint's
+        precision=mode,
     )
-    scheduler = optim.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=2)
-    try:
-        history = train.fit(
-            model,
-            train_loader,
-            val_loader,
-            optimizer,
-            args.epochs,
-            args.device,
-            scheduler=scheduler,
-            out_dir=args.out,
-            resume=args.resume,
-            progress=not args.no_progress,
-            nonfinite=args.nonfinite,
-            resume_lr=args.lr,  # an lr given on the command line wins over the checkpoint's
-            precision=mode,
-        )
-    except train.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     top1 = history[-1]["test_top1"] if history else float("nan")
     top5 = history[-1]["test_top5"] if history else float("nan")
     print(f"ten-crop top-1 error: {1 - top1:.4f}, top-5 error: {1 - top5:.4f}")
-    print(f"test accuracy: {top1:.4f}")
-    return top1
+    return common.finish(start, top1)
 
 
 if __name__ == "__main__":
