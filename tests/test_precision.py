@@ -292,8 +292,10 @@ def check_dropout(dtype):
     mask = dropout.dropout_mask_numpy(key, x.shape, p)
     scale = np.float32(1 / (1 - p))
     assert np.array_equal(to_float32(y16), round16(np.where(mask, x * scale, 0), dtype))
-    dx16 = run(dropout.dropout_apply_cuda, x16, key, p)  # backward: the same mask-apply on dy
-    assert np.array_equal(to_float32(dx16), to_float32(y16))
+    # backward: the same mask-apply on dy, another array: the same elements kept, dy scaled
+    dy16, dy = inputs16(x.shape, dtype, seed=1)
+    dx16 = run(dropout.dropout_apply_cuda, dy16, key, p)
+    assert np.array_equal(to_float32(dx16), round16(np.where(mask, dy * scale, 0), dtype))
     return True
 
 
