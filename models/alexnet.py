@@ -12,6 +12,8 @@
 
 LRN: n=5, k=2, alpha=1e-4, beta=0.75 (section 3.3); pooling 3x3 stride 2, overlapping (3.4);
 groups=2 are the two GPU towers (3.2). 60,965,224 parameters with groups, 62,378,344 without.
+Both nets are one builder (``features`` and ``classifier``) over a table of conv specs:
+``PAPER_CONVS`` and ``SMALL_CONVS``.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ class AlexNet(nn.Module):
                 f"AlexNet: input_size {input_size} is too small (needs at least {MIN_INPUT_SIZE})"
             )
         self.features = features(PAPER_CONVS, in_channels, groups)
-        self.classifier = classifier(256 * side * side, 4096, num_classes, dropout)
+        width = PAPER_CONVS[-1].out_channels * side * side  # 256 x 6 x 6 at 227
+        self.classifier = classifier(width, 4096, num_classes, dropout)
         initialize(self, init, ones=BIASES_ONE)
 
     def forward(self, x):
@@ -170,8 +173,8 @@ class SmallAlexNet(nn.Module):
             raise ValueError(f"SmallAlexNet: norm must be 'lrn' or 'batch', got {norm!r}")
         normalization = nn.BatchNorm2d if norm == "batch" else lambda channels: lrn()
         self.features = features(SMALL_CONVS, in_channels, groups, normalization)
-        side = feature_side(SMALL_CONVS, 28)
-        self.classifier = classifier(64 * side * side, 512, num_classes, dropout)
+        width = SMALL_CONVS[-1].out_channels * feature_side(SMALL_CONVS, 28) ** 2  # 64 x 2 x 2
+        self.classifier = classifier(width, 512, num_classes, dropout)
         initialize(self, init, ones=BIASES_ONE)
 
     def forward(self, x):
