@@ -29,6 +29,7 @@ DISTRIBUTIONS = {
     "cuda": ("cupy-cuda12x", "cupy-cuda13x"),  # cuda.pathfinder comes with CuPy
     "mpi4py": ("mpi4py",),
     "matplotlib": ("matplotlib",),
+    "torch": ("torch",),  # minidl.testing's oracle, imported inside its functions
 }
 
 
