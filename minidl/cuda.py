@@ -140,14 +140,10 @@ def i64(value):
     return np.int64(value)
 
 
-def accumulator(dtype) -> np.dtype:
-    """The kernels' acc_t<T> (kernels/common.cuh): float64 for float64, float32 for the rest."""
-    return np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
-
-
 def real(dtype, *values):
-    """Scalars of the kernel's acc_t<T>: T itself for float and double, float for 16-bit T."""
-    return tuple(accumulator(dtype).type(v) for v in values)
+    """Scalars of the kernel's acc_t<T> (kernels/common.cuh), which is dtypes.compute_dtype:
+    T itself for float and double, float for 16-bit T."""
+    return tuple(dtypes.compute_dtype(dtype).type(v) for v in values)
 
 
 def _source(file) -> tuple[Path, tuple[Path, ...], list[Path]]:

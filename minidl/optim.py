@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from minidl import backend, cuda, precision
+from minidl import backend, cuda, dtypes
 from minidl.autograd import no_grad
 
 
@@ -53,7 +53,7 @@ class Optimizer:
             for p, state in zip(self.params, self.state):
                 if p.grad is None:
                     continue
-                if precision.is_16bit(p.dtype) and "master" not in state:
+                if dtypes.is_16bit(p.dtype) and "master" not in state:
                     state["master"] = p.data.astype(np.float32)  # float32 master weights
                 self._update(p, backend.xp(p.device).ascontiguousarray(p.grad.data), state)
 
@@ -63,7 +63,7 @@ class Optimizer:
 
     def _gradient(self, g, dtype):
         """g times grad_scale, as ``dtype`` (float32 for a 16-bit parameter's master)."""
-        g = g.astype(np.float32) if precision.is_16bit(g.dtype) else g
+        g = g.astype(np.float32) if dtypes.is_16bit(g.dtype) else g
         if self.grad_scale != 1.0:
             return g * np.dtype(dtype).type(self.grad_scale)
         return g.astype(dtype, copy=False)
@@ -85,7 +85,7 @@ class Optimizer:
             index, name = key.split(".", 1)
             p = self.params[int(index)]
             array = np.asarray(value)
-            dtype = cuda.accumulator(p.dtype)  # master copy and moments: float32 for 16-bit p
+            dtype = dtypes.compute_dtype(p.dtype)  # master copy and moments: float32 for 16-bit p
             self.state[int(index)][name] = (
                 backend.move(array.astype(dtype), p.device) if array.ndim else array.item()
             )

@@ -39,13 +39,9 @@ import numpy as np
 from minidl import backend, dtypes
 
 MODES = ("fp32", "tf32", "fp16", "bf16")
-BFLOAT16 = dtypes.bfloat16  # ml_dtypes.bfloat16 (None without ml_dtypes): minidl/dtypes.py
 
 
 # ---- 16-bit storage ------------------------------------------------------------------------------
-is_16bit = dtypes.is_16bit
-
-
 def _xp(array):
     return np if isinstance(array, (np.ndarray, np.generic)) else backend.xp("cuda")
 

@@ -10,9 +10,10 @@ import pytest
 
 import minidl as mdl
 import minidl.functional as F
-from minidl import backend, cuda, emulator, optim, precision
+from minidl import backend, cuda, dtypes, emulator, optim, precision
 from minidl.ops import activation, batchnorm, conv, dropout, loss, lrn, pool, reduce
-from minidl.precision import BFLOAT16
+
+BF16 = dtypes.bfloat16  # None without ml_dtypes
 
 
 def to_float32(x):
@@ -24,7 +25,7 @@ def to_storage(x, dtype):
 
 
 # bfloat16 needs ml_dtypes, which a checkout run without installing (the GPU machine) may lack
-HALF_TYPES = [np.dtype(np.float16)] + ([BFLOAT16] if BFLOAT16 is not None else [])
+HALF_TYPES = [np.dtype(np.float16)] + ([BF16] if BF16 is not None else [])
 HALF_IDS = ["float16", "bfloat16"][: len(HALF_TYPES)]
 CONVERTED = [
     "activation.cu",
@@ -49,10 +50,8 @@ def ulp(reference32, dtype):
     r = np.abs(reference32.astype(np.float32))
     if np.dtype(dtype) == np.float16:
         return np.spacing(r.astype(np.float16)).astype(np.float32)
-    bits = r.astype(BFLOAT16).view(np.uint16)
-    return (bits + np.uint16(1)).view(BFLOAT16).astype(np.float32) - bits.view(BFLOAT16).astype(
-        np.float32
-    )
+    bits = r.astype(BF16).view(np.uint16)
+    return (bits + np.uint16(1)).view(BF16).astype(np.float32) - bits.view(BF16).astype(np.float32)
 
 
 def assert_within_ulps(got16, reference32, dtype, ulps=1, what=""):
@@ -95,7 +94,7 @@ def _convert_module(folder):
 
 
 def _narrow(module, x32, ctype):
-    out = np.empty(x32.shape, dtype=np.float16 if ctype == "__half" else BFLOAT16)
+    out = np.empty(x32.shape, dtype=np.float16 if ctype == "__half" else BF16)
     module.launch(f"narrow<{ctype}>", (4,), (256,), (x32, out, np.int64(x32.size)))
     return out.view(np.uint16)
 
@@ -179,11 +178,11 @@ def test_emulated_float_to_bfloat16_rounds_to_nearest_even(tmp_path):
     assert np.all(got[nan] == 0x7FFF)
     # NumPy's conversion to ml_dtypes.bfloat16 (what Tensor.astype does) agrees bit for bit, but
     # for a NaN's bits (it keeps the sign and sets the quiet bit; CUDA writes 0x7fff)
-    numpy_bits = x.astype(BFLOAT16).view(np.uint16)
+    numpy_bits = x.astype(BF16).view(np.uint16)
     assert np.array_equal(numpy_bits[~nan], got[~nan])
-    assert np.isnan(numpy_bits.view(BFLOAT16)[nan].astype(np.float32)).all()
+    assert np.isnan(numpy_bits.view(BF16)[nan].astype(np.float32)).all()
     every = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
-    widened = _widen(module, every.view(BFLOAT16), "__nv_bfloat16")
+    widened = _widen(module, every.view(BF16), "__nv_bfloat16")
     assert np.array_equal(widened.view(np.uint32), every.astype(np.uint32) << 16)
 
 
@@ -193,8 +192,8 @@ def test_emulator_passes_16bit_scalars(tmp_path):
     y = np.zeros(5, dtype=np.float16)
     module.launch("fill<__half>", (1,), (8,), (y, np.float16(-2.5e-6), np.int64(5)))
     assert np.all(y == np.float16(-2.5e-6))
-    z = np.zeros(5, dtype=BFLOAT16)
-    module.launch("fill<__nv_bfloat16>", (1,), (8,), (z, BFLOAT16.type(3.140625), np.int64(5)))
+    z = np.zeros(5, dtype=BF16)
+    module.launch("fill<__nv_bfloat16>", (1,), (8,), (z, BF16.type(3.140625), np.int64(5)))
     assert np.all(z.astype(np.float32) == np.float32(3.140625))
 
 
@@ -203,7 +202,7 @@ def test_bfloat16_matches_torch():
     x = rounding_inputs()
     x = x[~np.isnan(x)]
     expected = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    assert np.array_equal(x.astype(BFLOAT16).view(np.uint16), expected)
+    assert np.array_equal(x.astype(BF16).view(np.uint16), expected)
 
 
 def test_a_rounding_mutation_in_the_shim_is_caught(tmp_path, monkeypatch):
@@ -697,12 +696,12 @@ def test_precision_modes():
     with pytest.raises(ValueError, match="fp32"):
         precision.Precision("fp8")
     assert precision.Precision("fp16").loss_scaling and not precision.Precision("bf16").loss_scaling
-    assert precision.Precision("bf16").dtype == BFLOAT16
+    assert precision.Precision("bf16").dtype == BF16
     model = mdl.nn.Sequential(mdl.nn.Linear(3, 2), mdl.nn.ReLU())
     precision.Precision("fp16").cast_model(model)
     assert all(p.dtype == np.float16 for p in model.parameters())
     precision.Precision("bf16").cast_model(model)
-    assert all(p.dtype == BFLOAT16 for p in model.parameters())
+    assert all(p.dtype == BF16 for p in model.parameters())
     logits = mdl.tensor(np.ones((2, 3)), dtype=np.float16)
     assert precision.Precision.loss_input(logits).dtype == np.float32
     with precision.Precision("tf32").matmul_mode():
@@ -741,7 +740,7 @@ def test_benchmark_ops_run_in_float16_on_the_emulator(name, emulate):
     assert result["forward_backward"]["median_ms"] > 0
     ours = bench.Ours("cuda", "bf16")  # bfloat16: no loss scaling
     assert ours.scaler is None or not ours.scaler.enabled
-    assert ours.tensor(np.ones((1, 3), dtype=np.float32)).dtype == BFLOAT16
+    assert ours.tensor(np.ones((1, 3), dtype=np.float32)).dtype == BF16
     assert bench.bench_op(ours, name, 1, 0, 1)["forward_backward"]["median_ms"] > 0
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import minidl as mdl
-from minidl import data, optim, precision, train
+from minidl import data, dtypes, optim, precision, train
 from tests.helpers import tiny_dataset, tiny_net
 from tests.test_examples import load, small_copy
 
@@ -60,7 +60,7 @@ def test_bf16_training_follows_fp32():
     reference = fit(tiny_setup("fp32"), 3)
     setup = tiny_setup("bf16")
     half = fit(setup, 3, precision="bf16")
-    assert all(p.dtype == precision.BFLOAT16 for p in setup[0].parameters())
+    assert all(p.dtype == dtypes.bfloat16 for p in setup[0].parameters())
     assert all(state["master"].dtype == np.float32 for state in setup[1].state)
     assert "loss_scale" not in half[-1] and "scaler_skipped_steps" not in half[-1]
     for key in ("train_loss", "test_loss"):
@@ -239,7 +239,7 @@ def test_example_trains_and_resumes_in_bf16_under_the_emulator(tmp_path, capsys,
         for key, master in masters.items():
             index = int(key.split("/")[1].split(".")[0])
             stored = list(weights.values())[index]
-            assert np.array_equal(stored, master.astype(precision.BFLOAT16).astype(np.float32))
+            assert np.array_equal(stored, master.astype(dtypes.bfloat16).astype(np.float32))
     fashion(*run, "--epochs", 2, "--device", "cuda", "--precision", "bf16",
             "--resume", tmp_path / "run" / "checkpoint.npz")  # fmt: skip
     out = capsys.readouterr().out

@@ -89,7 +89,7 @@ def update_running_numpy(running_mean, running_var, shift, offset, var, m, momen
 def batch_norm_stats_cuda(x):
     n, c, plane = x.shape
     xp = backend.xp("cuda")
-    acc = cuda.accumulator(x.dtype)  # float32 statistics for 16-bit x (kernels/batchnorm.cu)
+    acc = dtypes.compute_dtype(x.dtype)  # float32 statistics for 16-bit x (kernels/batchnorm.cu)
     shift, offset, var = (xp.empty((c,), dtype=acc) for _ in range(3))
     cuda.launch(
         "batchnorm",
@@ -150,8 +150,8 @@ def batch_norm_forward_cuda(x, shift, offset, var, weight, bias, eps):
 def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
     n, c, plane = x.shape
     xp = backend.xp("cuda")
-    dweight = xp.empty((c,), dtype=cuda.accumulator(x.dtype))  # float32 for 16-bit x
-    dbias = xp.empty((c,), dtype=cuda.accumulator(x.dtype))
+    dweight = xp.empty((c,), dtype=dtypes.compute_dtype(x.dtype))  # float32 for 16-bit x
+    dbias = xp.empty((c,), dtype=dtypes.compute_dtype(x.dtype))
     cuda.launch(
         "batchnorm",
         "batch_norm_backward_reduce",
@@ -216,7 +216,7 @@ class BatchNormFunction(Function):
             bias = xp.zeros((c,), dtype=x.dtype)
         on_gpu = ctx.device == "cuda"
         if not on_gpu:  # 16-bit x: statistics and xhat in float32, as the kernels keep them
-            x = x.astype(dtypes.compute_dtype(x.dtype), copy=False)
+            x = dtypes.to_compute(x)
         if training:
             stats = batch_norm_stats_cuda(x) if on_gpu else batch_norm_stats_numpy(x)
             if running_mean is not None:
@@ -258,7 +258,7 @@ def _check_channel_vector(name: str, value, x, channels: int) -> None:
         )
     expected = x.dtype
     if name.startswith("running") and dtypes.is_16bit(x.dtype):
-        expected = cuda.accumulator(x.dtype)  # 16-bit x: float32 statistics (docs/precision.md)
+        expected = dtypes.compute_dtype(x.dtype)  # 16-bit x: float32 statistics (docs/precision.md)
     if value.dtype != expected:
         raise TypeError(
             f"batch_norm: {name} has dtype {value.dtype}, expected {np.dtype(expected)} for x of "

@@ -100,8 +100,8 @@ def cross_entropy_options_backward_numpy(
 def cross_entropy_forward_cuda(z, t):
     n, k = z.shape
     xp = backend.xp("cuda")
-    losses = xp.empty((n,), dtype=cuda.accumulator(z.dtype))  # float32 for 16-bit z (loss.cu)
-    lse = xp.empty((n,), dtype=cuda.accumulator(z.dtype))
+    losses = xp.empty((n,), dtype=dtypes.compute_dtype(z.dtype))  # float32 for 16-bit z (loss.cu)
+    lse = xp.empty((n,), dtype=dtypes.compute_dtype(z.dtype))
     cuda.launch(
         "loss",
         "cross_entropy_forward",
@@ -129,7 +129,7 @@ def cross_entropy_backward_cuda(dloss, z, t, lse):
 def cross_entropy_options_forward_cuda(z, t, p, weight, ignore_index, smoothing):
     m, k = z.shape
     xp = backend.xp("cuda")
-    acc = cuda.accumulator(z.dtype)  # float32 for 16-bit z (loss.cu)
+    acc = dtypes.compute_dtype(z.dtype)  # float32 for 16-bit z (loss.cu)
     losses, lse, q_sum, counted = (xp.empty((m,), dtype=acc) for _ in range(4))
     soft = p is not None
     t = xp.zeros((1,), dtype=np.int32) if soft else t  # the unused one: a placeholder

@@ -78,7 +78,7 @@ def local_response_norm_forward_cuda(a, size, alpha, beta, k):
     plane = a.size // max(n * c, 1)  # an empty batch (N = 0) launches no work
     xp = backend.xp("cuda")
     b = xp.empty_like(a)
-    s = xp.empty(a.shape, dtype=cuda.accumulator(a.dtype))  # float32 for 16-bit a (lrn.cu)
+    s = xp.empty(a.shape, dtype=dtypes.compute_dtype(a.dtype))  # float32 for 16-bit a (lrn.cu)
     cuda.launch_1d(
         "lrn",
         "lrn_forward",
@@ -124,7 +124,7 @@ class LocalResponseNormFunction(Function):
             b, s = local_response_norm_forward_cuda(a, size, alpha, beta, k)
             p = None  # the kernel recomputes s^-beta
         else:  # a 16-bit a in float32, as the kernel computes it (apply rounds b once)
-            a = a.astype(dtypes.compute_dtype(a.dtype), copy=False)
+            a = dtypes.to_compute(a)
             b, s, p = local_response_norm_forward_numpy(a, size, alpha, beta, k)
         ctx.save(a, b, s, p, size, alpha, beta)
         return b
