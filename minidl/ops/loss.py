@@ -261,8 +261,43 @@ def cross_entropy(
     target's shape). ``label_smoothing`` eps in [0, 1] mixes the target with the uniform
     distribution: (1 - eps) target + eps / K. The formulas are in the module docstring.
     """
-    from minidl.tensor import Tensor
+    k = _check_logits(logits, reduction, label_smoothing)
+    t = _target_array(target)
+    soft = dtypes.kind(t.dtype) == "f"
+    if soft:
+        _check_probabilities(t, logits, ignore_index)
+    else:
+        t = _check_classes(t, logits, k, ignore_index)
+    w = _class_weights(weight, k, logits)
+    z = logits  # rows: the class axis last, (N, K, d1, ...) -> (N*d1*..., K)
+    if z.ndim != 2:  # (K,) or (N, K, d1, ...); AlexNet's (N, K) goes through unchanged
+        z = z.reshape(1, k) if z.ndim == 1 else z.permute(0, *range(2, z.ndim), 1).reshape(-1, k)
+    device, xp = logits.device, backend.xp(logits.device)
+    options = soft or w is not None or reduction != "mean" or label_smoothing != 0.0
+    if not options and not (t == ignore_index).any():
+        # AlexNet's loss, one reduction kernel and one element-wise kernel: about 1.9x faster than
+        # the general path on the CPU (46 vs 86 us forward+backward at (128, 10), 268 vs 536 us
+        # at (128, 1000)), though under 0.1% of a training step
+        return CrossEntropyFunction.apply(z, backend.move(t.reshape(-1).astype(np.int32), device))
+    if soft:
+        p = backend.move(t, device)
+        p = xp.moveaxis(p, 1, -1) if p.ndim > 2 else p
+        p_rows, t_rows = xp.ascontiguousarray(p.reshape(-1, k)), None
+    else:
+        p_rows, t_rows = None, backend.move(t.reshape(-1).astype(np.int32), device)
+    w = xp.ones((k,), dtype=logits.dtype) if w is None else w
+    losses = CrossEntropyOptionsFunction.apply(
+        z, t_rows, p_rows, w, ignore_index=int(ignore_index),
+        smoothing=float(label_smoothing), reduction=reduction,
+    )  # fmt: skip
+    if reduction != "none":
+        return losses
+    return losses.reshape(logits.shape[:1] + logits.shape[2:] if logits.ndim > 1 else ())
 
+
+# ---- cross_entropy's argument checks -------------------------------------------------------------
+def _check_logits(logits, reduction: str, label_smoothing: float) -> int:
+    """The logits, reduction and smoothing, checked; returns the number of classes K."""
     require_tensor("cross_entropy", "logits", logits)
     if logits.ndim == 0:
         raise ValueError(
@@ -278,80 +313,61 @@ def cross_entropy(
         raise ValueError(
             f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing!r}"
         )
-    k = logits.shape[0 if logits.ndim == 1 else 1]
+    return logits.shape[0 if logits.ndim == 1 else 1]
+
+
+def _target_array(target):
+    """The target's array: a Tensor's (never one that wants a gradient), a list's, an array."""
+    from minidl.tensor import Tensor
+
     if isinstance(target, Tensor) and target.requires_grad:
         raise ValueError(
             "cross_entropy: gradients with respect to the target are not supported; "
             "pass target.detach()"
         )
     t = target.data if isinstance(target, Tensor) else target
-    t = np.asarray(t) if isinstance(t, (list, tuple, int, float)) else t
-    soft = dtypes.kind(t.dtype) == "f"
-    element_shape = logits.shape[:1] + logits.shape[2:] if logits.ndim > 1 else ()
-    if soft:
-        if t.shape != logits.shape:
-            raise ValueError(
-                f"cross_entropy: probability target has shape {t.shape}, expected the logits' "
-                f"shape {logits.shape}"
-            )
-        if t.dtype != logits.dtype:
-            raise TypeError(
-                f"cross_entropy: probability target has dtype {t.dtype}, expected the logits' "
-                f"dtype {logits.dtype}"
-            )
-        if ignore_index != -100:
-            raise ValueError(
-                "cross_entropy: ignore_index is not supported for probability targets "
-                "(as in PyTorch)"
-            )
-    else:
-        if t.dtype.kind not in "iu":
-            raise TypeError(
-                f"cross_entropy: target must hold integer class indices or float probabilities, "
-                f"got dtype {t.dtype}"
-            )
-        if t.shape != element_shape:
-            raise ValueError(
-                f"cross_entropy: target has shape {t.shape}, expected {element_shape} for "
-                f"logits of shape {logits.shape}"
-            )
-        t = backend.to_numpy(t)
-        bad = (t != ignore_index) & ((t < 0) | (t >= k))
-        if bad.any():
-            raise ValueError(
-                f"cross_entropy: target values must lie in [0, {k}) or equal ignore_index "
-                f"{ignore_index}, got {t[bad].ravel()[0]}"
-            )
-    w = _class_weights(weight, k, logits)
+    return np.asarray(t) if isinstance(t, (list, tuple, int, float)) else t
 
-    # Rows: move the class axis last, (N, K, d1, ...) -> (N*d1*..., K)
-    z = logits
-    if z.ndim != 2:  # (K,) or (N, K, d1, ...); AlexNet's (N, K) goes through unchanged
-        z = z.reshape(1, k) if z.ndim == 1 else z.permute(0, *range(2, z.ndim), 1).reshape(-1, k)
-    plain = not soft and w is None and reduction == "mean" and label_smoothing == 0.0
-    if plain and not (t == ignore_index).any():
-        # AlexNet's loss: the fast path of one reduction kernel and one element-wise kernel
-        t_rows = backend.move(t.reshape(-1).astype(np.int32), logits.device)
-        return CrossEntropyFunction.apply(z, t_rows)
-    xp = backend.xp(logits.device)
-    if soft:
-        t = backend.move(t, logits.device)
-        p = xp.moveaxis(t, 1, -1) if t.ndim > 2 else t
-        p_rows, t_rows = xp.ascontiguousarray(p.reshape(-1, k)), None
-    else:
-        p_rows, t_rows = None, backend.move(t.reshape(-1).astype(np.int32), logits.device)
-    if w is None:
-        w = xp.ones((k,), dtype=logits.dtype)
-    losses = CrossEntropyOptionsFunction.apply(
-        z,
-        t_rows,
-        p_rows,
-        w,
-        ignore_index=int(ignore_index),
-        smoothing=float(label_smoothing),
-        reduction=reduction,
-    )
-    return losses.reshape(element_shape) if reduction == "none" else losses
+
+def _check_probabilities(t, logits, ignore_index: int) -> None:
+    if t.shape != logits.shape:
+        raise ValueError(
+            f"cross_entropy: probability target has shape {t.shape}, expected the logits' "
+            f"shape {logits.shape}"
+        )
+    if t.dtype != logits.dtype:
+        raise TypeError(
+            f"cross_entropy: probability target has dtype {t.dtype}, expected the logits' "
+            f"dtype {logits.dtype}"
+        )
+    if ignore_index != -100:
+        raise ValueError(
+            "cross_entropy: ignore_index is not supported for probability targets (as in PyTorch)"
+        )
+
+
+def _check_classes(t, logits, k: int, ignore_index: int) -> np.ndarray:
+    """Class indices of the logits' shape without the class axis, each in [0, K) or ignored;
+    returned as a NumPy array (the checks read every value)."""
+    if t.dtype.kind not in "iu":
+        raise TypeError(
+            f"cross_entropy: target must hold integer class indices or float probabilities, "
+            f"got dtype {t.dtype}"
+        )
+    element_shape = logits.shape[:1] + logits.shape[2:] if logits.ndim > 1 else ()
+    if t.shape != element_shape:
+        raise ValueError(
+            f"cross_entropy: target has shape {t.shape}, expected {element_shape} for "
+            f"logits of shape {logits.shape}"
+        )
+    t = backend.to_numpy(t)
+    bad = (t != ignore_index) & ((t < 0) | (t >= k))
+    if bad.any():
+        raise ValueError(
+            f"cross_entropy: target values must lie in [0, {k}) or equal ignore_index "
+            f"{ignore_index}, got {t[bad].ravel()[0]}"
+        )
+    return t
 
 
 def _class_weights(weight, k, logits):
