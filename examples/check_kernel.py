@@ -12,6 +12,7 @@ to see your change (the emulator recompiles when the source changes).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -67,7 +68,7 @@ def main(argv=None):
     p.add_argument("op", choices=sorted(OPS))
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = p.parse_args(argv)
-    if not backend.emulating() and not cuda.gpu_available():
+    if not backend.emulating() and not backend.gpu_available():
         os.environ["MINIDL_CUDA_EMULATE"] = "1"
         print("no GPU here: running the kernels under the emulator (MINIDL_CUDA_EMULATE=1)")
     dtype = np.dtype(args.dtype)
@@ -89,9 +90,9 @@ def main(argv=None):
         mdl.tensor(rng.standard_normal(s).astype(dtype), requires_grad=True, device="cuda")
         for s in big
     ]
-    default = cuda.THREADS
+    launch_1d = cuda.launch_1d  # every element-wise kernel launches through it
     for threads in (64, 128, 256, 512, 1024):
-        cuda.THREADS = threads
+        cuda.launch_1d = functools.partial(launch_1d, threads=threads)
         times = []
         for _ in range(22):
             cuda.synchronize()
@@ -101,7 +102,7 @@ def main(argv=None):
             cuda.synchronize()
             times.append(time.perf_counter() - start)
         print(f"    {threads:5d} threads per block: {1000 * np.median(times[2:]):8.3f} ms")
-    cuda.THREADS = default
+    cuda.launch_1d = launch_1d
 
 
 if __name__ == "__main__":

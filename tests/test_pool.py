@@ -51,12 +51,13 @@ def test_forward_and_argmax_match_naive_reference(case):
     )
     y = F.max_pool2d(mdl.tensor(x), **kw)
     assert_close(y.numpy(), y_ref)
-    from minidl.ops.pool import max_pool2d_forward_numpy, pool_output_size
+    from minidl.ops.pool import max_pool2d_forward_numpy
+    from minidl.ops.window import Window2d
 
-    (kh, kw_), (sh, sw), (ph, pw) = (as_pair(kw[k]) for k in ("kernel_size", "stride", "padding"))
-    oh = pool_output_size(x.shape[2], kh, sh, ph, kw["ceil_mode"])
-    ow = pool_output_size(x.shape[3], kw_, sw, pw, kw["ceil_mode"])
-    _, arg = max_pool2d_forward_numpy(x, kh, kw_, sh, sw, ph, pw, 1, 1, oh, ow)
+    kernel, stride, (ph, pw) = (as_pair(kw[k]) for k in ("kernel_size", "stride", "padding"))
+    pads = (ph, ph, pw, pw)
+    window = Window2d.over(*x.shape[2:], kernel, stride, pads, (1, 1), kw["ceil_mode"])
+    _, arg = max_pool2d_forward_numpy(x, window)
     assert np.array_equal(arg, arg_ref)
 
 

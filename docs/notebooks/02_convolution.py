@@ -44,6 +44,7 @@ import minidl as mdl
 import minidl.functional as F
 from minidl import cuda
 from minidl.ops import conv
+from minidl.ops.window import Window2d
 
 rng = np.random.default_rng(0)
 
@@ -147,10 +148,15 @@ plt.show()
 # %% [markdown]
 # minidl's NumPy `im2col_numpy` builds the same matrix faster: instead of a Python loop over the
 # N·OH·OW windows, it loops over the kh·kw window *offsets* (i, j), and each offset is one strided
-# slice of the whole batch:
+# slice of the whole batch. The geometry travels as one `Window2d` (`minidl/ops/window.py`, shared
+# with max-pooling): kernel, stride, top/left padding, dilation and the output size, with
+# `window.rows(i)` the slice `oy·sh + i·dh` (oy < OH) of the padded rows.
 
 # %%
 print(inspect.getsource(conv.im2col_numpy))
+window = Window2d.over(9, 9, kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1))
+print(window)
+assert np.array_equal(conv.im2col_numpy(x, window), im2col(x, 3, 3, 2, 1)[0])
 
 # %% [markdown]
 # ## col2im and the backward pass

@@ -22,14 +22,17 @@ and backward is three products, with dy in the same (O, N*L) layout:
     dw[g]  = dy[g] @ cols[g]^T
     dcols[g] = w[g]^T @ dy[g],   dx = col2im(dcols)   (each cols entry adds back to its pixel)
 
-The NumPy path builds cols with a loop over the kh*kw window offsets (each one strided slice of
-the whole batch); the CUDA path runs ``kernels/conv.cu`` (im2col, col2im as a gather, bias add,
-bias gradient). The GEMMs and the (N, O) <-> (O, N) transposes are BLAS / cuBLAS and array glue
-through ``xp`` on both.
+Each path is one forward and one backward with the same signatures (``conv2d_forward_numpy`` and
+``conv2d_forward_cuda``, ``conv2d_backward_...``); the autograd Function picks one. The NumPy path
+builds cols with a loop over the kh*kw window offsets (each one strided slice of the whole batch);
+the CUDA path runs ``kernels/conv.cu`` (im2col, col2im as a gather, bias add) and
+``kernels/reduce.cu`` (bias gradient). The GEMMs are BLAS / cuBLAS on both. The window geometry
+travels as one ``Window2d`` (``minidl/ops/window.py``, shared with max_pool2d).
 
 cols is the largest array a convolution makes (AlexNet's conv2 at batch 128: 2400 x 93312 floats,
-896 MB). ``IM2COL_WORKSPACE`` (off by default) bounds it: the batch is then lowered in blocks of
-whole images whose columns fit, the same three products per block, dw and db summed over blocks.
+896 MB). ``IM2COL_WORKSPACE`` (off by default) bounds it: ``forward_in_blocks`` and
+``backward_in_blocks`` then run the same path on blocks of whole images whose columns fit, dw and
+db summed over blocks.
 """
 
 from __future__ import annotations
@@ -43,13 +46,10 @@ from minidl import backend, cuda, dtypes, gemm
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
 from minidl.ops.reduce import channel_sum_cuda
+from minidl.ops.window import Window2d
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
-
-
-def conv_output_size(size: int, k: int, s: int, pad_before: int, pad_after: int, d: int) -> int:
-    return (size + pad_before + pad_after - d * (k - 1) - 1) // s + 1
 
 
 def same_padding(k: int, d: int) -> tuple[int, int]:
@@ -79,95 +79,149 @@ def image_blocks(n: int, column_bytes_per_image: int) -> list[tuple[int, int]]:
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
-def _padding_after(size, k, s, pad, d, out):
-    """Padding the last window needs past the input: pad for symmetric padding or less, more
-    for "same" with an even effective kernel (the extra cell sits at the bottom/right)."""
-    return max(0, (out - 1) * s + d * (k - 1) + 1 - size - pad)
-
-
-def im2col_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+# Tuned for speed (a loop over the kh*kw window offsets, each one strided slice of the whole
+# batch); the plain loop over every output pixel is conv2d in tests/reference.py.
+def im2col_numpy(x, window: Window2d):
     """x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), rows (c, i, j), columns (n, oy, ox).
     (ph, pw) pad the top and left; the bottom and right get what the last window reaches."""
     n, c, h, w = x.shape
+    kh, kw, oh, ow = window.kh, window.kw, window.oh, window.ow
     xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W): each window offset is then one block of rows
-    pb, pr = _padding_after(h, kh, sh, ph, dh, oh), _padding_after(w, kw, sw, pw, dw, ow)
-    if ph or pw or pb or pr:
-        xt = np.pad(xt, ((0, 0), (0, 0), (ph, pb), (pw, pr)))
+    pb, pr = window.padding_after(h, w)
+    if window.ph or window.pw or pb or pr:
+        xt = np.pad(xt, ((0, 0), (0, 0), (window.ph, pb), (window.pw, pr)))
     cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
     for i in range(kh):
-        top = i * dh
         for j in range(kw):
-            left = j * dw
-            cols[:, i, j] = xt[
-                :, :, top : top + sh * (oh - 1) + 1 : sh, left : left + sw * (ow - 1) + 1 : sw
-            ]
+            cols[:, i, j] = xt[:, :, window.rows(i), window.columns(j)]
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
-def col2im_numpy(dcols, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """dcols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W); overlapping windows add up."""
+def col2im_numpy(dcols, x_shape, window: Window2d, out=None):
+    """dcols: (C*kh*kw, N*OH*OW) -> dx: (N, C, H, W); overlapping windows add up. ``out``: where
+    to write dx (a block of a larger one), or None for a new array."""
     n, c, h, w = x_shape
-    dcols = dcols.reshape(c, kh, kw, n, oh, ow)
-    pb, pr = _padding_after(h, kh, sh, ph, dh, oh), _padding_after(w, kw, sw, pw, dw, ow)
+    kh, kw, ph, pw = window.kh, window.kw, window.ph, window.pw
+    dcols = dcols.reshape(c, kh, kw, n, window.oh, window.ow)
+    pb, pr = window.padding_after(h, w)
     dxt = np.zeros((c, n, ph + h + pb, pw + w + pr), dtype=dcols.dtype)
     for i in range(kh):
-        top = i * dh
         for j in range(kw):
-            left = j * dw
-            rows = slice(top, top + sh * (oh - 1) + 1, sh)
-            columns = slice(left, left + sw * (ow - 1) + 1, sw)
-            dxt[:, :, rows, columns] += dcols[:, i, j]
-    return dxt[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
+            dxt[:, :, window.rows(i), window.columns(j)] += dcols[:, i, j]
+    dx = dxt[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
+    if out is None:
+        return np.ascontiguousarray(dx)
+    out[...] = dx
+    return out
+
+
+def conv2d_forward_numpy(x, w, b, window: Window2d, groups: int):
+    """One block of images, x: (n, C, H, W) -> y: (n, O, OH, OW), a transposed view of the GEMM's
+    (O, n*OH*OW), and the columns (G, K, n*OH*OW) that dw needs."""
+    n, o = x.shape[0], w.shape[0]
+    m = n * window.oh * window.ow  # one column per output pixel
+    cols_g = im2col_numpy(x, window).reshape(groups, -1, m)
+    y_t = dtypes.matmul(w.reshape(groups, o // groups, -1), cols_g).reshape(o, m)
+    if b is not None:
+        y_t += b[:, None]
+    return y_t.reshape(o, n, window.oh, window.ow).transpose(1, 0, 2, 3), cols_g
+
+
+def conv2d_backward_numpy(dy, w, cols_or_x, x_shape, window: Window2d, groups, needs, dx=None):
+    """One block of images, dy: (n, O, OH, OW), and the columns forward kept (G, K, n*OH*OW), or
+    x (n, C, H, W) to rebuild them from -> dx (into ``dx`` if given), dw, db; None where
+    ``needs`` (x, w, b) is False."""
+    n, o = dy.shape[:2]
+    m = n * window.oh * window.ow
+    dy_t = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, m)
+    dy_g = dy_t.reshape(groups, o // groups, m)
+    dw = db = None
+    if needs[1]:  # dw[g] = dy[g] @ cols[g]^T
+        if cols_or_x.ndim == 3:
+            cols_g = cols_or_x
+        else:
+            cols_g = im2col_numpy(cols_or_x, window).reshape(groups, -1, m)
+        dw = dtypes.matmul(dy_g, cols_g.transpose(0, 2, 1)).reshape(w.shape)
+        del cols_g
+    if needs[2]:
+        db = dtypes.sum(dy_t, axis=1)
+    if needs[0]:  # 16-bit: dcols and col2im's overlapping sums in float32 (dx rounded once)
+        acc = dtypes.compute_dtype(dy.dtype)
+        w_t = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
+        dcols = np.matmul(w_t.astype(acc, copy=False), dy_g.astype(acc, copy=False))  # (G, K, m)
+        del dy_t, dy_g  # dy's transposed copy is done with: not beside dx in col2im
+        dx = col2im_numpy(dcols.reshape(-1, m), x_shape, window, out=dx)
+    return dx, dw, db
 
 
 # ---- CUDA (kernels/conv.cu) ----------------------------------------------------------------------
-def im2col_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+def im2col_cuda(x, window: Window2d):
+    """As im2col_numpy; x C-contiguous."""
     n, c, h, w = x.shape
-    if n * oh * ow >= 2**31:  # the kernels index a row of cols with 32-bit integers
-        raise ValueError(f"conv2d: N*OH*OW = {n * oh * ow} is too large for the GPU kernels")
-    cols = backend.xp("cuda").empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    windows = c * n * oh * ow  # one thread per (channel, output pixel)
-    cuda.launch(
-        "conv",
-        "im2col",
-        x.dtype,
-        cuda.grid_for(windows),
-        (cuda.THREADS,),
-        (x, cols, cuda.i64(windows), *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)),
-    )
+    m = n * window.oh * window.ow
+    if m >= 2**31:  # the kernels index a row of cols with 32-bit integers
+        raise ValueError(f"conv2d: N*OH*OW = {m} is too large for the GPU kernels")
+    cols = backend.xp("cuda").empty((c * window.kh * window.kw, m), dtype=x.dtype)
+    windows = c * m  # one thread per (channel, output pixel)
+    args = (x, cols, cuda.i64(windows), *cuda.i32(n, c, h, w, *window))
+    cuda.launch_1d("conv", "im2col", x.dtype, windows, args)
     return cols
 
 
-def col2im_cuda(dcols, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out=None):
-    """``out``: a C-contiguous array of x_shape to write into (one block of a larger dx)."""
-    n, c, h, w = x_shape
+def col2im_cuda(dcols, x_shape, window: Window2d, out=None):
+    """As col2im_numpy, a gather: one thread per input pixel; ``out`` C-contiguous."""
     dx = backend.xp("cuda").empty(x_shape, dtype=dcols.dtype) if out is None else out
-    cuda.launch(
-        "conv",
-        "col2im",
-        dx.dtype,
-        cuda.grid_for(dx.size),
-        (cuda.THREADS,),
-        (
-            dcols,
-            dx,
-            cuda.i64(dx.size),
-            *cuda.i32(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow),
-        ),
-    )
+    args = (dcols, dx, cuda.i64(dx.size), *cuda.i32(*x_shape, *window))
+    cuda.launch_1d("conv", "col2im", dx.dtype, dx.size, args)
     return dx
 
 
 def bias_add_cuda(y, b):
     """In place: y[o, :] += b[o] for y: (O, M)."""
-    cuda.launch(
-        "conv",
-        "bias_add",
-        y.dtype,
-        cuda.grid_for(y.size),
-        (cuda.THREADS,),
-        (y, b, cuda.i64(y.size), *cuda.i32(y.shape[0], y.shape[1])),
-    )
+    args = (y, b, cuda.i64(y.size), *cuda.i32(y.shape[0], y.shape[1]))
+    cuda.launch_1d("conv", "bias_add", y.dtype, y.size, args)
+
+
+def conv2d_forward_cuda(x, w, b, window: Window2d, groups: int):
+    """One block of images, x: (n, C, H, W) -> y: (n, O, OH, OW), a transposed view of the GEMM's
+    (O, n*OH*OW), and x (C-contiguous), from which backward rebuilds the columns for dw."""
+    n, o = x.shape[0], w.shape[0]
+    m = n * window.oh * window.ow  # one column per output pixel
+    x = backend.xp("cuda").ascontiguousarray(x)
+    cols_g = im2col_cuda(x, window).reshape(groups, -1, m)
+    y_t = dtypes.matmul(w.reshape(groups, o // groups, -1), cols_g).reshape(o, m)
+    # let the columns go before y is made: the whole batch's columns never sit beside y's NCHW
+    # copy (conv2 at batch 128: 896 MB of columns, 96 MB of y)
+    del cols_g
+    if b is not None:
+        bias_add_cuda(y_t, b)
+    return y_t.reshape(o, n, window.oh, window.ow).transpose(1, 0, 2, 3), x
+
+
+def conv2d_backward_cuda(dy, w, x, x_shape, window: Window2d, groups: int, needs, dx=None):
+    """One block of images, dy: (n, O, OH, OW), x: (n, C, H, W) -> dx (into ``dx`` if given),
+    dw, db; None where ``needs`` (x, w, b) is False."""
+    n, o = dy.shape[:2]
+    m = n * window.oh * window.ow
+    xp = backend.xp("cuda")
+    dy_t = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, m)
+    dy_g = dy_t.reshape(groups, o // groups, m)
+    dw = db = None
+    if needs[1]:
+        # dw[g] = dy[g] @ cols[g]^T: a long inner dimension n*L and a small output, which the GPU
+        # computes in slices of n*L (split-K) to keep every multiprocessor busy
+        cols_g = im2col_cuda(xp.ascontiguousarray(x), window).reshape(groups, -1, m)
+        dw = gemm.matmul_nt_split_k(dy_g, cols_g).reshape(w.shape)
+        # freed before dx's GEMM makes dcols, as large (896 MB for conv2 at batch 128): the pool
+        # hands the same block back instead of holding both
+        del cols_g
+    if needs[2]:
+        db = channel_sum_cuda(dy_t[None])
+    if needs[0]:  # 16-bit dcols; col2im.cu sums its overlaps in float, rounds once
+        dcols = dtypes.matmul(w.reshape(groups, o // groups, -1).transpose(0, 2, 1), dy_g)
+        del dy_t, dy_g  # dy's transposed copy is done with: not beside dx in col2im
+        dx = col2im_cuda(dcols.reshape(-1, m), x_shape, window, out=dx)
+    return dx, dw, db
 
 
 # ---- autograd ------------------------------------------------------------------------------------
@@ -178,101 +232,64 @@ class Conv2dFunction(Function):
     def forward(ctx, x, w, b, stride, padding, dilation, groups):
         # x: (N, C, H, W), w: (O, C/G, kh, kw), b: (O,) or None -> y: (N, O, OH, OW)
         # padding: (top, bottom, left, right)
-        on_gpu = ctx.device == "cuda"
+        forward = conv2d_forward_cuda if ctx.device == "cuda" else conv2d_forward_numpy
         xp = backend.xp(ctx.device)
         n, c, h, wd = x.shape
-        o, cg, kh, kw = w.shape
-        (sh, sw), (dh, dw) = stride, dilation
-        ph, pb, pw, pr = padding
-        oh = conv_output_size(h, kh, sh, ph, pb, dh)
-        ow = conv_output_size(wd, kw, sw, pw, pr, dw)
-        geometry = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-        if on_gpu:
-            x = xp.ascontiguousarray(x)
-        im2col = im2col_cuda if on_gpu else im2col_numpy
-        k = cg * kh * kw
-        w_g = w.reshape(groups, o // groups, k)
-        # One block, the whole batch, unless IM2COL_WORKSPACE bounds the columns
-        blocks = image_blocks(n, c * kh * kw * oh * ow * x.dtype.itemsize)
+        window = Window2d.over(h, wd, w.shape[2:], stride, padding, dilation)
+        column_bytes = c * window.kh * window.kw * window.oh * window.ow * x.dtype.itemsize
+        blocks = image_blocks(n, column_bytes)  # one, the whole batch, unless IM2COL_WORKSPACE
+        if len(blocks) > 1:
+            y = forward_in_blocks(forward, xp, x, w, b, window, groups, blocks)
+            ctx.save(x.shape, w, x, window, groups, blocks)
+            return y
         # dw needs the columns again. The CPU keeps them (rebuilding them would add about a tenth
         # to AlexNet's step); the GPU keeps x and rebuilds them in backward, as Caffe does: on an
         # H100 at batch 128, AlexNet's step took 0.5 ms longer (23.4 ms) and 1.2 GB less memory.
-        # Blocks rebuild them too: keeping every block's columns would undo the bound.
-        keep_columns = not on_gpu and len(blocks) == 1
-        saved = x
-        y = None
-        for first, last in blocks:
-            m = (last - first) * oh * ow  # one column per output pixel of these images
-            cols_g = im2col(x[first:last], *geometry).reshape(groups, k, m)
-            y_t = dtypes.matmul(w_g, cols_g).reshape(o, m)  # (G, Og, m) is (O, m)
-            if keep_columns:
-                saved = cols_g
-            # let the columns go before y is made: in one block, the whole batch's columns never
-            # sit beside y (conv2 at batch 128: 896 MB of columns, 96 MB of y)
-            del cols_g
-            if b is not None:
-                if on_gpu:
-                    bias_add_cuda(y_t, b)
-                else:
-                    y_t += b[:, None]
-            if y is None:
-                y = xp.empty((n, o, oh, ow), dtype=y_t.dtype)
-            y[first:last] = y_t.reshape(o, last - first, oh, ow).transpose(1, 0, 2, 3)
-            del y_t
-        ctx.save(x.shape, w, saved, geometry, groups, b is not None, blocks)
-        return y
+        y, cols_or_x = forward(x, w, b, window, groups)
+        ctx.save(x.shape, w, cols_or_x, window, groups, blocks)
+        return xp.ascontiguousarray(y)
 
     @staticmethod
     def backward(ctx, dy):
-        x_shape, w, x_or_cols, geometry, groups, has_bias, blocks = ctx.saved
-        on_gpu = ctx.device == "cuda"
+        x_shape, w, cols_or_x, window, groups, blocks = ctx.saved
+        backward = conv2d_backward_cuda if ctx.device == "cuda" else conv2d_backward_numpy
         xp = backend.xp(ctx.device)
-        n, o, oh, ow = dy.shape
-        k = w.shape[1] * w.shape[2] * w.shape[3]  # C/G * kh * kw
-        w_g = w.reshape(groups, o // groups, k)
-        columns_kept = x_or_cols.ndim == 3  # (G, K, N*L) columns, or x (N, C, H, W)
-        dx = dw = db = None
-        for first, last in blocks:
-            m = (last - first) * oh * ow
-            dy_t = xp.ascontiguousarray(dy[first:last].transpose(1, 0, 2, 3)).reshape(o, m)
-            dy_g = dy_t.reshape(groups, o // groups, m)
-            if ctx.needs_input_grad[1]:
-                # dw[g] = dy[g] @ cols[g]^T: a long inner dimension N*L and a small output, which
-                # the GPU computes in slices of N*L (split-K) to keep every multiprocessor busy
-                if columns_kept:
-                    part = dtypes.matmul(dy_g, x_or_cols.transpose(0, 2, 1))
-                else:
-                    im2col = im2col_cuda if on_gpu else im2col_numpy
-                    cols_g = im2col(x_or_cols[first:last], *geometry).reshape(groups, k, m)
-                    if on_gpu:
-                        part = gemm.matmul_nt_split_k(dy_g, cols_g)
-                    else:
-                        part = dtypes.matmul(dy_g, cols_g.transpose(0, 2, 1))
-                    # freed before dx's GEMM makes dcols, as large (896 MB for conv2 at batch
-                    # 128): the pool hands the same block back instead of holding both
-                    del cols_g
-                dw = part if dw is None else dw + part
-            if has_bias and ctx.needs_input_grad[2]:
-                part = channel_sum_cuda(dy_t[None]) if on_gpu else dtypes.sum(dy_t, axis=1)
-                db = part if db is None else db + part
-            if ctx.needs_input_grad[0]:
-                if on_gpu:  # 16-bit dcols; col2im.cu sums its overlaps in float, rounds once
-                    dcols = dtypes.matmul(w_g.transpose(0, 2, 1), dy_g)  # (G, K, m)
-                else:  # 16-bit: dcols and col2im's overlapping sums in float32 (dx rounded once)
-                    acc = dtypes.compute_dtype(dy.dtype)
-                    dcols = np.matmul(w_g.transpose(0, 2, 1).astype(acc, copy=False),
-                                      dy_g.astype(acc, copy=False))  # fmt: skip
-                dcols = dcols.reshape(groups * k, m)
-                del dy_t, dy_g  # dy's transposed copy is done with: not beside dx in col2im
-                if dx is None:
-                    dx = xp.empty(x_shape, dtype=dcols.dtype)
-                block = (last - first, *x_shape[1:])
-                if on_gpu:
-                    col2im_cuda(dcols, block, *geometry, out=dx[first:last])
-                else:
-                    dx[first:last] = col2im_numpy(dcols, block, *geometry)
-                del dcols
-        return dx, None if dw is None else dw.reshape(w.shape), db
+        needs = ctx.needs_input_grad  # (x, w, b)
+        if len(blocks) > 1:
+            return backward_in_blocks(backward, xp, dy, w, cols_or_x, window, groups, needs, blocks)
+        return backward(dy, w, cols_or_x, x_shape, window, groups, needs)
+
+
+def forward_in_blocks(forward, xp, x, w, b, window: Window2d, groups: int, blocks):
+    """conv2d under IM2COL_WORKSPACE: ``forward`` on each block of images in turn, each block's
+    columns let go before the next block's are made (backward rebuilds them from x)."""
+    y = None
+    for first, last in blocks:
+        y_block = forward(x[first:last], w, b, window, groups)[0]  # the columns go here
+        if y is None:
+            y = xp.empty((x.shape[0], *y_block.shape[1:]), dtype=y_block.dtype)
+        y[first:last] = y_block
+        del y_block  # not beside the next block's columns
+    return y
+
+
+def backward_in_blocks(backward, xp, dy, w, x, window: Window2d, groups: int, needs, blocks):
+    """conv2d's backward under IM2COL_WORKSPACE: ``backward`` on each block of images in turn,
+    writing its dx in place, dw and db summed over the blocks."""
+    dx = dw = db = None
+    for first, last in blocks:
+        x_block = x[first:last]
+        out = None if dx is None else dx[first:last]  # None: the first block's dx gives the dtype
+        dx_block, dw_block, db_block = backward(
+            dy[first:last], w, x_block, x_block.shape, window, groups, needs, out
+        )
+        if dx is None and dx_block is not None:
+            dx = xp.empty(x.shape, dtype=dx_block.dtype)
+            dx[first:last] = dx_block
+        dw = dw_block if dw is None else dw + dw_block
+        db = db_block if db is None else db + db_block
+        del dx_block, dw_block, db_block  # not beside the next block's columns
+    return dx, dw, db
 
 
 def conv2d(

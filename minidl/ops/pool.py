@@ -20,7 +20,8 @@ atomics, so two runs give equal bits. The NumPy path scatters with ``np.bincount
 and deterministic.
 
 Output size (PyTorch's rule): OH = floor((H + 2p - d*(k - 1) - 1) / s) + 1, or with ``ceil_mode``
-the ceiling, dropping a last window that would start past the input and its left padding.
+the ceiling, dropping a last window that would start past the input and its left padding. The
+geometry is one ``Window2d`` (``minidl/ops/window.py``, shared with conv2d), computed once.
 """
 
 from __future__ import annotations
@@ -32,17 +33,10 @@ import numpy as np
 from minidl import backend, cuda, dtypes
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
+from minidl.ops.window import Window2d
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
-
-
-def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool, d: int = 1) -> int:
-    span = size + 2 * p - d * (k - 1) - 1  # the effective (dilated) kernel is d*(k - 1) + 1
-    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1  # the last window must start inside the input or its left padding
-    return out
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
@@ -52,28 +46,27 @@ def lowest(dtype):
     return -np.inf if dtypes.kind(dtype) == "f" else np.iinfo(dtype).min
 
 
-def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+def max_pool2d_forward_numpy(x, window: Window2d):
     """x: (N, C, H, W) -> y: (N, C, OH, OW), argmax: (N, C, OH, OW) int32 into H*W."""
     n, c, h, w = x.shape
+    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = window
     pad_value = lowest(x.dtype)
-    # padding on every side; ceil_mode windows may reach past the right/bottom padding.
-    extra_h = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
-    extra_w = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
+    # (ph, pw) on the top and left; below and to the right what the last windows reach (ceil_mode
+    # windows may reach past the padding)
+    pb, pr = window.padding_after(h, w)
     xpad = x
-    if ph or pw or extra_h or extra_w:
-        padding = ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w))
-        xpad = np.pad(x, padding, constant_values=pad_value)
+    if ph or pw or pb or pr:
+        xpad = np.pad(x, ((0, 0), (0, 0), (ph, pb), (pw, pr)), constant_values=pad_value)
 
-    def window(i, j):  # the (i, j) cell of every window: (N, C, OH, OW)
-        top, left = i * dh, j * dw
-        return xpad[:, :, top : top + sh * (oh - 1) + 1 : sh, left : left + sw * (ow - 1) + 1 : sw]
+    def tap(i, j):  # the (i, j) cell of every window: (N, C, OH, OW)
+        return xpad[:, :, window.rows(i), window.columns(j)]
 
     # Tuned for speed (in-place passes, a sentinel); the plain loop: tests/reference.py::max_pool2d
     # Pass 1: the maximum, in place.
     y = np.full((n, c, oh, ow), pad_value, dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            np.maximum(y, window(i, j), out=y)
+            np.maximum(y, tap(i, j), out=y)
     # Pass 2: the first offset k = i * kw + j (row-major) whose cell holds the maximum, as the
     # minimum over k of (k where the cell equals y, else a sentinel). Arithmetic on the hit mask
     # is about three times faster than np.copyto(..., where=hit).
@@ -84,7 +77,7 @@ def max_pool2d_forward_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     integer = dtypes.kind(x.dtype) != "f"
     for k in range(kh * kw):
         i, j = divmod(k, kw)
-        hit = window(i, j) == y
+        hit = tap(i, j) == y
         if integer:  # a padded cell ties with a real iinfo.min: only real cells may win
             hit &= (top + i * dh >= 0) & (top + i * dh < h) & (left + j * dw >= 0)
             hit &= left + j * dw < w
@@ -115,11 +108,13 @@ def max_pool2d_backward_numpy(dy, argmax, x_shape):
 
 
 # ---- CUDA (kernels/pool.cu) ----------------------------------------------------------------------
-def max_pool2d_forward_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+def max_pool2d_forward_cuda(x, window: Window2d):
+    """As max_pool2d_forward_numpy: one thread per output element."""
     n, c, h, w = x.shape
     xp = backend.xp("cuda")
-    integer = dtypes.kind(x.dtype) != "f"
-    if integer:
+    dtype = x.dtype
+    x = xp.ascontiguousarray(x)
+    if dtypes.kind(dtype) != "f":
         # The kernels are instantiated for float and double. Every integer up to 32 bits (and
         # int64 within +-2**53) is a double exactly, and a maximum of exact values is exact, so
         # the double kernel pools integers without rounding; y goes back to x's dtype.
@@ -129,42 +124,21 @@ def max_pool2d_forward_cuda(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
                 f"integers only up to 2**53 in magnitude; this one holds larger values"
             )
         x = x.astype(np.float64)
-    y = xp.empty((n, c, oh, ow), dtype=x.dtype)
-    argmax = xp.empty((n, c, oh, ow), dtype=np.int32)
-    cuda.launch(
-        "pool",
-        "max_pool2d_forward",
-        x.dtype,
-        cuda.grid_for(y.size),
-        (cuda.THREADS,),
-        (
-            x,
-            y,
-            argmax,
-            cuda.i64(y.size),
-            *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow),
-        ),
-    )
-    return y, argmax
+    y = xp.empty((n, c, window.oh, window.ow), dtype=x.dtype)
+    argmax = xp.empty((n, c, window.oh, window.ow), dtype=np.int32)
+    args = (x, y, argmax, cuda.i64(y.size), *cuda.i32(c, h, w, *window))
+    cuda.launch_1d("pool", "max_pool2d_forward", x.dtype, y.size, args)
+    return y.astype(dtype, copy=False), argmax
 
 
-def max_pool2d_backward_cuda(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+def max_pool2d_backward_cuda(dy, argmax, x_shape, window: Window2d):
+    """As max_pool2d_backward_numpy, a gather: one thread per input pixel, no atomics."""
     n, c, h, w = x_shape
-    dx = backend.xp("cuda").empty(x_shape, dtype=dy.dtype)
-    cuda.launch(
-        "pool",
-        "max_pool2d_backward",
-        dy.dtype,
-        cuda.grid_for(dx.size),
-        (cuda.THREADS,),
-        (
-            dy,
-            argmax,
-            dx,
-            cuda.i64(dx.size),
-            *cuda.i32(c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow),
-        ),
-    )
+    xp = backend.xp("cuda")
+    dy = xp.ascontiguousarray(dy)
+    dx = xp.empty(x_shape, dtype=dy.dtype)
+    args = (dy, argmax, dx, cuda.i64(dx.size), *cuda.i32(c, h, w, *window))
+    cuda.launch_1d("pool", "max_pool2d_backward", dy.dtype, dx.size, args)
     return dx
 
 
@@ -173,28 +147,21 @@ class MaxPool2dFunction(Function):
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode, indices=None):
         # x: (N, C, H, W) -> y: (N, C, OH, OW); ``indices``, a list, receives the argmax
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
-        h, w = x.shape[2:]
-        oh = pool_output_size(h, kh, sh, ph, ceil_mode, dh)
-        ow = pool_output_size(w, kw, sw, pw, ceil_mode, dw)
-        geometry = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-        if ctx.device == "cuda":
-            x = backend.xp("cuda").ascontiguousarray(x)
-            y, argmax = max_pool2d_forward_cuda(x, *geometry)
-            y = y.astype(x.dtype, copy=False)  # integers were pooled as double
-        else:
-            y, argmax = max_pool2d_forward_numpy(x, *geometry)
+        forward = max_pool2d_forward_cuda if ctx.device == "cuda" else max_pool2d_forward_numpy
+        (ph, pw), (h, w) = padding, x.shape[2:]
+        pads = (ph, ph, pw, pw)  # (top, bottom, left, right)
+        window = Window2d.over(h, w, kernel_size, stride, pads, dilation, ceil_mode)
+        y, argmax = forward(x, window)
         if indices is not None:
             indices.append(argmax)
-        ctx.save(x.shape, argmax, geometry)
+        ctx.save(x.shape, argmax, window)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x_shape, argmax, geometry = ctx.saved
+        x_shape, argmax, window = ctx.saved
         if ctx.device == "cuda":
-            dy = backend.xp("cuda").ascontiguousarray(dy)
-            return max_pool2d_backward_cuda(dy, argmax, x_shape, *geometry)
+            return max_pool2d_backward_cuda(dy, argmax, x_shape, window)
         return max_pool2d_backward_numpy(dy, argmax, x_shape)
 
 
