@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from minidl import backend, nn
+from minidl import backend, dtypes, nn
 from minidl.gradcheck import GradcheckError, gradcheck
 from minidl.gradcheck import gradcheck as _gradcheck
 from minidl.random import manual_seed
@@ -97,7 +97,7 @@ def _arrays(inputs: Sequence, seed: int) -> list:
 
 def _is_float_array(a) -> bool:
     """An input that gets a gradient; anything else (None, class targets) is a constant."""
-    return isinstance(a, np.ndarray) and a.dtype.kind == "f"
+    return isinstance(a, np.ndarray) and dtypes.kind(a.dtype) == "f"  # bfloat16 included
 
 
 # ---- comparing -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Each op case is a named record: the function, its inputs (float arrays get gradi
 arrays are constants), and whether ``--quick`` runs it. Every case runs once per storage dtype on
 the GPU branch (``device="cuda"``) and on the NumPy path with the same inputs and the same ``dy``;
 the largest difference of the output and of every gradient, relative to the NumPy result's
-largest value, must stay under ``check.TOLERANCE`` of that dtype.
+largest value, must stay under ``report.tolerance`` of that dtype (``minidl.testing``'s).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import numpy as np
 import minidl as mdl
 import minidl.functional as F
 from minidl import backend, distributed, nn, optim
-from minidl.check.report import TOLERANCE, Report, Skip, storage_dtypes
+from minidl.check.report import Report, Skip, storage_dtypes, tolerance
 from minidl.precision import GradScaler, Precision
+from minidl.testing import forward_backward
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,6 @@ def _inputs(case: Case, seed: int) -> list[np.ndarray]:
     return arrays
 
 
-def run_on(device: str, fn, arrays, dtype, dy_seed: int = 1):
-    """fn on ``device`` with inputs of ``dtype``; (output, [input gradients]) as float64."""
-    tensors = [mdl.tensor(a.astype(dtype), requires_grad=True, device=device) for a in arrays]
-    mdl.manual_seed(0)
-    y = fn(*tensors)
-    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(y.dtype)
-    y.backward(mdl.tensor(dy, device=device))
-    return _f64(y), [_f64(t.grad) for t in tensors]
-
-
 def _f64(t) -> np.ndarray:
     return backend.to_numpy(t.data).astype(np.float64)
 
@@ -125,9 +116,9 @@ def max_relative_error(pairs) -> float:
 
 def compare(case: Case, dtype) -> tuple[float, float]:
     arrays = _inputs(case, seed=len(case.name))
-    y, grads = run_on("cuda", case.fn, arrays, dtype)
-    y_ref, grads_ref = run_on("cpu", case.fn, arrays, dtype)
-    return max_relative_error([(y, y_ref), *zip(grads, grads_ref)]), TOLERANCE[np.dtype(dtype).name]
+    y, grads = forward_backward(case.fn, arrays, "cuda", dtype)
+    y_ref, grads_ref = forward_backward(case.fn, arrays, "cpu", dtype)
+    return max_relative_error([(y, y_ref), *zip(grads, grads_ref)]), tolerance(dtype)
 
 
 def sgd_steps(device: str, dtype) -> np.ndarray:
@@ -143,7 +134,7 @@ def sgd_steps(device: str, dtype) -> np.ndarray:
 
 def compare_sgd(dtype) -> tuple[float, float]:
     pair = (sgd_steps("cuda", dtype), sgd_steps("cpu", dtype))
-    return max_relative_error([pair]), TOLERANCE[np.dtype(dtype).name]
+    return max_relative_error([pair]), tolerance(dtype)
 
 
 def check_ops(report: Report, quick: bool) -> None:
@@ -160,7 +151,9 @@ def check_ops(report: Report, quick: bool) -> None:
 def dropout_bits(dtype) -> str:
     """The GPU's dropout output and gradient equal the CPU's bit for bit (one mask, two devices)."""
     x = np.random.default_rng(3).standard_normal((3, 257, 5)).astype(dtype)
-    results = [run_on(d, lambda t: F.dropout(t, 0.4), [x], dtype) for d in ("cuda", "cpu")]
+    results = [
+        forward_backward(lambda t: F.dropout(t, 0.4), [x], d, dtype) for d in ("cuda", "cpu")
+    ]
     (y, (dx,)), (y_ref, (dx_ref,)) = results
     if not (np.array_equal(y, y_ref) and np.array_equal(dx, dx_ref)):
         raise AssertionError(f"{int((y != y_ref).sum())} outputs differ from the CPU's")
@@ -175,11 +168,13 @@ def max_pool_deterministic() -> tuple[float, float]:
     elsewhere would move a whole gradient; the sums of overlapping windows may differ in order)."""
     x = np.random.default_rng(4).integers(0, 3, (2, 8, 17, 17)).astype(np.float32)
     fn = lambda t: F.max_pool2d(t, 3, 2)
-    (_, (first,)), (_, (second,)) = (run_on("cuda", fn, [x], np.float32) for _ in range(2))
+    (_, (first,)), (_, (second,)) = (
+        forward_backward(fn, [x], "cuda", np.float32) for _ in range(2)
+    )
     if not np.array_equal(first, second):
         raise AssertionError("two backward runs differ")
-    (_, (cpu,)) = run_on("cpu", fn, [x], np.float32)
-    return max_relative_error([(first, cpu)]), TOLERANCE["float32"]
+    (_, (cpu,)) = forward_backward(fn, [x], "cpu", np.float32)
+    return max_relative_error([(first, cpu)]), tolerance(np.float32)
 
 
 def gradcheck(case: Case) -> str:
@@ -228,7 +223,7 @@ def alexnet_cpu_vs_gpu(quick: bool) -> tuple[float, float]:
         logits = net(mdl.tensor(x, device=device))
         F.cross_entropy(logits, y).backward()
         pairs.append([_f64(logits)] + [_f64(p.grad) for p in net.parameters()])
-    return max_relative_error(zip(*pairs)), TOLERANCE["float64"] * 10
+    return max_relative_error(zip(*pairs)), tolerance(np.float64) * 10
 
 
 def nccl_allreduce(dtype) -> str:

@@ -11,10 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from minidl import dtypes
+from minidl.testing import TOLERANCE
 
-# The largest error allowed between the GPU branch and the NumPy path, relative to the largest
-# value of the NumPy result (at least 1): a few units in the last place of each storage dtype.
-TOLERANCE = {"float64": 1e-10, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3.2e-2}
+
+def tolerance(dtype) -> float:
+    """The largest error allowed between the GPU branch and the NumPy path, relative to the
+    largest value of the NumPy result (at least 1): ``minidl.testing.TOLERANCE``'s atol, a few
+    units in the last place of each storage dtype."""
+    return TOLERANCE[np.dtype(dtype).name][1]
 
 
 class Skip(Exception):
