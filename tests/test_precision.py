@@ -12,6 +12,7 @@ import minidl as mdl
 import minidl.functional as F
 from minidl import backend, cuda, dtypes, emulator, optim, precision
 from minidl.ops import activation, batchnorm, conv, dropout, loss, lrn, pool, reduce
+from minidl.ops.window import Window2d
 
 BF16 = dtypes.bfloat16  # None without ml_dtypes
 
@@ -392,21 +393,18 @@ def check_batchnorm(dtype):
     return True
 
 
-CONV = dict(kh=3, kw=2, sh=2, sw=1, ph=1, pw=1, dh=1, dw=2)
+CONV = dict(kernel=(3, 2), stride=(2, 1), padding=(1, 1, 1, 1), dilation=(1, 2))
 
 
 def check_conv(dtype):
     """im2col copies exactly, col2im sums in float (1 ulp), bias_add rounds x + b once."""
     x16, x = inputs16((2, 3, 7, 6), dtype)
-    g = CONV
-    oh = conv.conv_output_size(7, g["kh"], g["sh"], g["ph"], g["ph"], g["dh"])
-    ow = conv.conv_output_size(6, g["kw"], g["sw"], g["pw"], g["pw"], g["dw"])
-    geometry = (*g.values(), oh, ow)
-    cols16 = run(conv.im2col_cuda, x16, *geometry)
-    assert np.array_equal(to_float32(cols16), conv.im2col_numpy(x, *geometry))
+    window = Window2d.over(7, 6, **CONV)
+    cols16 = run(conv.im2col_cuda, x16, window)
+    assert np.array_equal(to_float32(cols16), conv.im2col_numpy(x, window))
     dcols16, dcols = inputs16(cols16.shape, dtype, seed=1)
-    dx16 = run(conv.col2im_cuda, dcols16, x.shape, *geometry)
-    dx_ref = conv.col2im_numpy(dcols.astype(np.float64), x.shape, *geometry)
+    dx16 = run(conv.col2im_cuda, dcols16, x.shape, window)
+    dx_ref = conv.col2im_numpy(dcols.astype(np.float64), x.shape, window)
     assert_within_ulps(dx16, dx_ref, dtype, 1, "col2im")
     y16, y = inputs16((4, 9), dtype, seed=2)
     b16, b = inputs16((4,), dtype, seed=3)
@@ -422,16 +420,14 @@ def check_pool(dtype):
     x16, x = inputs16((2, 3, 9, 8), dtype)
     x16[0, 0, :3, :3] = x16[0, 0, 0, 0]  # a tie: the first maximum must win
     x = to_float32(x16)
-    geometry = (3, 3, 2, 2, 1, 1, 1, 1)  # kh, kw, sh, sw, ph, pw, dh, dw
-    oh = pool.pool_output_size(9, 3, 2, 1, False)
-    ow = pool.pool_output_size(8, 3, 2, 1, False)
-    y16 = backend.move(np.empty((2, 3, oh, ow), dtype=x16.dtype), "cuda")
-    argmax = backend.move(np.empty((2, 3, oh, ow), dtype=np.int32), "cuda")
-    sizes = cuda.i32(3, 9, 8, *geometry, oh, ow)
+    window = Window2d.over(9, 8, (3, 3), stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1))
+    y16 = backend.move(np.empty((2, 3, window.oh, window.ow), dtype=x16.dtype), "cuda")
+    argmax = backend.move(np.empty((2, 3, window.oh, window.ow), dtype=np.int32), "cuda")
+    sizes = cuda.i32(3, 9, 8, *window)
     launch = partial(cuda.launch, "pool", grid=cuda.grid_for(x.size), block=(cuda.THREADS,))
     launch(kernel="max_pool2d_forward", dtype=dtype,
            args=(backend.move(x16, "cuda"), y16, argmax, cuda.i64(y16.size), *sizes))  # fmt: skip
-    y_ref, argmax_ref = pool.max_pool2d_forward_numpy(x, *geometry, oh, ow)
+    y_ref, argmax_ref = pool.max_pool2d_forward_numpy(x, window)
     assert np.array_equal(to_float32(backend.to_numpy(y16)), y_ref)
     assert np.array_equal(backend.to_numpy(argmax), argmax_ref)
     dy16, dy = inputs16(y_ref.shape, dtype, seed=1)
