@@ -8,7 +8,7 @@ See docs/ for the math of each op and README.md for the tour.
 
 from pathlib import Path
 
-from minidl import functional, memory, nn, optim
+from minidl import functional, memory, nn, optim, precision
 from minidl.autograd import no_grad
 from minidl.gradcheck import gradcheck
 from minidl.random import manual_seed
