@@ -64,6 +64,7 @@ __all__ = [
     "nn",
     "no_grad",
     "optim",
+    "precision",
     "randn",
     "tensor",
     "zeros",
