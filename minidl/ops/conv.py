@@ -146,9 +146,8 @@ def conv2d_backward_numpy(dy, w, cols_or_x, x_shape, window: Window2d, groups, n
     if needs[2]:
         db = dtypes.sum(dy_t, axis=1)
     if needs[0]:  # 16-bit: dcols and col2im's overlapping sums in float32 (dx rounded once)
-        acc = dtypes.compute_dtype(dy.dtype)
         w_t = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
-        dcols = np.matmul(w_t.astype(acc, copy=False), dy_g.astype(acc, copy=False))  # (G, K, m)
+        dcols = np.matmul(dtypes.to_compute(w_t), dtypes.to_compute(dy_g))  # (G, K, m)
         del dy_t, dy_g  # dy's transposed copy is done with: not beside dx in col2im
         dx = col2im_numpy(dcols.reshape(-1, m), x_shape, window, out=dx)
     return dx, dw, db
