@@ -145,7 +145,7 @@ def test_matches_torch_after_training_then_eval():
     assert_close(ours(mdl.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy())
     state = ours.state_dict()
     for name, value in theirs.state_dict().items():
-        if name != "num_batches_tracked":  # PyTorch's counter for momentum=None; we have none
+        if name != "num_batches_tracked":  # PyTorch's counter, which we keep for momentum=None only
             assert_close(state[name], value.numpy(), what=name)
 
 
@@ -372,3 +372,46 @@ def test_summary_leaves_running_statistics_and_mode_alone(capsys):
     model.summary((1, 5, 5))
     assert model.training and model[1].training
     assert np.array_equal(model[1].running_var.numpy(), np.ones(3))
+
+
+# ---- momentum=None: a cumulative moving average (PyTorch's num_batches_tracked) ------------------
+MOMENTUM_NONE_CASES = [("BatchNorm1d", (6, 3)), ("BatchNorm2d", (4, 3, 2, 2))]
+
+
+@pytest.mark.parametrize("layer, shape", MOMENTUM_NONE_CASES)
+def test_momentum_none_averages_every_batch_equally(layer, shape):
+    # running = running + (batch - running) / n after n batches: the plain mean of the batches'
+    # statistics (unbiased variance), whatever the start; state_dict keys are PyTorch's
+    bn = getattr(nn, layer)(3, momentum=None).double()
+    axes = (0,) + tuple(range(2, len(shape)))
+    batches = [inputs(shape, step) for step in range(4)]
+    for x in batches:
+        bn(mdl.tensor(x))
+    state = bn.state_dict()
+    keys = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert list(state) == keys
+    assert state["num_batches_tracked"].dtype == np.int64 and int(state["num_batches_tracked"]) == 4
+    assert_close(state["running_mean"], np.mean([x.mean(axis=axes) for x in batches], axis=0))
+    assert_close(state["running_var"], np.mean([x.var(axis=axes, ddof=1) for x in batches], axis=0))
+    bn.eval()
+    bn(mdl.tensor(batches[0]))
+    assert int(bn.state_dict()["num_batches_tracked"]) == 4  # eval counts nothing
+
+
+@pytest.mark.parametrize("layer, shape", MOMENTUM_NONE_CASES)
+def test_momentum_none_matches_torch(layer, shape):
+    torch = pytest.importorskip("torch")
+    ours = getattr(nn, layer)(3, momentum=None).double()
+    theirs = getattr(torch.nn, layer)(3, momentum=None).double()
+    for step in range(4):
+        x = inputs(shape, step)
+        ours(mdl.tensor(x))
+        theirs(torch.tensor(x))
+    state = ours.state_dict()
+    assert list(state) == list(theirs.state_dict())
+    for name, value in theirs.state_dict().items():
+        assert_close(np.asarray(state[name], np.float64), value.double().numpy(), what=name)
+    ours.eval()
+    theirs.eval()
+    x = inputs(shape, 9)
+    assert_close(ours(mdl.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy())

@@ -3,7 +3,10 @@
 PyTorch's constructor and defaults: ``eps=1e-5, momentum=0.1, affine=True,
 track_running_stats=True``; weight starts at 1, bias at 0, running_mean at 0, running_var at 1.
 The running statistics are buffers (``Module.register_buffer``): saved in ``state_dict`` and in
-checkpoints, moved by ``to(device)``, never updated by an optimizer. Keras's
+checkpoints, moved by ``to(device)``, never updated by an optimizer. ``momentum=None`` makes the
+running statistics a cumulative average, ``running += (batch - running) / num_batches_tracked``,
+with PyTorch's int64 ``num_batches_tracked`` buffer counting training batches (only then: a layer
+with a fixed momentum keeps its two float buffers, as minidl's checkpoints hold them). Keras's
 ``BatchNormalization()`` is ``momentum=0.01, eps=1e-3`` here (docs/batchnorm.md).
 """
 
@@ -24,7 +27,7 @@ class _BatchNorm(Module):
         self,
         num_features: int,
         eps: float = 1e-5,
-        momentum: float = 0.1,
+        momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
         dtype=np.float32,
@@ -33,6 +36,11 @@ class _BatchNorm(Module):
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(
                 f"{type(self).__name__}: num_features must be a positive int, got {num_features!r}"
+            )
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(
+                f"{type(self).__name__}: momentum must be in [0, 1] or None (a cumulative "
+                f"average), got {momentum!r}"
             )
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -48,11 +56,15 @@ class _BatchNorm(Module):
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
+        if track_running_stats and momentum is None:
+            self.register_buffer("num_batches_tracked", Tensor(np.array(0, np.int64)))
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
             self.running_mean.data[...] = 0
             self.running_var.data[...] = 1
+            if self.momentum is None:
+                self.num_batches_tracked.data[...] = 0
 
     def forward(self, x):
         if x.ndim not in self.dims:
@@ -66,6 +78,11 @@ class _BatchNorm(Module):
             )
         # without running statistics, eval normalizes with the batch's own (as PyTorch does)
         training = self.training or not self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum  # unused outside training
+        if self.training and self.track_running_stats and self.momentum is None:
+            # a cumulative moving average: every batch so far weighs the same
+            self.num_batches_tracked.data += 1
+            momentum = 1.0 / float(self.num_batches_tracked.data)
         return F.batch_norm(
             x,
             self.running_mean,
@@ -73,7 +90,7 @@ class _BatchNorm(Module):
             self.weight,
             self.bias,
             training=training,
-            momentum=self.momentum,
+            momentum=momentum,
             eps=self.eps,
         )
 
