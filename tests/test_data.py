@@ -277,3 +277,33 @@ def test_random_transforms_repeat_with_the_seed_whatever_the_threads():
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert all(np.array_equal(a, b) for a, b in zip(first, threaded))
     assert len({a.tobytes() for a in first}) == len(first)
+
+
+class PairsDataset:
+    """A PyTorch-style dataset: __getitem__ returns one (x, y) pair, __len__ the count."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return np.full((2, 3), i, np.float32), i % 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_stacks_the_samples_of_a_pytorch_style_dataset(workers):
+    loader = data.DataLoader(PairsDataset(5), batch_size=2, shuffle=True, seed=3, workers=workers)
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [2, 2, 1]
+    order = np.concatenate([x[:, 0, 0] for x, _ in batches]).astype(int)
+    assert sorted(order) == list(range(5))
+    for x, y in batches:
+        assert x.shape[1:] == (2, 3) and x.dtype == np.float32
+        assert y.dtype == np.int64 and np.array_equal(y, x[:, 0, 0].astype(int) % 3)
+
+
+def test_loader_refuses_a_dataset_it_cannot_index_by_name():
+    with pytest.raises(TypeError, match=r"DataLoader: the dataset \(a list_iterator\) has neither"):
+        data.DataLoader(iter([1, 2]), batch_size=2)

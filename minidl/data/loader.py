@@ -12,6 +12,11 @@ are the single-process ones (the seed is the same on every rank), so K steps on 
 B/2 samples each are K steps of one process with batch B. Each rank's random transforms draw from
 ``default_rng([seed, e, b, r])``: independent across ranks, but not the single process's draws.
 
+A dataset either makes whole batches, ``dataset.batch(indices, rng) -> (x, y)`` (minidl's own,
+which draw their random transforms from ``rng``), or is PyTorch-style, ``dataset[i] -> (x, y)``
+with ``len(dataset)``: the loader then stacks the samples (``np.stack`` of the x's, the y's as an
+array) and the dataset draws its own randomness.
+
 Each batch is a ``Batch``: it unpacks as ``x, y``, and ``batch.first`` says where it starts in
 the global batch (0 in one process). The training loop hands ``first`` to the model's Dropout
 layers, so the ranks together draw the masks one process draws (docs/distributed.md).
@@ -37,6 +42,34 @@ class Batch(tuple):
         return batch
 
 
+def _check_dataset(dataset) -> None:
+    if hasattr(dataset, "batch") and hasattr(dataset, "__len__"):
+        return
+    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        return
+    raise TypeError(
+        f"DataLoader: the dataset (a {type(dataset).__name__}) has neither batch(indices, rng) "
+        "-> (x, y) nor __getitem__(i) -> (x, y) with __len__(); give it one of them"
+    )
+
+
+def stack_samples(dataset, indices) -> tuple[np.ndarray, np.ndarray]:
+    """A PyTorch-style dataset's samples ``dataset[i] -> (x, y)`` as one batch:
+    x (B, ...) stacked, y (B, ...) as an array."""
+    xs, ys = [], []
+    for i in indices:
+        sample = dataset[int(i)]
+        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+            raise TypeError(
+                f"DataLoader: {type(dataset).__name__}[{int(i)}] returned a "
+                f"{type(sample).__name__}, expected an (x, y) pair"
+            )
+        x, y = (v.numpy() if hasattr(v, "numpy") else v for v in sample)
+        xs.append(np.asarray(x))
+        ys.append(y)
+    return np.stack(xs), np.asarray(ys)
+
+
 class DataLoader:
     def __init__(
         self,
@@ -54,6 +87,7 @@ class DataLoader:
         job's (``minidl.distributed``), 0 and 1 in a plain process."""
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        _check_dataset(dataset)
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.drop_last, self.workers, self.prefetch = drop_last, workers, prefetch
         self.epoch = 0  # the next epoch __iter__ will produce
@@ -132,7 +166,10 @@ class DataLoader:
         def make(b):
             # one process keeps its (seed, epoch, batch) stream; each rank adds its number
             key = [self.seed, epoch, b] + ([self.rank] if self.world_size > 1 else [])
-            x, y = self.dataset.batch(batches[b], np.random.default_rng(key))
+            if hasattr(self.dataset, "batch"):
+                x, y = self.dataset.batch(batches[b], np.random.default_rng(key))
+            else:
+                x, y = stack_samples(self.dataset, batches[b])
             return Batch(x, y, starts[b])
 
         if self.workers < 1:
