@@ -307,3 +307,22 @@ def test_loader_stacks_the_samples_of_a_pytorch_style_dataset(workers):
 def test_loader_refuses_a_dataset_it_cannot_index_by_name():
     with pytest.raises(TypeError, match=r"DataLoader: the dataset \(a list_iterator\) has neither"):
         data.DataLoader(iter([1, 2]), batch_size=2)
+
+
+def test_image_folder_follows_no_symlink_loop(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "dog" / "again").symlink_to(tmp_path / "dog", target_is_directory=True)
+    (tmp_path / "cat" / "up").symlink_to(tmp_path, target_is_directory=True)
+    ds = data.ImageFolder(tmp_path)
+    names = [p.relative_to(tmp_path).as_posix() for p, _ in ds.samples]
+    assert names == ["cat/0.jpg", "cat/1.png", "dog/0.jpg", "dog/1.png"]
+
+
+def test_image_folder_names_the_file_of_a_decompression_bomb(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    make_folder(tmp_path)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10)  # 8x8 images are now "bombs"
+    ds = data.ImageFolder(tmp_path)
+    with pytest.raises(ValueError, match=r"ImageFolder: cannot read image .*0\.jpg"):
+        ds[0]

@@ -245,7 +245,10 @@ class ImageFolder:
     error naming it. Beyond torchvision (which makes ``.ipynb_checkpoints`` a class, its issue
     2831): hidden entries (names starting with ".", such as ``.ipynb_checkpoints`` or
     ``.DS_Store``) are skipped everywhere, so they never become a class nor shift the labels.
-    ``ds[i]`` returns (transform(image), label) where image is an (H, W, 3) uint8 RGB array.
+    Folder symlinks are followed, but never into a folder already walked (the root, a class
+    folder, an ancestor: a symlink loop), so no image is counted twice. ``ds[i]`` returns
+    (transform(image), label) where image is an (H, W, 3) uint8 RGB array; an image Pillow cannot
+    read (corrupt, or a decompression bomb) is a ValueError naming the file.
     """
 
     def __init__(self, root, transform=None):
@@ -258,10 +261,13 @@ class ImageFolder:
         if not self.classes:
             raise FileNotFoundError(f"ImageFolder: {self.root} has no class sub-folders")
         self.class_to_idx = {name: label for label, name in enumerate(self.classes)}
+        # real paths of the root and every class folder: a class's walk enters none of them
+        walled = {os.path.realpath(self.root / name) for name in self.classes}
+        walled.add(os.path.realpath(self.root))
         self.samples = [
             (path, label)
             for label, name in enumerate(self.classes)
-            for path in _images_under(self.root / name)
+            for path in _images_under(self.root / name, walled)
         ]
         empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
         if empty:
@@ -282,7 +288,7 @@ class ImageFolder:
         try:
             with Image.open(path) as image:
                 return np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as err:
             raise ValueError(f"ImageFolder: cannot read image {path}: {err}") from None
 
     def __getitem__(self, index: int, rng=None):
@@ -301,12 +307,20 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _images_under(folder: Path) -> list[Path]:
+def _images_under(folder: Path, walled: set[str]) -> list[Path]:
     """Image files in ``folder`` and its sub-folders, sorted as torchvision walks them (each
-    folder's files by name, then its sub-folders by name), hidden entries left out."""
+    folder's files by name, then its sub-folders by name), hidden entries left out. Symlinked
+    folders are followed unless their real path is in ``walled`` or already walked (a loop)."""
+    seen = set(walled)
     walked = []
     for top, folders, files in os.walk(folder, followlinks=True):
-        folders[:] = [name for name in folders if not _hidden(name)]  # os.walk skips them
+        kept = []
+        for name in folders:
+            real = os.path.realpath(os.path.join(top, name))
+            if not _hidden(name) and real not in seen:
+                seen.add(real)
+                kept.append(name)
+        folders[:] = kept  # os.walk enters only these
         walked.append((top, files))
     return [
         Path(top) / name
