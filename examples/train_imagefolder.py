@@ -92,8 +92,12 @@ def main(argv=None) -> float:
             ]
         ),
     )
+    # the training set's class map: a validation folder numbers its classes as training does,
+    # and a class the model was not trained on is refused by name before any epoch
     val_set = data.ImageFolder(
-        args.val or args.train, T.Compose([base, T.SubtractMean(mean), TenCropCHW(args.crop)])
+        args.val or args.train,
+        T.Compose([base, T.SubtractMean(mean), TenCropCHW(args.crop)]),
+        classes=raw.classes,
     )
     train_loader = data.DataLoader(
         train_set,

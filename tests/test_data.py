@@ -326,3 +326,38 @@ def test_image_folder_names_the_file_of_a_decompression_bomb(tmp_path, monkeypat
     ds = data.ImageFolder(tmp_path)
     with pytest.raises(ValueError, match=r"ImageFolder: cannot read image .*0\.jpg"):
         ds[0]
+
+
+def test_image_folder_takes_the_training_sets_class_map(tmp_path):
+    make_folder(tmp_path / "train")
+    (tmp_path / "train" / "eel").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / "eel" / "0.png")
+    train = data.ImageFolder(tmp_path / "train")
+    assert train.classes == ["cat", "dog", "eel"]
+    make_folder(tmp_path / "val")
+    (tmp_path / "val" / "cat").rename(tmp_path / "val" / "eel")  # val: dog and eel, no cat
+    val = data.ImageFolder(tmp_path / "val", classes=train.classes)
+    assert val.classes == train.classes and val.class_to_idx == train.class_to_idx
+    assert sorted({label for _, label in val.samples}) == [1, 2]  # dog and eel, not 0 and 1
+    (tmp_path / "val" / "fox").mkdir()
+    with pytest.raises(ValueError, match=r"ImageFolder: class folder\(s\) fox under .* not among"):
+        data.ImageFolder(tmp_path / "val", classes=train.classes)
+
+
+def test_train_imagefolder_refuses_a_validation_class_it_was_not_trained_on(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "train_imagefolder.py"
+    spec = importlib.util.spec_from_file_location("train_imagefolder", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    make_folder(tmp_path / "train", sizes=((70, 70),) * 2)
+    make_folder(tmp_path / "val", sizes=((70, 70),))
+    (tmp_path / "val" / "cat").rename(tmp_path / "val" / "eel")  # scored as cat before
+    with pytest.raises(ValueError, match=r"class folder\(s\) eel under .*val"):
+        example.main(
+            ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val")]
+            + ["--epochs", "1", "--batch-size", "2", "--resize", "70", "--crop", "67"]
+            + ["--out", str(tmp_path / "run"), "--no-progress", "--workers", "0"]
+        )

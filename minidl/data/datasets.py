@@ -251,25 +251,33 @@ class ImageFolder:
     read (corrupt, or a decompression bomb) is a ValueError naming the file.
     """
 
-    def __init__(self, root, transform=None):
+    def __init__(self, root, transform=None, classes: list[str] | None = None):
+        """``classes``: another set's class list (``ImageFolder(val, classes=train.classes)``),
+        so both number the classes alike; a class folder not in it is refused by name, a class
+        with no folder here has no sample."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"ImageFolder: {self.root} is not a folder")
-        self.classes = sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not _hidden(p.name)
-        )
-        if not self.classes:
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not _hidden(p.name))
+        if not found:
             raise FileNotFoundError(f"ImageFolder: {self.root} has no class sub-folders")
+        self.classes = found if classes is None else list(classes)
+        unknown = [name for name in found if name not in self.classes]
+        if unknown:
+            raise ValueError(
+                f"ImageFolder: class folder(s) {', '.join(unknown)} under {self.root} are not "
+                f"among the given classes {self.classes}"
+            )
         self.class_to_idx = {name: label for label, name in enumerate(self.classes)}
         # real paths of the root and every class folder: a class's walk enters none of them
-        walled = {os.path.realpath(self.root / name) for name in self.classes}
+        walled = {os.path.realpath(self.root / name) for name in found}
         walled.add(os.path.realpath(self.root))
         self.samples = [
-            (path, label)
-            for label, name in enumerate(self.classes)
+            (path, self.class_to_idx[name])
+            for name in found
             for path in _images_under(self.root / name, walled)
         ]
-        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        empty = sorted(set(found) - {self.classes[label] for _, label in self.samples})
         if empty:
             raise FileNotFoundError(
                 f"ImageFolder: no image in the class folder(s) {', '.join(empty)} under "
