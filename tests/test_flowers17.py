@@ -123,6 +123,17 @@ def test_a_truncated_archive_is_named(tmp_path):
         flowers.load_flowers17(archive, size=8, count=20)
 
 
+def test_a_corrupted_archive_fails_its_gzip_check(tmp_path):
+    # tar stops at its end-of-archive blocks, before the gzip trailer: unless the stream is read to
+    # its end, a CRC that does not match the data is never seen (the pixels differ silently)
+    archive = write_layout(tmp_path, 20)
+    content = bytearray(archive.read_bytes())
+    content[-8] ^= 0xFF  # the trailer's CRC-32 of the uncompressed data
+    archive.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"17flowers\.tgz is truncated or corrupt.*CRC"):
+        flowers.load_flowers17(archive, size=8, count=20)
+
+
 def test_not_found_lists_the_places_and_does_not_download(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDL_DATA", str(tmp_path / "data"))
     with pytest.raises(FileNotFoundError) as err:

@@ -23,6 +23,7 @@ registry); a download must match both.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -31,6 +32,7 @@ import shutil
 import sys
 import tarfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +149,18 @@ def _digests(path: Path) -> tuple[str, str]:
 
 
 # ---- reading -------------------------------------------------------------------------------------
+def _decompressed(path: Path) -> bytes:
+    """The archive's bytes, a gzip stream read to its end: its trailer's CRC-32 and length are
+    checked (tarfile stops at the tar's end blocks, before the trailer, and never checks them)."""
+    content = path.read_bytes()
+    if content[:2] != b"\x1f\x8b":  # not gzip: a plain tar, or bzip2/xz (checked by tarfile)
+        return content
+    try:
+        return gzip.decompress(content)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"flowers17: {path} is truncated or corrupt ({err})") from None
+
+
 def _archive_members(path: Path) -> dict[int, tuple[str, object]]:
     """image index -> (name for errors, a function returning the file's bytes), from the archive
     or folder; names that are not image_NNNN.jpg (files.txt) are skipped."""
@@ -164,7 +178,7 @@ def _archive_members(path: Path) -> dict[int, tuple[str, object]]:
                 add(int(match.group(1)), str(file), file.read_bytes)
         return found
     try:
-        archive = tarfile.open(path, "r:*")
+        archive = tarfile.open(fileobj=io.BytesIO(_decompressed(path)), mode="r:*")
     except (tarfile.TarError, OSError) as err:
         raise ValueError(f"flowers17: {path} is not a readable tar archive ({err})") from None
     with archive:
