@@ -36,6 +36,20 @@ def zeros(*shape, dtype=None, device: str = "cpu", requires_grad: bool = False) 
     return Tensor(np.zeros(shape, dtype=dtype or np.float32), requires_grad, device=device)
 
 
+def from_numpy(array) -> Tensor:
+    """A CPU tensor that shares ``array``'s memory, as ``torch.from_numpy``: a write to either
+    shows in both. ``tensor(array)`` and ``nn.Parameter(array)`` copy it."""
+    import numpy as np
+
+    from minidl import dtypes
+
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a NumPy array, got {type(array).__name__}")
+    if dtypes.kind(array.dtype) not in "biuf":
+        raise TypeError(f"from_numpy: needs booleans, integers or floats, got {array.dtype}")
+    return Tensor._wrap(array, "cpu", False)
+
+
 def randn(*shape, dtype=None, device: str = "cpu", requires_grad: bool = False) -> Tensor:
     """Standard normal values from the global generator (``manual_seed``)."""
     import numpy as np
@@ -58,6 +72,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Tensor",
+    "from_numpy",
     "functional",
     "gradcheck",
     "manual_seed",

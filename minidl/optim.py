@@ -38,6 +38,12 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if len({id(p) for p in self.params}) != len(self.params):
+            # PyTorch warns ("duplicate parameters; in future, this will cause an error") and
+            # steps such a parameter twice per step(); Module.parameters() lists each once.
+            raise ValueError(
+                f"{type(self).__name__}: a parameter appears more than once in the parameter list"
+            )
         if lr < 0:
             raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
         self.lr = float(lr)
@@ -53,6 +59,12 @@ class Optimizer:
             for p, state in zip(self.params, self.state):
                 if p.grad is None:
                     continue
+                if not p.data.flags.c_contiguous:
+                    # the update writes into a flat view of p's array; a copy would be lost
+                    raise RuntimeError(
+                        f"{type(self).__name__}: a parameter of shape {p.shape} is not "
+                        "C-contiguous (was p.data set by hand? use p.copy_(...) under no_grad)"
+                    )
                 if dtypes.is_16bit(p.dtype) and "master" not in state:
                     state["master"] = p.data.astype(np.float32)  # float32 master weights
                 self._update(p, backend.xp(p.device).ascontiguousarray(p.grad.data), state)
@@ -121,7 +133,8 @@ class SGD(Optimizer):
 
     def _step_numpy(self, w, g, v) -> None:
         lr, mu, wd = (w.dtype.type(x) for x in (self.lr, self.momentum, self.weight_decay))
-        w, g, v = w.reshape(-1), g.reshape(-1), v.reshape(-1)
+        # flat views that cannot be copies (reshape would copy a non-contiguous array silently)
+        w, g, v = (_flat_view(a) for a in (w, g, v))
         # In blocks of 64K elements: the temporaries stay in cache instead of making several
         # passes over fc6's 150 MB.
         for start in range(0, w.size, 1 << 16):
@@ -152,6 +165,13 @@ class SGD(Optimizer):
                 cuda.i32(1 if self.rule == "paper" else 0),
             ),
         )
+
+
+def _flat_view(array):
+    """The array as 1-d, sharing its memory; an error where that would need a copy."""
+    if not array.flags.c_contiguous:
+        raise RuntimeError(f"optimizer state of shape {array.shape} is not C-contiguous")
+    return array.reshape(-1)
 
 
 class Adam(Optimizer):

@@ -31,6 +31,7 @@ import numpy as np
 from minidl import backend, dtypes, promotion
 from minidl.autograd import GraphTensor, backward
 from minidl.indexing import dim_index, dim_tuple
+from minidl.inplace import InPlace, OneValue
 from minidl.ops.tensor_ops import (
     Add,
     Cast,
@@ -51,7 +52,7 @@ from minidl.ops.tensor_ops import (
 )
 
 
-class Tensor(GraphTensor):
+class Tensor(InPlace, OneValue, GraphTensor):
     """An n-dimensional array with an optional gradient, on "cpu" or "cuda"."""
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str = "cpu"):
@@ -73,6 +74,9 @@ class Tensor(GraphTensor):
             array = array.astype(promotion.DEFAULT_DTYPE, copy=False)
         if requires_grad and dtypes.kind(array.dtype) != "f":
             raise TypeError(f"requires_grad needs a floating-point dtype, got {array.dtype}")
+        if array is data or not array.flags.c_contiguous:
+            # our own C-contiguous copy, as torch.tensor makes (``from_numpy`` shares an array)
+            array = backend.xp(device).array(array, order="C")
         self.data = array
         self.device = device
         self.requires_grad = bool(requires_grad)
@@ -150,11 +154,6 @@ class Tensor(GraphTensor):
     def numpy(self) -> np.ndarray:
         """The values as a NumPy array (a copy when the tensor is on the GPU)."""
         return backend.to_numpy(self.data)
-
-    def item(self):
-        if self.data.size != 1:
-            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
-        return self.numpy().reshape(()).item()
 
     def tolist(self):
         return self.numpy().tolist()

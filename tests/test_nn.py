@@ -100,3 +100,51 @@ def test_layer_errors():
         nn.Conv2d(3, 8, 3, groups=2)
     with pytest.raises(ValueError, match="odd"):
         nn.LocalResponseNorm(4)
+
+
+# ---- PyTorch habits (issue #21) ------------------------------------------------------------------
+def test_a_layer_used_twice_is_listed_once_first_name_wins_as_torch():
+    torch = pytest.importorskip("torch")
+    layer = nn.Linear(2, 2)
+    model = nn.Sequential(layer, nn.ReLU(), layer)
+    their_layer = torch.nn.Linear(2, 2)
+    theirs = torch.nn.Sequential(their_layer, torch.nn.ReLU(), their_layer)
+    names = [n for n, _ in model.named_parameters()]
+    assert names == [n for n, _ in theirs.named_parameters()] == ["0.weight", "0.bias"]
+    assert len(model.parameters()) == 2
+    assert model.num_parameters() == 6
+    # state_dict keeps both names, as PyTorch's does
+    assert list(model.state_dict()) == list(theirs.state_dict())
+
+
+def test_assigning_a_tensor_over_a_parameter_raises_as_torch():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="as parameter 'weight'"):
+        t = torch.nn.Linear(2, 2)
+        t.weight = t.weight * 2
+    m = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="cannot assign 'Tensor' as parameter 'weight'"):
+        m.weight = m.weight * 2
+    assert [n for n, _ in m.named_parameters()] == ["weight", "bias"]
+
+
+def test_in_place_update_under_no_grad_keeps_the_parameter_and_its_place():
+    m = nn.Linear(2, 3)
+    w = m.weight
+    before = w.numpy().copy()
+    with mdl.no_grad():
+        m.weight *= 0.5
+    assert m.weight is w
+    assert [n for n, _ in m.named_parameters()] == ["weight", "bias"]
+    np.testing.assert_allclose(m.weight.numpy(), before * 0.5)
+
+
+def test_a_hand_written_sgd_step_updates_the_model():
+    m = nn.Linear(2, 1)
+    x = mdl.tensor(np.ones((1, 2), np.float32))
+    m(x).sum().backward()
+    before = m.weight.numpy().copy()
+    with mdl.no_grad():
+        for p in m.parameters():
+            p -= 0.1 * p.grad
+    np.testing.assert_allclose(m.weight.numpy(), before - 0.1)

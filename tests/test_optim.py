@@ -101,3 +101,82 @@ def test_optimizer_state_round_trip():
     fresh.load_state_dict(state)
     assert fresh.lr == 0.1
     np.testing.assert_array_equal(fresh.state[0]["velocity"], opt.state[0]["velocity"])
+
+
+# ---- parameters own their storage (issue #21) ----------------------------------------------------
+def sgd_step_on_square(p, lr=0.1):
+    """One SGD step on sum(p * p): p <- p - lr * 2p."""
+    loss = (p * p).sum()
+    loss.backward()
+    optim.SGD([p], lr=lr).step()
+
+
+def test_sgd_updates_a_parameter_made_from_a_transposed_array_as_torch():
+    torch = pytest.importorskip("torch")
+    p = Parameter(np.ones((3, 4), np.float32).T)
+    sgd_step_on_square(p)
+    expected = torch.nn.Parameter(torch.from_numpy(np.ones((3, 4), np.float32).T))
+    (expected * expected).sum().backward()
+    torch.optim.SGD([expected], lr=0.1).step()
+    np.testing.assert_allclose(p.numpy(), expected.detach().numpy())
+    assert np.allclose(p.numpy(), 0.8)
+
+
+def test_sgd_updates_a_parameter_loaded_from_a_transposed_array():
+    model = mdl.nn.Linear(3, 4, bias=False)
+    model.load_state_dict({"weight": np.ones((3, 4), np.float32).T})
+    sgd_step_on_square(model.weight)
+    assert np.allclose(model.weight.numpy(), 0.8)
+
+
+def test_sgd_refuses_a_parameter_whose_array_is_not_contiguous():
+    p = Parameter(np.ones((3, 4), np.float32))
+    p.grad = mdl.tensor(np.ones((3, 4), np.float32))
+    p.data = np.ones((4, 3), np.float32).T  # set by hand: the step cannot update it in place
+    with pytest.raises(RuntimeError, match="C-contiguous"):
+        optim.SGD([p], lr=0.1).step()
+
+
+def test_tensor_and_parameter_copy_the_callers_array_as_torch_tensor():
+    initial = np.ones((2, 3), np.float32)
+    a, b = Parameter(initial), Parameter(initial)
+    sgd_step_on_square(a)
+    assert np.all(initial == 1.0), "the step wrote into the caller's array"
+    assert np.all(b.numpy() == 1.0), "two parameters made from one array are tied"
+    t = mdl.tensor(initial)
+    initial[0, 0] = 5.0
+    assert t.numpy()[0, 0] == 1.0
+
+
+def test_from_numpy_shares_the_array_as_torch_from_numpy():
+    a = np.zeros(3, np.float32)
+    t = mdl.from_numpy(a)
+    a[0] = 2.0
+    assert t.numpy()[0] == 2.0
+    with mdl.no_grad():
+        t += 1.0
+    np.testing.assert_array_equal(a, [3.0, 1.0, 1.0])
+    assert t.dtype == np.float32 and not t.requires_grad
+    with pytest.raises(TypeError, match="from_numpy"):
+        mdl.from_numpy([1.0, 2.0])
+
+
+def test_an_optimizer_refuses_a_parameter_listed_twice():
+    # PyTorch warns ("duplicate parameters; in future, this will cause an error") and steps it
+    # twice; we refuse.
+    p = Parameter(np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="more than once"):
+        optim.SGD([p, p], lr=0.1)
+    with pytest.raises(ValueError, match="more than once"):
+        optim.Adam([p, Parameter(np.ones(2, np.float32)), p])
+
+
+def test_a_layer_used_twice_is_stepped_once():
+    layer = mdl.nn.Linear(2, 2)
+    model = mdl.nn.Sequential(layer, mdl.nn.ReLU(), layer)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = mdl.tensor(np.ones(p.shape, np.float32))
+    before = layer.bias.numpy().copy()
+    opt.step()
+    np.testing.assert_allclose(layer.bias.numpy(), before - 0.1)

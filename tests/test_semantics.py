@@ -618,3 +618,113 @@ def test_load_state_dict_takes_tensors_as_torch():
     for (_, p), (_, q) in zip(source.named_parameters(), target.named_parameters()):
         np.testing.assert_array_equal(p.numpy(), q.numpy())
         assert p.data is not q.data  # copied, not shared
+
+
+# ---- truth value and Python scalars --------------------------------------------------------------
+@pytest.mark.parametrize("values", [[False], [True], 0.0, 2.5, [[3]]])
+def test_bool_of_a_one_element_tensor_is_its_value_as_torch(values):
+    assert bool(mdl.tensor(values)) == bool(torch.tensor(values))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ([1.0, 2.0], "Boolean value of Tensor with more than one value is ambiguous"),
+        (np.zeros((0,)), "Boolean value of Tensor with no values is ambiguous"),
+    ],
+)
+def test_bool_of_other_tensors_is_ambiguous_as_torch(values, message):
+    for make in (torch.tensor, mdl.tensor):
+        with pytest.raises(RuntimeError, match=message):
+            bool(make(values))
+    a, b = mdl.tensor([1.0, 2.0]), mdl.tensor([1.0, 2.0])
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        bool(a == b)
+
+
+def test_comparing_a_scalar_loss_in_an_if_works_as_torch():
+    loss = (mdl.tensor([0.1, 0.2], requires_grad=True) ** 2).sum()
+    assert loss < 0.5
+    assert not loss > 0.5
+
+
+@pytest.mark.parametrize("convert", [float, int])
+def test_float_and_int_of_one_element_tensors_as_torch(convert):
+    for values in (2.75, [2.75], [[-3.5]], [7]):
+        ours, theirs = convert(mdl.tensor(values)), convert(torch.tensor(values))
+        assert ours == theirs and type(ours) is type(theirs)
+    for make in (torch.tensor, mdl.tensor):
+        with pytest.raises(ValueError, match="only one element tensors can be converted"):
+            convert(make([1.0, 2.0]))
+
+
+def test_format_of_a_0d_tensor_formats_its_value_as_torch():
+    assert f"{mdl.tensor(2.5):.3f}" == f"{torch.tensor(2.5):.3f}" == "2.500"
+    loss = (mdl.tensor([0.5], requires_grad=True) * 3).sum()
+    assert f"loss {loss:.2f}" == "loss 1.50"
+    for make in (torch.tensor, mdl.tensor):
+        with pytest.raises(TypeError, match="unsupported format string"):
+            f"{make([1.0]):.3f}"
+    assert f"{mdl.tensor([1.0])}" == str(mdl.tensor([1.0]))
+
+
+# ---- in-place operators --------------------------------------------------------------------------
+INPLACE = [operator.iadd, operator.isub, operator.imul, operator.itruediv]
+
+
+@pytest.mark.parametrize("op", INPLACE)
+def test_in_place_operators_update_the_array_as_torch(op, device):
+    a = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    b = np.array([0.5, 2.0, -1.0])
+    ours, theirs = mdl.tensor(a, device=device), torch.tensor(a)
+    same = ours
+    ours = op(ours, mdl.tensor(b, device=device))
+    theirs = op(theirs, torch.tensor(b))
+    assert ours is same
+    ours = op(ours, 2)
+    theirs = op(theirs, 2)
+    assert_same(ours.numpy(), theirs.numpy(), op.__name__)
+
+
+def test_in_place_on_a_leaf_that_requires_grad_is_refused_as_torch():
+    message = "a leaf Variable that requires grad is being used in an in-place operation."
+    for make in (torch.tensor, mdl.tensor):
+        w = make([1.0, 2.0], requires_grad=True)
+        for op in INPLACE:
+            with pytest.raises(RuntimeError, match=message):
+                op(w, 2.0)
+        with pytest.raises(RuntimeError, match=message):
+            w.zero_()
+    with mdl.no_grad():
+        w *= 2.0
+    np.testing.assert_allclose(w.numpy(), [2.0, 4.0])
+
+
+def test_in_place_results_that_do_not_fit_are_refused_as_torch():
+    for make in (torch.tensor, mdl.tensor):
+        with pytest.raises(RuntimeError, match="can't be cast to the desired output type"):
+            i = make([1, 2])
+            i += 0.5
+        with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+            x = make([1.0, 2.0])
+            x += make([[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_in_place_on_a_tensor_inside_a_graph_is_refused():
+    y = mdl.tensor([1.0, 2.0], requires_grad=True) * 2
+    with pytest.raises(RuntimeError, match="in-place"):
+        y += 1.0
+
+
+def test_zero_copy_and_fill_as_torch(device):
+    ours = mdl.tensor(np.arange(3.0), device=device)
+    theirs = torch.tensor(np.arange(3.0))
+    assert ours.zero_() is ours
+    theirs.zero_()
+    assert_same(ours.numpy(), theirs.numpy())
+    ours.copy_(mdl.tensor([1.0, 2.0, 3.0], device=device))
+    theirs.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    assert_same(ours.numpy(), theirs.numpy())
+    ours.fill_(4.0)
+    theirs.fill_(4.0)
+    assert_same(ours.numpy(), theirs.numpy())

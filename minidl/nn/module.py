@@ -44,7 +44,15 @@ class Module:
                 )
             buffers[name] = value
             return
-        self._parameters.pop(name, None)
+        if name in self._parameters and not isinstance(value, (Parameter, type(None))):
+            # As PyTorch: ``m.weight = m.weight * 2`` would drop the Parameter without a word (an
+            # in-place ``m.weight *= 2`` under no_grad keeps it).
+            raise TypeError(
+                f"cannot assign '{type(value).__name__}' as parameter '{name}' "
+                "(nn.Parameter or None expected)"
+            )
+        if not (isinstance(value, Parameter) and name in self._parameters):
+            self._parameters.pop(name, None)  # a Parameter replaced by one keeps its place
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
@@ -79,10 +87,16 @@ class Module:
         self._buffers[name] = value
 
     # ---- walking the tree ------------------------------------------------------------------------
-    def named_modules(self, prefix: str = ""):
+    def named_modules(self, prefix: str = "", memo: set | None = None):
+        """(name, module) pairs, this one first; a module reached twice is listed once, under
+        its first name, as in PyTorch."""
+        memo = set() if memo is None else memo
+        if id(self) in memo:
+            return
+        memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name, memo)
 
     def modules(self):
         return [m for _, m in self.named_modules()]
@@ -91,22 +105,17 @@ class Module:
         return list(self._modules.values())
 
     def named_parameters(self, prefix: str = ""):
-        """(name, parameter) pairs: a module's own first (weight before bias), then its children."""
-        for name, p in self._parameters.items():
-            yield (f"{prefix}.{name}" if prefix else name), p
-        for name, child in self._modules.items():
-            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+        """(name, parameter) pairs: a module's own first (weight before bias), then its children.
+        A parameter reached twice (a layer used twice) is listed once, under its first name, as
+        in PyTorch, so an optimizer steps it once."""
+        yield from _unique(self, "_parameters", prefix)
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self, prefix: str = ""):
         """(name, buffer) pairs, in the order of named_parameters; None buffers are skipped."""
-        for name, b in self._buffers.items():
-            if b is not None:
-                yield (f"{prefix}.{name}" if prefix else name), b
-        for name, child in self._modules.items():
-            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+        yield from _unique(self, "_buffers", prefix)
 
     def buffers(self) -> list[Tensor]:
         return [b for _, b in self.named_buffers()]
@@ -149,7 +158,9 @@ class Module:
                     f"the model expects {p.shape}"
                 )
         for name, p in own.items():
-            p.data = backend.move(np.array(state[name], dtype=p.dtype), p.device)
+            # into the tensor's own array (as PyTorch's copy_): it keeps its C-contiguous layout,
+            # dtype and device, and optimizers keep their references
+            p.data[...] = backend.move(np.asarray(state[name]).astype(p.dtype), p.device)
 
     # ---- mode, device, dtype ---------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -249,6 +260,16 @@ class Module:
         if show:
             print(format_summary(rows, self.num_parameters(), input_shape))
         return rows
+
+
+def _unique(module: Module, store: str, prefix: str):
+    """(dotted name, tensor) for every tensor in each module's ``store``, each tensor once."""
+    seen = set()
+    for path, m in module.named_modules(prefix):
+        for name, t in m.__dict__[store].items():
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                yield (f"{path}.{name}" if path else name), t
 
 
 _recording: list | None = None  # set while summary() runs: (leaf module, output) per call

@@ -1,0 +1,121 @@
+"""A Tensor's in-place methods, and its conversion to one Python value (mixed into Tensor).
+
+In place: ``x += y``, ``-=``, ``*=``, ``/=``, ``zero_()``, ``fill_()`` and ``copy_()`` write into
+the tensor's own array, so every holder of the tensor (a Module, an optimizer) sees the new values.
+Without these methods Python would rebind the name to a new tensor, and a Module would lose its
+Parameter. The rules are PyTorch's:
+
+- the result must keep the tensor's shape and dtype (``int_tensor += 0.5`` is refused, as is a
+  result that broadcasts to a larger shape);
+- a leaf that requires grad (a weight) may be changed in place only under ``no_grad()``: outside
+  it, PyTorch's "a leaf Variable that requires grad is being used in an in-place operation.";
+- a tensor made by an op that is recorded for backward is refused too: its array may be saved
+  for the backward pass, and minidl has no version counters to notice the change.
+
+One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tensor of one element
+(``if loss < 0.5:``, ``print(f"{loss:.4f}")``); any other tensor is refused as PyTorch refuses it.
+"""
+
+from __future__ import annotations
+
+from minidl import autograd, backend, dtypes
+from minidl.autograd import no_grad
+
+_CATEGORY = {"b": 0, "i": 1, "u": 1, "f": 2}  # bool < integer < floating point, as in promotion
+
+
+class InPlace:
+    """The in-place operators of Tensor (``self.data`` is written, never rebound)."""
+
+    def _check_in_place(self) -> None:
+        if not autograd.is_grad_enabled():
+            return
+        if self.requires_grad and self._node is None:
+            raise RuntimeError(
+                "a leaf Variable that requires grad is being used in an in-place operation."
+            )
+        if self.requires_grad:
+            raise RuntimeError(
+                "in-place operation on a tensor that is part of a graph: its value may be saved "
+                "for backward (minidl has no version counters); write y = y + 1 instead"
+            )
+
+    def _assign(self, result) -> None:
+        """Write result (a Tensor of the new values) into self's array."""
+        if result.shape != self.shape:
+            raise RuntimeError(
+                f"output with shape {list(self.shape)} doesn't match the broadcast shape "
+                f"{list(result.shape)}"
+            )
+        if _CATEGORY[dtypes.kind(result.dtype)] > _CATEGORY[dtypes.kind(self.dtype)]:
+            raise RuntimeError(
+                f"result type {result.dtype} can't be cast to the desired output type {self.dtype}"
+            )
+        self.data[...] = result.data
+
+    def _in_place(self, op, other):
+        self._check_in_place()
+        with no_grad():
+            self._assign(op(self, other))
+        return self
+
+    def __iadd__(self, other):
+        return self._in_place(type(self).__add__, other)
+
+    def __isub__(self, other):
+        return self._in_place(type(self).__sub__, other)
+
+    def __imul__(self, other):
+        return self._in_place(type(self).__mul__, other)
+
+    def __itruediv__(self, other):
+        return self._in_place(type(self).__truediv__, other)
+
+    def zero_(self):
+        return self.fill_(0)
+
+    def fill_(self, value):
+        self._check_in_place()
+        self.data[...] = value
+        return self
+
+    def copy_(self, source):
+        """Copy source's values (broadcast, cast to self's dtype, moved to self's device)."""
+        self._check_in_place()
+        array = source.data if isinstance(source, autograd.GraphTensor) else source
+        self.data[...] = backend.move(array, self.device)
+        return self
+
+
+class OneValue:
+    """item(), and Python's bool(), float(), int() and format() of a one-element tensor."""
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.numpy().reshape(()).item()
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            amount = "no values" if self.data.size == 0 else "more than one value"
+            raise RuntimeError(f"Boolean value of Tensor with {amount} is ambiguous")
+        return bool(self.item())
+
+    def _one_value(self):
+        if self.data.size != 1:
+            raise ValueError(
+                f"only one element tensors can be converted to Python scalars (shape {self.shape})"
+            )
+        return self.item()
+
+    def __float__(self) -> float:
+        return float(self._one_value())
+
+    def __int__(self) -> int:
+        return int(self._one_value())
+
+    def __format__(self, spec: str) -> str:
+        # As PyTorch: a 0-d tensor formats its value; any other takes only the empty spec.
+        if self.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
