@@ -37,12 +37,14 @@ def add_recipe_flags(parser, epochs, batch_size: int, lr, help: dict | None = No
 
 def add_run_flags(parser, out, workers: int = 2, help: dict | None = None) -> None:
     """The flags of how a run runs, the same in every example: --device, --precision, --out,
-    --resume, --nonfinite, --seed, --workers, --no-progress. ``help``: flag -> its text."""
+    --resume, --overwrite, --nonfinite, --seed, --workers, --no-progress. ``help``: flag -> its
+    text."""
     help = {
         "--device": "cpu or cuda",
         "--precision": PRECISION_HELP,
         "--out": "output folder",
         "--resume": "checkpoint.npz to continue from (docs/checkpoints.md)",
+        "--overwrite": "start a new run in an --out folder that holds a checkpoint, replacing it",
         "--nonfinite": "a step with a NaN/inf loss: stop the run (exit status 1) or skip the step",
         "--seed": "weights, dropout and epoch order",
         "--workers": "data-loading threads",
@@ -55,6 +57,7 @@ def add_run_flags(parser, out, workers: int = 2, help: dict | None = None) -> No
     )
     parser.add_argument("--out", default=out, help=help["--out"])
     parser.add_argument("--resume", default=None, help=help["--resume"])
+    parser.add_argument("--overwrite", action="store_true", help=help["--overwrite"])
     parser.add_argument(
         "--nonfinite", choices=train.NONFINITE, default="stop", help=help["--nonfinite"]
     )
@@ -82,8 +85,10 @@ def precision_mode(args) -> precision.Precision:
 def fit(args, model, train_loader, test_loader, optimizer, scheduler=None, **kwargs) -> list:
     """``train.fit`` with the shared flags (``kwargs``: the example's own, e.g. ``epochs``,
     ``resume_lr``, ``precision``). ``optimizer`` and ``scheduler`` may be factories, built after
-    fit casts the model to the precision. A non-finite step that stops the run ends the program
-    with "error: ..." on stderr and exit status 1, the last checkpoint kept."""
+    fit casts the model to the precision. A non-finite step that stops the run, or an --out
+    folder that cannot be used (it holds a checkpoint, another run holds it, a checkpoint cannot
+    be written), ends the program with "error: ..." on stderr and exit status 1, the last
+    checkpoint kept."""
     kwargs.setdefault("epochs", args.epochs)
     try:
         return train.fit(
@@ -95,11 +100,12 @@ def fit(args, model, train_loader, test_loader, optimizer, scheduler=None, **kwa
             scheduler=scheduler,
             out_dir=args.out,
             resume=args.resume,
+            overwrite=args.overwrite,
             progress=not args.no_progress,
             nonfinite=args.nonfinite,
             **kwargs,
         )
-    except train.NonFiniteLossError as err:
+    except (train.NonFiniteLossError, train.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 

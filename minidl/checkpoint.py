@@ -10,6 +10,7 @@ the checkpoint and the run disagree.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
@@ -82,9 +83,22 @@ def save_checkpoint(
 
 def _write_atomically(path: Path, arrays: dict) -> None:
     """``np.savez`` to a temporary file beside ``path``, synced, then renamed onto ``path``; the
-    folder is synced after the rename. A kill at any moment leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(path)
+    folder is synced after the rename. A kill at any moment leaves the old file or the new one.
+    A write that fails (a full disk, a file-size limit, a read-only folder) raises one
+    CheckpointError naming the file and the reason, the previous checkpoint kept."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(path)
+        _write_and_rename(path, arrays)
+    except OSError as err:
+        kept = "the previous checkpoint there is kept" if path.exists() else "none was there"
+        raise CheckpointError(
+            f"checkpoint {path} could not be written: {_reason(err)}; {kept}"
+        ) from None
+    _fsync_folder(path.parent)  # and the rename itself survives a power cut
+
+
+def _write_and_rename(path: Path, arrays: dict) -> None:
     # One temporary name per process, so two writers never write into the same file.
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -96,7 +110,10 @@ def _write_atomically(path: Path, arrays: dict) -> None:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)  # and the rename itself survives a power cut
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err) or type(err).__name__
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -125,6 +142,69 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # alive, someone else's
         return True
     return True
+
+
+# ---- the run's folder ------------------------------------------------------------------------
+def refuse_overwrite(folder, resume, overwrite: bool) -> None:
+    """A new run (no ``resume``) in a folder that holds a checkpoint would write over it: refused
+    with a CheckpointError naming it, unless ``overwrite``."""
+    checkpoint = Path(folder) / "checkpoint.npz"
+    if resume is None and not overwrite and checkpoint.exists():
+        raise CheckpointError(
+            f"{checkpoint} already exists and a new run would write over it: continue that run "
+            f"with resume={str(checkpoint)!r} (--resume), write to a new folder, or replace it "
+            "with overwrite=True (--overwrite)"
+        )
+
+
+@contextlib.contextmanager
+def run_lock(folder, log=print):
+    """Hold ``folder/run.lock`` while a run writes there, so that two runs never share a folder.
+
+    The lock file is created atomically (O_EXCL) and holds this process's id; creating it is also
+    the check, before epoch 1, that the folder can be written (CheckpointError if not). A lock
+    left by a process that is no longer running is taken over, and ``log`` says so. It is
+    removed when the run ends, normally or by an error."""
+    lock = Path(folder) / "run.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        _take_lock(lock, log)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write to {lock.parent} ({lock}: {_reason(err)}); nothing was trained"
+        ) from None
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _take_lock(lock: Path, log) -> None:
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and _process_alive(owner):
+                raise CheckpointError(
+                    f"{lock.parent} is in use by another run (process {owner} holds {lock}): "
+                    "wait for it to end, or write to another folder"
+                ) from None
+            log(f"{lock}: a stale lock (process {owner} is not running) is taken over")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The process id a lock file holds; None if it holds none (or is gone)."""
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def read_checkpoint(path) -> dict[str, np.ndarray]:

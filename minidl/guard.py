@@ -9,7 +9,9 @@ on the scaled loss, and an inf or NaN *gradient* is the scaler's business: it sk
 halves its scale, and the run goes on (``loss_scale``, ``scaler_skipped_steps`` in the log). A
 non-finite *loss* is the policy's either way. An update that overflows (finite gradients, but
 the weights or the optimizer's buffers now hold inf or NaN: g * g in Adam, a huge lr) cannot be
-undone: it stops the run whatever the policy says.
+undone: it stops the run whatever the policy says. So does a scaler that skips every step: an
+epoch it skipped entirely, or ``SCALER_SKIPS_IN_A_ROW`` (100) steps in a row, learnt nothing, and
+the error names the scale it reached (``GradScaler.MIN_SCALE`` at worst).
 
     guard = StepGuard("skip", scaler)            # one per run: the policy and the scaler
     guard.begin_epoch(epoch, len(loader))        # numbers the steps for the messages
@@ -26,6 +28,7 @@ import math
 import numpy as np
 
 NONFINITE = ("stop", "skip")
+SCALER_SKIPS_IN_A_ROW = 100  # the loss scaler's skips, one after another, that stop a run
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,6 +82,7 @@ class StepGuard:
             raise ValueError(f"{caller}: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         self.nonfinite = nonfinite
         self.scaler = scaler if scaler is not None and scaler.enabled else None
+        self.scaler_skips_in_a_row = 0  # across epochs: the scaler's skips since its last step
         self.begin_epoch(None, 0)
 
     def begin_epoch(self, epoch: int | None, steps: int) -> None:
@@ -123,6 +127,9 @@ class StepGuard:
         else:
             stepped = self.scaler.step(optimizer)
             self.scaler.update()
+            self.scaler_skips_in_a_row = 0 if stepped else self.scaler_skips_in_a_row + 1
+            if self.scaler_skips_in_a_row >= SCALER_SKIPS_IN_A_ROW:
+                self._stop(self._all_scaled_away(f"the last {self.scaler_skips_in_a_row} steps"))
         if stepped and not all_finite(_weights_and_buffers(optimizer)):
             self._stop(
                 f"the update overflowed (loss {self.loss}, lr {optimizer.lr}): the weights or "
@@ -148,7 +155,20 @@ class StepGuard:
         if self.scaler is not None:
             counts["loss_scale"] = self.scaler.get_scale()
             counts["scaler_skipped_steps"] = self.scaler.skipped_steps - self._scaler_skipped_before
+            if counts["scaler_skipped_steps"] == self.step_number - self.skipped:
+                what = self._all_scaled_away(f"all {counts['scaler_skipped_steps']} steps")
+                raise NonFiniteLossError(
+                    f"{self._where()}{what}", self.epoch, self.step_number, self.loss
+                )
         return counts
+
+    def _all_scaled_away(self, steps: str) -> str:
+        """Why a run whose updates the loss scaler skipped, one after another, stops."""
+        return (
+            f"the loss scaler skipped {steps} (a gradient inf or NaN every time, down to loss "
+            f"scale {self.scaler.get_scale():g}); nothing was learnt. Look for inf or NaN in the "
+            "model or the data, lower the learning rate, or train in fp32 or bf16"
+        )
 
     def _where(self) -> str:
         return f"epoch {self.epoch}, " if self.epoch is not None else ""

@@ -148,7 +148,14 @@ class GradScaler:
     divided by 2^16 in float16 would underflow, which is what scaling avoids, so the division is
     handed to the optimizer (``optimizer.grad_scale = 1 / scale``) and done in its float32 step,
     as Chainer does. ``unscale_`` still checks every gradient for inf/NaN.
+
+    A second: the scale never drops below ``MIN_SCALE`` (2^-24, float16's smallest subnormal).
+    PyTorch halves without end, so after about a thousand skips in a row the scale reaches 0 and
+    ``1 / scale`` divides by zero; a scale that low means the gradients overflow by themselves,
+    and ``StepGuard`` stops such a run anyway (``docs/precision.md``).
     """
+
+    MIN_SCALE = 2.0**-24
 
     def __init__(
         self,
@@ -231,7 +238,7 @@ class GradScaler:
             if not self._found_inf:
                 raise RuntimeError("GradScaler.update: no unscale_() or step() since the last one")
             if any(self._found_inf.values()):
-                self._scale *= self.backoff_factor
+                self._scale = max(self._scale * self.backoff_factor, self.MIN_SCALE)
                 self._growth_tracker = 0
             else:
                 self._growth_tracker += 1

@@ -31,6 +31,8 @@ from minidl.checkpoint import (  # noqa: F401 - save/load/read are also train's 
     checkpoint_summary,
     load_checkpoint,
     read_checkpoint,
+    refuse_overwrite,
+    run_lock,
     save_checkpoint,
 )
 from minidl.guard import (  # noqa: F401 - NONFINITE, all_finite: train's public names too
@@ -238,6 +240,7 @@ def fit(
     resume_lr: float | None = None,
     precision=None,
     scaler=None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Train for ``epochs`` epochs in all (counting those in a resumed checkpoint), evaluating
     after each; writes out_dir/{checkpoint.npz, log.csv, curves.png, conv1_filters.png}. Returns
@@ -246,9 +249,13 @@ def fit(
     (NonFiniteLossError), the last checkpoint untouched, unless nonfinite="skip" (minidl/guard.py).
     ``resume_lr`` replaces the checkpoint's learning rate. ``optimizer`` and ``scheduler`` may be
     factories (``params -> optimizer``, ``optimizer -> schedule``), called after the model is cast
-    to ``precision``; ``_setup`` says what ``precision`` and ``scaler`` do."""
+    to ``precision``; ``_setup`` says what ``precision`` and ``scaler`` do. A new run (no
+    ``resume``) refuses an out_dir that holds a checkpoint unless ``overwrite``, and a run holds
+    out_dir/run.lock while it writes there (``docs/checkpoints.md``)."""
     if epochs < 0:
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
+    if out_dir is not None:  # every rank: they all stop here, or none does
+        refuse_overwrite(out_dir, resume, overwrite)
     optimizer, scheduler, precision, guard = _setup(
         model, optimizer, scheduler, precision, scaler, nonfinite
     )
@@ -266,20 +273,11 @@ def fit(
         log(f"nothing to train: {epochs} epochs asked for, {start_epoch} done; nothing written")
         return history
     resumed_rows = len(history)
-    try:  # tf32: TF32 GEMMs while training, restored after; None leaves the setting as it is
-        with precision.matmul_mode() if precision is not None else contextlib.nullcontext():
-            for epoch in range(start_epoch + 1, epochs + 1):
-                history.append(run.epoch(epoch, progress))
-                log(_epoch_line(history[-1]))
-                if out is not None and not run.save(out, history) and epoch == start_epoch + 1:
-                    log(NO_CURVES)  # said once: matplotlib will not appear during the run
-    except NonFiniteLossError as err:
-        raise _stopped(err, out, history) from None
+    with run_lock(out, log) if out is not None else contextlib.nullcontext():
+        run.train(range(start_epoch + 1, epochs + 1), out, history, progress, log)
     skipped = sum(row["skipped_steps"] for row in history[resumed_rows:])
     if skipped:
         log(f"{skipped} steps were skipped for a non-finite loss or gradient")
-    if out is not None:  # the paper's Figure 3
-        save_filter_grid(_first_conv_weight(model), out / "conv1_filters.png")
     return history
 
 
@@ -347,6 +345,22 @@ class _Run(NamedTuple):
             self.scheduler.step(test["top1"])
         return _row(epoch, lr, train, test)
 
+    def train(self, epochs: range, out: Path | None, history: list[dict], progress, log) -> None:
+        """The epochs, each row appended to ``history`` and, with ``out``, saved; then the
+        paper's Figure 3 (conv1's filters), for a model that has a convolution."""
+        try:
+            with _matmul_mode(self.precision):
+                for epoch in epochs:
+                    history.append(self.epoch(epoch, progress))
+                    log(_epoch_line(history[-1]))
+                    if out is not None and not self.save(out, history) and epoch == epochs[0]:
+                        log(NO_CURVES)  # said once: matplotlib will not appear during the run
+        except NonFiniteLossError as err:
+            raise _stopped(err, out, history) from None
+        weight = _first_conv_weight(self.model)
+        if out is not None and weight is not None:
+            save_filter_grid(weight, out / "conv1_filters.png")
+
     def save(self, out: Path, history: list[dict]) -> bool:
         """checkpoint.npz, log.csv and curves.png; False when curves.png needs matplotlib."""
         parts = (self.model, self.optimizer, self.scheduler, self.train_loader)
@@ -356,8 +370,10 @@ class _Run(NamedTuple):
         return plot_curves(history, out / "curves.png")
 
 
-def _first_conv_weight(model) -> np.ndarray:
-    return next(p for name, p in model.named_parameters() if p.ndim == 4).numpy()
+def _first_conv_weight(model) -> np.ndarray | None:
+    """The first 4-D parameter (a convolution's weight); None for a model without one."""
+    weight = next((p for p in model.parameters() if p.ndim == 4), None)
+    return weight.numpy() if weight is not None else None
 
 
 def _stopped(err: NonFiniteLossError, out: Path | None, history: list[dict]):
@@ -371,3 +387,8 @@ def _stopped(err: NonFiniteLossError, out: Path | None, history: list[dict]):
         err.loss,
         history,
     )
+
+
+def _matmul_mode(precision):
+    """tf32: TF32 GEMMs while training, restored after; None leaves the setting as it is."""
+    return precision.matmul_mode() if precision is not None else contextlib.nullcontext()

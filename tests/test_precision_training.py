@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import minidl as mdl
-from minidl import data, dtypes, optim, precision, train
+from minidl import data, dtypes, guard, optim, precision, train
 from tests.helpers import tiny_dataset, tiny_net
 from tests.test_examples import load, small_copy
 
@@ -85,18 +85,18 @@ def test_master_weights_stay_float32_through_fit_and_resume(tmp_path):
 
 
 def test_forced_overflow_skips_halves_and_the_run_goes_on(tmp_path):
-    """At a scale of 2^40 every scaled gradient overflows float16: the scaler skips those steps
-    and halves, the log says so, the run finishes (no NonFiniteLossError) and log.csv has the
-    columns."""
+    """At a scale of 2^22 the first scaled gradients overflow float16: the scaler skips those
+    steps and halves, the log says so, the run finishes (no NonFiniteLossError: some steps of
+    each epoch were applied) and log.csv has the columns."""
     messages = []
-    scaler = precision.GradScaler(init_scale=2.0**40)
+    scaler = precision.GradScaler(init_scale=2.0**22)
     history = fit(
         tiny_setup("fp16"), 2, precision="fp16", scaler=scaler, out_dir=tmp_path,
         log=messages.append,
     )  # fmt: skip
     skipped = history[0]["scaler_skipped_steps"]
     assert skipped >= 1 and scaler.skipped_steps == skipped + history[1]["scaler_skipped_steps"]
-    assert history[0]["loss_scale"] == 2.0**40 * 0.5**skipped
+    assert 1 <= skipped < 4 and history[0]["loss_scale"] == 2.0**22 * 0.5**skipped
     assert history[0]["skipped_steps"] == 0  # not the nonfinite="skip" path
     scale = f"{history[0]['loss_scale']:g}"
     assert any(
@@ -255,3 +255,39 @@ def test_example_refuses_16bit_on_the_cpu(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit, match="GPU only"):  # the image-folder example, the same rule
         load("train_imagefolder").main(["--train", str(tmp_path / "data"), "--precision", "fp16"])
+
+
+def test_an_epoch_the_scaler_skipped_entirely_stops_the_run(tmp_path):
+    """At a scale of 2^100 every step of epoch 1 overflows float16 and is skipped: the run stops,
+    naming the scale it reached, and writes no checkpoint of an epoch that learnt nothing."""
+    scaler = precision.GradScaler(init_scale=2.0**100)
+    with pytest.raises(train.NonFiniteLossError) as info:
+        fit(tiny_setup("fp16"), 2, precision="fp16", scaler=scaler, out_dir=tmp_path)
+    message = str(info.value)
+    assert "epoch 1, the loss scaler skipped all 4 steps" in message
+    assert f"down to loss scale {2.0**96:g}" in message and "nothing was learnt" in message
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_steps_the_scaler_skipped_in_a_row_stop_the_run(monkeypatch):
+    """SCALER_SKIPS_IN_A_ROW skips one after another stop the run inside the epoch (3 here)."""
+    monkeypatch.setattr(guard, "SCALER_SKIPS_IN_A_ROW", 3)
+    scaler = precision.GradScaler(init_scale=2.0**100)
+    with pytest.raises(train.NonFiniteLossError) as info:
+        fit(tiny_setup("fp16"), 1, precision="fp16", scaler=scaler)
+    assert "epoch 1, step 3 of 4: the loss scaler skipped the last 3 steps" in str(info.value)
+    assert f"loss scale {2.0**97:g}" in str(info.value)
+
+
+def test_the_scale_stops_at_its_floor():
+    """A thousand and more skips in a row: the scale stops at GradScaler.MIN_SCALE (2^-24)
+    instead of reaching 0, where 1 / scale divided by zero."""
+    weight = mdl.tensor(np.ones(2, np.float32), requires_grad=True)
+    opt = optim.SGD([weight], lr=0.1)
+    scaler = precision.GradScaler()
+    for _ in range(1200):
+        weight.grad = mdl.tensor(np.array([np.inf, 0.0], np.float32))
+        assert not scaler.step(opt)
+        scaler.update()
+    assert scaler.get_scale() == precision.GradScaler.MIN_SCALE == 2.0**-24
+    assert np.array_equal(weight.numpy(), [1.0, 1.0])
