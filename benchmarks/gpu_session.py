@@ -13,9 +13,10 @@ Fashion-MNIST ``*-ubyte.gz`` files (``/usr/share/datasets/fashion-mnist/`` on a 
                  (fp32 with every op alone too; tf32, fp16, bf16 the whole network)
     train-*      AlexNet at 224x224 on Fashion-MNIST, fp16 and bf16: one epoch on 12,800 images
 
-Each step writes ``OUT/<step>.log`` (a rerun into the same OUT writes over it) (and its JSON beside it); ``OUT/summary.json`` holds every
-step's exit status and seconds. A failed step does not stop the others; the exit status is 1 if
-any failed. Expected: about 6 minutes on one H100 (the time limits below add up to 14).
+Each step writes ``OUT/<step>.log`` (and its JSON beside it; a rerun into the same OUT writes
+over them); ``OUT/summary.json`` holds every step's exit status and seconds. A failed step
+does not stop the others; the exit status is 1 if any failed. Expected: about 6 minutes on one
+H100 (the time limits below add up to 14).
 ``--quick`` runs the same steps at toy sizes (the kernel emulator in the tests, a minute or two).
 """
 
