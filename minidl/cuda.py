@@ -35,6 +35,7 @@ from minidl.kernel_source import (  # noqa: F401
     kernel_parameters,
     kernel_types,
     name_expressions,
+    parameter_type,
 )
 
 THREADS = 256  # threads per block for element-wise kernels (grid-stride loops)
@@ -57,6 +58,21 @@ _override_dir: Path | None = None
 _default_dir: Path | None = None
 _modules: dict = {}
 _module_types: dict = {}  # id(compiled module) -> (its C types, its kernels' parameters)
+_signatures: dict = {}  # (id(module), kernel, dtype) -> each parameter's (text, dtype, pointer)
+
+# the NumPy dtype of each fixed C type a parameter may have (T and acc_t<T> follow the launch's
+# dtype); a parameter of another type is not checked
+FIXED_CTYPES = {
+    "int": np.int32,
+    "unsigned int": np.uint32,
+    "long long": np.int64,
+    "unsigned long long": np.uint64,
+    "float": np.float32,
+    "double": np.float64,
+}
+MAX_THREADS_PER_BLOCK = 1024  # every GPU since compute capability 2.0
+MAX_BLOCK = (1024, 1024, 64)
+MAX_GRID = (2**31 - 1, 65535, 65535)
 
 
 # ---- where the sources are -----------------------------------------------------------------------
@@ -218,11 +234,72 @@ def launch(file: str | Path, kernel: str, dtype, grid, block, args) -> None:
             f"{kernel} ({file}): no kernel instance for dtype {np.dtype(dtype)}; it is compiled "
             f"for {', '.join(CTYPE_NAMES[t] for t in types)}"
         )
+    if expected is not None:
+        _check_arguments(module, file, kernel, dtype, expected, args)
+    _check_launch_shape(file, kernel, grid, block)
     name = f"{kernel}<{ctype}>"
     if backend.emulating():
         module.launch(name, tuple(grid), tuple(block), tuple(args))
     else:
         module.get_function(name)(tuple(grid), tuple(block), tuple(args))
+
+
+def _signature(module, kernel: str, dtype, parameters: list[str]) -> list[tuple]:
+    """Each parameter's (text, the dtype its argument must have or None, whether it is a
+    pointer) for ``kernel<dtype>``: parsed once per module, kernel and dtype."""
+    key = (id(module), kernel, np.dtype(dtype))
+    if key not in _signatures:
+        types = {"T": np.dtype(dtype), "acc_t<T>": dtypes.compute_dtype(dtype)}
+        types.update({c: np.dtype(t) for c, t in FIXED_CTYPES.items()})
+        _signatures[key] = [
+            (p, types.get(parameter_type(p)[0]), parameter_type(p)[1]) for p in parameters
+        ]
+    return _signatures[key]
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.generic):
+        return f"a NumPy {value.dtype} scalar"
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"a {value.dtype} array"
+    return f"a Python {type(value).__name__}"
+
+
+def _check_arguments(module, file, kernel: str, dtype, parameters: list[str], args) -> None:
+    """Refuse, before launching, an argument whose C type is not its parameter's: a GPU would
+    read its bytes as the wrong type (a float64 array as floats, an int64 as an int)."""
+    for position, (arg, (text, want, pointer)) in enumerate(
+        zip(args, _signature(module, kernel, dtype, parameters))
+    ):
+        is_array = hasattr(arg, "shape") and not isinstance(arg, np.generic)
+        if pointer:
+            ok = is_array and (want is None or arg.dtype == want)
+            expected = "an array" if want is None else f"a {want} array"
+        else:
+            ok = isinstance(arg, np.generic) and (want is None or arg.dtype == want)
+            expected = "a NumPy scalar" if want is None else f"a NumPy {want} scalar"
+        if not ok:
+            raise TypeError(
+                f"{kernel} ({file}): argument {position} '{text}' (T = {np.dtype(dtype)}) "
+                f"expects {expected}, got {_describe(arg)}"
+            )
+
+
+def _check_launch_shape(file, kernel: str, grid, block) -> None:
+    """Refuse what a GPU refuses (the emulator would run it): a zero or negative dimension,
+    more than 1024 threads a block, a block or grid dimension past its limit."""
+    grid, block = tuple(grid), tuple(block)
+    problem = None
+    if not 1 <= len(grid) <= 3 or not 1 <= len(block) <= 3:
+        problem = "grid and block take 1 to 3 dimensions"
+    elif min(grid + block) < 1:
+        problem = "every grid and block dimension must be at least 1"
+    elif int(np.prod(block)) > MAX_THREADS_PER_BLOCK:
+        problem = f"a block holds at most {MAX_THREADS_PER_BLOCK} threads"
+    elif any(b > m for b, m in zip(block, MAX_BLOCK)) or any(g > m for g, m in zip(grid, MAX_GRID)):
+        problem = f"limits: block {MAX_BLOCK}, grid {MAX_GRID}"
+    if problem:
+        raise ValueError(f"{kernel} ({file}): cannot launch grid {grid} x block {block}: {problem}")
 
 
 class KernelModule:

@@ -36,6 +36,14 @@ def kernel_parameters(source: str) -> dict[str, list[str]]:
             for name, params in found}  # fmt: skip
 
 
+def parameter_type(parameter: str) -> tuple[str, bool]:
+    """A parameter's base C type and whether it is a pointer: "const T* x" -> ("T", True),
+    "acc_t<T> alpha" -> ("acc_t<T>", False), "long long n" -> ("long long", False)."""
+    words = parameter.replace("*", " * ").split()[:-1]  # the last word is the name
+    base = " ".join(w for w in words if w not in ("const", "*", "__restrict__"))
+    return base, "*" in words
+
+
 def kernel_types(source: str) -> tuple[str, ...]:
     """The element types a file's kernels are instantiated for: its ``// minidl-types: ...`` line
     (see kernels/common.cuh), or float and double for a file that has none."""

@@ -136,3 +136,50 @@ def test_a_barrier_inside_a_device_helper_runs_as_fibers(tmp_path, monkeypatch):
         "block_sum", np.float64, (1,), (64,), (x, out)
     )
     assert out[0] == x.sum()
+
+
+def _good_args(dtype=np.float32):
+    x = np.linspace(-1, 1, 8).astype(dtype)
+    return [x, np.zeros_like(x), cuda.i64(x.size), *cuda.real(dtype, 2.0)]
+
+
+@pytest.mark.parametrize("position, value, message", [
+    (0, np.zeros(8, np.float64), r"argument 0 'const T\* x' \(T = float32\) expects a float32 "
+                                 r"array, got a float64 array"),
+    (1, np.float32(0), r"argument 1 'T\* y' .* expects a float32 array, got a NumPy float32 "
+                       r"scalar"),
+    (2, np.int32(8), r"argument 2 'long long total' .* expects a NumPy int64 scalar, got a NumPy "
+                     r"int32 scalar"),
+    (2, 8, r"argument 2 'long long total' .* got a Python int"),
+    (3, np.int64(2), r"argument 3 'T scale' .* expects a NumPy float32 scalar, got a NumPy int64"),
+    (3, np.float64(2), r"argument 3 'T scale' .* expects a NumPy float32 scalar, got .* float64"),
+], ids=["float64-array-as-T*", "scalar-as-pointer", "int32-as-long-long", "python-int",
+        "numpy-int-as-T", "float64-as-T"])  # fmt: skip
+def test_arguments_are_checked_against_the_parameter_types(
+    user_folder, monkeypatch, position, value, message
+):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    module = cuda.load_module(user_folder / "my_op.cu")
+    args = _good_args()
+    args[position] = value
+    with pytest.raises(TypeError, match=r"scaled_exp \(.*my_op\.cu\): " + message):
+        module.launch("scaled_exp", np.float32, (1,), (32,), tuple(args))
+    assert not args[1].any()  # refused before anything ran
+    module.launch("scaled_exp", np.float32, (1,), (32,), tuple(_good_args()))  # the right ones run
+
+
+@pytest.mark.parametrize("grid, block, message", [
+    ((1,), (1025,), "a block holds at most 1024 threads"),
+    ((1,), (32, 32, 2), "a block holds at most 1024 threads"),
+    ((0,), (32,), "at least 1"),
+    ((1,), (0,), "at least 1"),
+    ((1, 65536), (32,), "limits"),
+    ((1,), (1, 1, 65), "limits"),
+])  # fmt: skip
+def test_a_launch_a_gpu_refuses_is_refused_under_the_emulator(
+    user_folder, monkeypatch, grid, block, message
+):
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    module = cuda.load_module(user_folder / "my_op.cu")
+    with pytest.raises(ValueError, match=r"scaled_exp \(.*\): cannot launch grid .*" + message):
+        module.launch("scaled_exp", np.float32, grid, block, tuple(_good_args()))

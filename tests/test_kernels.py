@@ -331,3 +331,14 @@ def test_a_launch_with_the_wrong_number_of_arguments_is_refused_by_name(monkeypa
     args = (x, np.empty_like(x), cuda.i64(4), np.uint32(1), np.uint32(2), np.uint32(3))
     with pytest.raises(TypeError, match=r"dropout_apply \(dropout\): takes 8 arguments"):
         cuda.launch("dropout", "dropout_apply", np.float32, (1,), (32,), (*args, np.float32(2)))
+
+
+def test_every_parameter_type_of_our_kernels_is_checked_at_launch():
+    """cuda.launch checks each argument against its parameter's C type; a type it does not know
+    is not checked, so none of ours may have one."""
+    known = {"T", "acc_t<T>", *cuda.FIXED_CTYPES}
+    for path in sorted(cuda.kernel_dir().glob("*.cu")):
+        for kernel, parameters in cuda.kernel_parameters(path.read_text()).items():
+            for parameter in parameters:
+                base = cuda.parameter_type(parameter)[0]
+                assert base in known, f"{path.name}: {kernel}'s '{parameter}'"
