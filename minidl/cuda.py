@@ -247,7 +247,7 @@ def launch(file: str | Path, kernel: str, dtype, grid, block, args) -> None:
 def _signature(module, kernel: str, dtype, parameters: list[str]) -> list[tuple]:
     """Each parameter's (text, the dtype its argument must have or None, whether it is a
     pointer) for ``kernel<dtype>``: parsed once per module, kernel and dtype."""
-    key = (id(module), kernel, np.dtype(dtype))
+    key = (id(module), kernel, dtype)
     if key not in _signatures:
         types = {"T": np.dtype(dtype), "acc_t<T>": dtypes.compute_dtype(dtype)}
         types.update({c: np.dtype(t) for c, t in FIXED_CTYPES.items()})
@@ -267,22 +267,24 @@ def _describe(value) -> str:
 
 def _check_arguments(module, file, kernel: str, dtype, parameters: list[str], args) -> None:
     """Refuse, before launching, an argument whose C type is not its parameter's: a GPU would
-    read its bytes as the wrong type (a float64 array as floats, an int64 as an int)."""
+    read its bytes as the wrong type (a float64 array as floats, an int64 as an int). A few
+    microseconds a launch: the signature is cached, and NumPy's dtypes compare by identity."""
     for position, (arg, (text, want, pointer)) in enumerate(
         zip(args, _signature(module, kernel, dtype, parameters))
     ):
-        is_array = hasattr(arg, "shape") and not isinstance(arg, np.generic)
+        got = getattr(arg, "dtype", None)
+        is_scalar = isinstance(arg, np.generic)
+        kind_ok = got is not None and is_scalar != pointer  # an array for a pointer, else a scalar
+        if kind_ok and (want is None or got is want or got == want):
+            continue
         if pointer:
-            ok = is_array and (want is None or arg.dtype == want)
             expected = "an array" if want is None else f"a {want} array"
         else:
-            ok = isinstance(arg, np.generic) and (want is None or arg.dtype == want)
             expected = "a NumPy scalar" if want is None else f"a NumPy {want} scalar"
-        if not ok:
-            raise TypeError(
-                f"{kernel} ({file}): argument {position} '{text}' (T = {np.dtype(dtype)}) "
-                f"expects {expected}, got {_describe(arg)}"
-            )
+        raise TypeError(
+            f"{kernel} ({file}): argument {position} '{text}' (T = {np.dtype(dtype)}) "
+            f"expects {expected}, got {_describe(arg)}"
+        )
 
 
 def _check_launch_shape(file, kernel: str, grid, block) -> None:
