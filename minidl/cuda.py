@@ -59,6 +59,7 @@ _default_dir: Path | None = None
 _modules: dict = {}
 _module_types: dict = {}  # id(compiled module) -> (its C types, its kernels' parameters)
 _signatures: dict = {}  # (id(module), kernel, dtype) -> each parameter's (text, dtype, pointer)
+_good_shapes: set = set()  # (grid, block) pairs _check_launch_shape has passed
 
 # the NumPy dtype of each fixed C type a parameter may have (T and acc_t<T> follow the launch's
 # dtype); a parameter of another type is not checked
@@ -289,8 +290,11 @@ def _check_arguments(module, file, kernel: str, dtype, parameters: list[str], ar
 
 def _check_launch_shape(file, kernel: str, grid, block) -> None:
     """Refuse what a GPU refuses (the emulator would run it): a zero or negative dimension,
-    more than 1024 threads a block, a block or grid dimension past its limit."""
+    more than 1024 threads a block, a block or grid dimension past its limit. A shape that
+    passed once is remembered: a training step repeats a few shapes, so this is a set lookup."""
     grid, block = tuple(grid), tuple(block)
+    if (grid, block) in _good_shapes:
+        return
     problem = None
     if not 1 <= len(grid) <= 3 or not 1 <= len(block) <= 3:
         problem = "grid and block take 1 to 3 dimensions"
@@ -302,6 +306,7 @@ def _check_launch_shape(file, kernel: str, grid, block) -> None:
         problem = f"limits: block {MAX_BLOCK}, grid {MAX_GRID}"
     if problem:
         raise ValueError(f"{kernel} ({file}): cannot launch grid {grid} x block {block}: {problem}")
+    _good_shapes.add((grid, block))
 
 
 class KernelModule:
