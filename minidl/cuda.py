@@ -26,11 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from minidl import backend, dtypes
-
-# the parsing lives below the loader and the emulator; its names stay part of the loader's API
-from minidl.kernel_source import (  # noqa: F401
+from minidl.kernel_source import (
     CTYPE_NAMES,
-    DEFAULT_TYPES,
     kernel_names,
     kernel_parameters,
     kernel_types,

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from minidl import cuda
+from minidl import cuda, kernel_source
 from tests.test_kernels import nvrtc_or_skip
 
 # A user's kernel: includes our common.cuh (FOR_EACH_INDEX, real_exp) and a header of its own.
@@ -65,7 +65,7 @@ def test_user_kernel_compiles_with_nvrtc_and_our_options(user_folder):
     source = SOURCE
     program = nvrtc.createProgram(source, "my_op.cu", [], [])
     try:
-        for expression in cuda.name_expressions(source):
+        for expression in kernel_source.name_expressions(source):
             nvrtc.addNameExpression(program, expression)
         options = ["--gpu-architecture=compute_75"]
         options += cuda.compile_options(user_folder, cuda.kernel_dir())

@@ -9,7 +9,7 @@ import pytest
 
 import minidl as mdl
 import minidl.functional as F
-from minidl import cuda, optim
+from minidl import cuda, kernel_source, optim
 from tests.helpers import distinct, forward_backward, random
 
 KERNEL_FILES = sorted(p.name for p in cuda.kernel_dir().glob("*.cu"))
@@ -68,7 +68,7 @@ def nvrtc_compile(name: str, arch: str, expressions: list[str]) -> None:
 @pytest.mark.parametrize("arch", cuda.ARCHITECTURES)
 @pytest.mark.parametrize("name", KERNEL_FILES)
 def test_nvrtc_compiles(name, arch):
-    expressions = cuda.name_expressions((cuda.kernel_dir() / name).read_text())
+    expressions = kernel_source.name_expressions((cuda.kernel_dir() / name).read_text())
     assert expressions, f"{name} defines no template <typename T> __global__ kernels"
     nvrtc_compile(name, arch, expressions)
 
@@ -326,7 +326,9 @@ def test_a_launch_with_the_wrong_number_of_arguments_is_refused_by_name(monkeypa
     monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
     for path in sorted(cuda.kernel_dir().glob("*.cu")):
         source = path.read_text()
-        assert set(cuda.kernel_parameters(source)) == set(cuda.kernel_names(source)), path.name
+        assert set(kernel_source.kernel_parameters(source)) == set(
+            kernel_source.kernel_names(source)
+        ), path.name
     x = np.ones(4, np.float32)
     args = (x, np.empty_like(x), cuda.i64(4), np.uint32(1), np.uint32(2), np.uint32(3))
     with pytest.raises(TypeError, match=r"dropout_apply \(dropout\): takes 8 arguments"):
@@ -338,7 +340,7 @@ def test_every_parameter_type_of_our_kernels_is_checked_at_launch():
     is not checked, so none of ours may have one."""
     known = {"T", "acc_t<T>", *cuda.FIXED_CTYPES}
     for path in sorted(cuda.kernel_dir().glob("*.cu")):
-        for kernel, parameters in cuda.kernel_parameters(path.read_text()).items():
+        for kernel, parameters in kernel_source.kernel_parameters(path.read_text()).items():
             for parameter in parameters:
-                base = cuda.parameter_type(parameter)[0]
+                base = kernel_source.parameter_type(parameter)[0]
                 assert base in known, f"{path.name}: {kernel}'s '{parameter}'"

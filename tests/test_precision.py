@@ -10,7 +10,7 @@ import pytest
 
 import minidl as mdl
 import minidl.functional as F
-from minidl import backend, cuda, dtypes, emulator, optim, precision
+from minidl import backend, cuda, dtypes, emulator, kernel_source, optim, precision
 from minidl.ops import activation, batchnorm, conv, dropout, loss, lrn, pool, reduce
 from minidl.ops.window import Window2d
 
@@ -235,15 +235,15 @@ def test_converted_files_declare_16bit_instantiations():
     """tests/test_kernels.py compiles every name expression with NVRTC for each architecture;
     these files' expressions must include the 16-bit ones."""
     for name in CONVERTED:
-        expressions = cuda.name_expressions((cuda.kernel_dir() / name).read_text())
+        expressions = kernel_source.name_expressions((cuda.kernel_dir() / name).read_text())
         for ctype in ("float", "double", "__half", "__nv_bfloat16"):
             assert any(e.endswith(f"<{ctype}>") for e in expressions), (name, ctype)
-    assert cuda.kernel_types("template <typename T> __global__ void f(T* x) {}") == (
+    assert kernel_source.kernel_types("template <typename T> __global__ void f(T* x) {}") == (
         "float",
         "double",
     )
     with pytest.raises(ValueError, match="unknown"):
-        cuda.kernel_types("// minidl-types: float half\n")
+        kernel_source.kernel_types("// minidl-types: float half\n")
 
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
@@ -252,7 +252,7 @@ def test_nvrtc_compiles_16bit_kernels(arch):
 
     for name in CONVERTED:
         source = (cuda.kernel_dir() / name).read_text()
-        nvrtc_compile(name, arch, [e for e in cuda.name_expressions(source) if "<__" in e])
+        nvrtc_compile(name, arch, [e for e in kernel_source.name_expressions(source) if "<__" in e])
 
 
 # ---- every 16-bit kernel against the NumPy path --------------------------------------------------
