@@ -18,10 +18,8 @@ One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tenso
 
 from __future__ import annotations
 
-from minidl import autograd, backend, dtypes
+from minidl import autograd, backend, promotion
 from minidl.autograd import no_grad
-
-_CATEGORY = {"b": 0, "i": 1, "u": 1, "f": 2}  # bool < integer < floating point, as in promotion
 
 
 class InPlace:
@@ -47,7 +45,7 @@ class InPlace:
                 f"output with shape {list(self.shape)} doesn't match the broadcast shape "
                 f"{list(result.shape)}"
             )
-        if _CATEGORY[dtypes.kind(result.dtype)] > _CATEGORY[dtypes.kind(self.dtype)]:
+        if promotion.category(result.dtype) > promotion.category(self.dtype):
             raise RuntimeError(
                 f"result type {result.dtype} can't be cast to the desired output type {self.dtype}"
             )

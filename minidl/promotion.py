@@ -30,7 +30,8 @@ _CATEGORY = {"b": _BOOL, "u": _INT, "i": _INT, "f": _FLOAT}
 _DEFAULT_OF_CATEGORY = {_INT: np.dtype(np.int64), _FLOAT: DEFAULT_DTYPE}
 
 
-def _category(dtype) -> int:
+def category(dtype) -> int:
+    """A dtype's category: 0 bool, 1 integer, 2 floating point (bfloat16 included)."""
     return _CATEGORY[dtypes.kind(dtype)]
 
 
@@ -51,7 +52,7 @@ def tensor_dtypes(mine, theirs) -> tuple[np.dtype, np.dtype]:
     the float's dtype; anything else is left as it is (the op refuses two float dtypes)."""
     if mine == theirs:
         return mine, theirs
-    a, b = _category(mine), _category(theirs)
+    a, b = category(mine), category(theirs)
     if a == _FLOAT and b < _FLOAT:
         return mine, mine
     if b == _FLOAT and a < _FLOAT:
@@ -67,9 +68,9 @@ def constant_operand(mine, other, device: str) -> tuple[np.dtype, object]:
         dtype = dtypes.float32 if dtypes.is_16bit(mine) else mine
         return mine, xp.asarray(other, dtype=dtype)
     if isinstance(other, numbers.Number):
-        category = _scalar_category(other)
-        if category > _category(mine):
-            mine = _DEFAULT_OF_CATEGORY[category]
+        kind = _scalar_category(other)
+        if kind > category(mine):
+            mine = _DEFAULT_OF_CATEGORY[kind]
         if dtypes.is_16bit(mine):
             return mine, xp.asarray(other, dtype=np.float32)
         # astype after asarray: a negative int wraps into an unsigned dtype, as in PyTorch
@@ -80,8 +81,8 @@ def constant_operand(mine, other, device: str) -> tuple[np.dtype, object]:
         raise TypeError(f"an operand must be booleans, integers or floats, got {value.dtype}")
     if value.dtype.kind == "f" and not hasattr(other, "dtype"):
         value = value.astype(DEFAULT_DTYPE)  # Python floats in a list are float32, as tensor()
-    if _category(value.dtype) > _category(mine):
-        mine = _DEFAULT_OF_CATEGORY[_category(value.dtype)]
+    if category(value.dtype) > category(mine):
+        mine = _DEFAULT_OF_CATEGORY[category(value.dtype)]
     return mine, value.astype(mine, copy=False)
 
 
