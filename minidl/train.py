@@ -48,6 +48,12 @@ from minidl.tensor import Tensor
 NO_CURVES = "curves.png not written: matplotlib is missing (pip install 'minidl[plot]')"
 
 
+def _batch_tensor(x, device: str) -> Tensor:
+    """A batch from the loader as a tensor on ``device``, without a second copy on the CPU: the
+    model only reads it (``Tensor(x)`` would copy, as ``torch.tensor`` does)."""
+    return Tensor._wrap(backend.move(x, device), device, False)
+
+
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
@@ -116,7 +122,7 @@ def train_epoch(
     bar = _progress(loader, len(loader), desc, progress)
     for batch in bar:
         x, y = batch
-        x = Tensor(x, device=device)
+        x = _batch_tensor(x, device)
         x = precision.cast_input(x) if precision is not None else x
         # data parallel: dropout counts from where this rank's part of the global batch starts
         Dropout.place(model, getattr(batch, "first", 0))  # a plain (x, y) pair: one process
@@ -161,7 +167,7 @@ def evaluate(model, loader, device: str = "cpu", progress: bool = False, precisi
             if x.ndim == 5:
                 crops = x.shape[1]
                 x = x.reshape(-1, *x.shape[2:])
-            x = Tensor(x, device=device)
+            x = _batch_tensor(x, device)
             logits = model(precision.cast_input(x) if precision is not None else x)
             logits = mdl_precision.Precision.loss_input(logits)
             probs = F.softmax(logits, dim=1).numpy().reshape(len(y), crops, -1).mean(axis=1)
