@@ -30,6 +30,8 @@ DISTRIBUTIONS = {
     "mpi4py": ("mpi4py",),
     "matplotlib": ("matplotlib",),
     "torch": ("torch",),  # minidl.testing's oracle, imported inside its functions
+    "onnx": ("onnx",),  # minidl.onnx, the onnx extra
+    "threadpoolctl": ("threadpoolctl",),  # minidl.threads: BLAS's threads and ours as one budget
 }
 
 
@@ -92,6 +94,19 @@ def test_the_declared_dependencies_include_what_minidl_needs_to_import():
     assert {"numpy", "pillow", "tqdm", "ml-dtypes"} <= dependencies, dependencies
 
 
+def test_a_plain_install_carries_every_subpackage():
+    """A folder of minidl with an __init__.py that setuptools does not list is missing from a
+    wheel: `python -m minidl.check` or `import minidl.onnx` would fail after `pip install .`."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    folders = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "minidl").rglob("__init__.py")
+    }
+    assert folders <= listed, f"add to [tool.setuptools] packages: {sorted(folders - listed)}"
+
+
 # What the README's test command installs, so that no test skips for want of it in CI.
 TEST_MODULES = {
     "torch": "torch==2.13.0 (the oracle)",
@@ -102,6 +117,8 @@ TEST_MODULES = {
     "ipykernel": "the notebooks extra",
     "matplotlib": "the test and plot extras",
     "cupy": "the nvrtc extra",
+    "onnx": "the test extra",
+    "onnxruntime": "the test extra (the ONNX oracle)",
 }
 
 
