@@ -15,6 +15,8 @@ checkout as ``python examples/train_fashion_mnist.py`` and when loaded by file p
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,13 +28,52 @@ from minidl import precision, train  # noqa: E402
 PRECISION_HELP = "fp32, tf32, fp16 with loss scaling, or bf16 (GPU only; docs/precision.md)"
 
 
+def integer(minimum: int):
+    """An argparse ``type``: a whole number >= ``minimum``. Python's own ``int`` takes any
+    integer, so ``--limit -5`` would slice from the end and ``--batch-size 0`` would fail deep in
+    the loader; this refuses them when the command line is read, naming the flag."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError becomes argparse's "invalid integer value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(minimum: float | None = None, above: float | None = None, below: float | None = None):
+    """An argparse ``type``: a finite float with bounds (``minimum`` <= x, ``above`` < x, x <
+    ``below``). Python's ``float`` takes "nan" and "inf": ``--lr nan`` would train on NaN and
+    blame the rate later."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        for bound, fails, says in (
+            (minimum, lambda b: value < b, ">="),
+            (above, lambda b: value <= b, ">"),
+            (below, lambda b: value >= b, "<"),
+        ):
+            if bound is not None and fails(bound):
+                raise argparse.ArgumentTypeError(f"must be {says} {bound}, got {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 def add_recipe_flags(parser, epochs, batch_size: int, lr, help: dict | None = None) -> None:
     """--epochs, --batch-size and --lr with an example's defaults; ``help``: flag -> its text
     (the recipe each default comes from)."""
     help = help or {}
-    parser.add_argument("--epochs", type=int, default=epochs, help=help.get("--epochs"))
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=help.get("--batch-size"))
-    parser.add_argument("--lr", type=float, default=lr, help=help.get("--lr"))
+    parser.add_argument("--epochs", type=integer(0), default=epochs, help=help.get("--epochs"))
+    parser.add_argument(
+        "--batch-size", type=integer(1), default=batch_size, help=help.get("--batch-size")
+    )
+    parser.add_argument("--lr", type=number(above=0), default=lr, help=help.get("--lr"))
 
 
 def add_run_flags(parser, out, workers: int = 2, help: dict | None = None) -> None:
@@ -61,8 +102,8 @@ def add_run_flags(parser, out, workers: int = 2, help: dict | None = None) -> No
     parser.add_argument(
         "--nonfinite", choices=train.NONFINITE, default="stop", help=help["--nonfinite"]
     )
-    parser.add_argument("--seed", type=int, default=0, help=help["--seed"])
-    parser.add_argument("--workers", type=int, default=workers, help=help["--workers"])
+    parser.add_argument("--seed", type=integer(0), default=0, help=help["--seed"])
+    parser.add_argument("--workers", type=integer(0), default=workers, help=help["--workers"])
     parser.add_argument("--no-progress", action="store_true", help=help["--no-progress"])
 
 

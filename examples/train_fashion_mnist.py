@@ -48,7 +48,10 @@ def parse_args(argv=None):
         help="small net only: the paper's LRN (default) or BatchNorm2d in its place",
     )
     p.add_argument(
-        "--size", type=int, default=None, help="input side (default 28 small, 224 alexnet)"
+        "--size",
+        type=common.integer(1),
+        default=None,
+        help="input side (default 28 small, 224 alexnet)",
     )
     common.add_recipe_flags(
         p,
@@ -66,11 +69,22 @@ def parse_args(argv=None):
         default=None,
         help="default adam for small (converges in few epochs), sgd for alexnet (D2L)",
     )
-    p.add_argument("--momentum", type=float, default=None, help="default 0.9; 0 for alexnet (D2L)")
-    p.add_argument("--weight-decay", type=float, default=None, help="default 0 (sgd: 5e-4 paper)")
+    p.add_argument(
+        "--momentum", type=common.number(0), default=None, help="default 0.9; 0 for alexnet (D2L)"
+    )
+    p.add_argument(
+        "--weight-decay", type=common.number(0), default=None, help="default 0 (sgd: 5e-4 paper)"
+    )
     p.add_argument("--init", default=None, help="paper, caffe or kaiming")
-    p.add_argument("--dropout", type=float, default=None, help="default 0.3 small, 0.5 alexnet")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument(
+        "--dropout",
+        type=common.number(0, below=1),
+        default=None,
+        help="default 0.3 small, 0.5 alexnet",
+    )
+    p.add_argument(
+        "--limit", type=common.integer(1), default=None, help="use only the first N training images"
+    )
     p.add_argument("--data", default=None, help="folder with the four Fashion-MNIST .gz files")
     common.add_run_flags(
         p,
@@ -111,8 +125,6 @@ def main(argv=None) -> float:
     # 0 is a value, not "default": defaults are for options left out (is None)
     size = args.size if args.size is not None else (224 if alexnet else 28)
     epochs = args.epochs if args.epochs is not None else (10 if alexnet else 3)
-    if epochs < 0 or (args.limit is not None and args.limit < 1):
-        raise SystemExit("--epochs must be >= 0 and --limit >= 1")
     mode = common.precision_mode(args)  # before any data is read
     resumed = train.checkpoint_summary(args.resume) if args.resume is not None else None
     opt_name = args.optimizer or resumed_optimizer(resumed) or ("sgd" if alexnet else "adam")

@@ -54,14 +54,14 @@ def parse_args(argv=None):
     )
     source.add_argument(
         "--count",
-        type=int,
+        type=common.integer(1),
         default=flowers.FLOWERS17_COUNT,
         help="images the archive must hold: image_0001.jpg .. image_1360.jpg (the published "
         "data set; 80 per class); smaller for test archives",
     )
     source.add_argument(
         "--fashion-mnist",
-        type=int,
+        type=common.integer(1),
         default=None,
         metavar="N",
         help="train on the first N Fashion-MNIST training images instead, resized to 224x224 "
@@ -69,7 +69,7 @@ def parse_args(argv=None):
     )
     source.add_argument(
         "--shuffle-seed",
-        type=int,
+        type=common.integer(0),
         default=0,
         help="seed of the one shuffle at load time (tflearn's load_data(shuffle=True) shuffles "
         "once, unseeded); Keras's validation split then cuts these shuffled arrays",
@@ -88,23 +88,27 @@ def parse_args(argv=None):
     )
     recipe.add_argument(
         "--validation-split",
-        type=float,
+        type=common.number(0, below=1),
         default=0.2,
         help="model.fit(validation_split=0.2): the LAST 20%% of the (load-shuffled) arrays "
         "validate, taken before any per-epoch shuffling, as Keras takes them",
     )
-    recipe.add_argument("--beta1", type=float, default=0.9, help="Keras Adam's beta_1")
-    recipe.add_argument("--beta2", type=float, default=0.999, help="Keras Adam's beta_2")
+    beta = common.number(0, below=1)
+    recipe.add_argument("--beta1", type=beta, default=0.9, help="Keras Adam's beta_1")
+    recipe.add_argument("--beta2", type=beta, default=0.999, help="Keras Adam's beta_2")
     recipe.add_argument(
         "--epsilon",
-        type=float,
+        type=common.number(above=0),
         default=1e-7,
         help="Keras Adam's epsilon 1e-7 (PyTorch's default is 1e-8). Keras adds it to sqrt(v) "
         "before bias correction, PyTorch and minidl after; the two differ only while "
         "sqrt(v) is near epsilon",
     )
     recipe.add_argument(
-        "--dropout", type=float, default=0.4, help="Dropout(0.4) after each hidden Dense layer"
+        "--dropout",
+        type=common.number(0, below=1),
+        default=0.4,
+        help="Dropout(0.4) after each hidden Dense layer",
     )
     recipe.add_argument(
         "--no-shuffle",

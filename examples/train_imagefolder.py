@@ -43,12 +43,12 @@ def parse_args(argv=None):
         help={"--lr": "default 0.01; on --resume, the checkpoint's rate unless this is given"},
     )
     p.add_argument("--init", default="caffe", help="paper, caffe or kaiming")
-    p.add_argument("--groups", type=int, default=2)
-    p.add_argument("--resize", type=int, default=256)
-    p.add_argument("--crop", type=int, default=227)
+    p.add_argument("--groups", type=common.integer(1), default=2)
+    p.add_argument("--resize", type=common.integer(1), default=256)
+    p.add_argument("--crop", type=common.integer(1), default=227)
     p.add_argument(
         "--stats-images",
-        type=int,
+        type=common.integer(1),
         default=1000,
         help="training images used for the mean RGB and the PCA",
     )

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, beside this file
+
+import common  # noqa: E402  (it puts the checkout on sys.path too)
 
 import minidl as mdl  # noqa: E402
 import minidl.functional as F  # noqa: E402
@@ -135,14 +137,14 @@ def sgd_steps(model, params, batches) -> list[float]:
 
 def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=67, help="input side (227 is the paper's)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--tolerance", type=float, default=1e-10)
+    p.add_argument("--size", type=common.integer(1), default=67, help="input side (227: paper)")
+    p.add_argument("--batch-size", type=common.integer(1), default=4)
+    p.add_argument("--steps", type=common.integer(1), default=3)
+    p.add_argument("--classes", type=common.integer(2), default=10)
+    p.add_argument("--tolerance", type=common.number(0), default=1e-10)
     p.add_argument(
         "--alpha",
-        type=float,
+        type=common.number(0),
         default=1e-4,
         help="LRN's alpha (the paper's 1e-4; the test takes 1, where a missing halo channel shows)",
     )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from minidl import nn, optim, train
-from tests.test_examples import fashion, small_copy
+from tests.test_examples import fashion, load, small_copy
 from tests.test_training import run, tiny_setup
 
 
@@ -124,3 +124,31 @@ def test_the_examples_refuse_a_used_out_folder_unless_overwrite(tmp_path, capsys
     assert "--overwrite" in err
     fashion(*run, "--overwrite")
     assert capsys.readouterr().out.splitlines()[-1].startswith("test accuracy")
+
+
+@pytest.mark.parametrize(
+    "example, flag, value, says",
+    [
+        ("train_fashion_mnist", "--lr", "nan", "must be a finite number"),
+        ("train_fashion_mnist", "--lr", "-0.1", "must be > 0"),
+        ("train_fashion_mnist", "--limit", "-5", "must be >= 1"),
+        ("train_fashion_mnist", "--batch-size", "0", "must be >= 1"),
+        ("train_fashion_mnist", "--dropout", "1", "must be < 1"),
+        ("train_fashion_mnist", "--momentum", "inf", "must be a finite number"),
+        ("train_flowers17", "--fashion-mnist", "-5", "must be >= 1"),
+        ("train_flowers17", "--validation-split", "1.5", "must be < 1"),
+        ("train_imagefolder", "--crop", "0", "must be >= 1"),
+        ("two_tower_alexnet", "--size", "-1", "must be >= 1"),
+    ],
+)
+def test_the_examples_refuse_a_bad_number_when_the_command_line_is_read(
+    example, flag, value, says, capsys
+):
+    """Python's int and float take -5, nan and inf: --fashion-mnist -5 sliced from the end, and
+    --lr nan trained until a NaN loss blamed the rate. Now argparse refuses them, naming the flag,
+    before any data is read (exit status 2)."""
+    argv = [flag, value] + (["--train", "nowhere"] if example == "train_imagefolder" else [])
+    with pytest.raises(SystemExit) as info:
+        load(example).main(argv)
+    assert info.value.code == 2
+    assert f"argument {flag}: {says}" in capsys.readouterr().err
