@@ -193,8 +193,8 @@ def main(scenario: str, out: Path) -> None:
         model = nn.Sequential(nn.Linear(4, 3 + distributed.rank()))
         distributed.broadcast_parameters(model)
         result = {}
-    elif scenario == "batch3":  # a global batch of 3 cannot split over 2 ranks
-        data.DataLoader(small_data(), 3)
+    elif scenario == "batch1":  # a global batch of 1 cannot give each of 2 ranks a sample
+        data.DataLoader(small_data(), 1)
         result = {}
     else:
         raise ValueError(f"distributed_worker: unknown scenario {scenario!r}")

@@ -101,16 +101,18 @@ class DataLoader:
 
     def _check_shards(self) -> None:
         """Every rank must get at least one sample of every batch: refuse a world size that the
-        batch size or the data set cannot serve, before any rank waits for another."""
+        batch size or the data set cannot serve, before any rank waits for another. A batch
+        need not split evenly: ``np.array_split`` gives the first ranks one sample more, and
+        ``train_step`` weights each rank's gradient by its share (``allreduce_gradients``)."""
         n, w = len(self.dataset), self.world_size
         if not 0 <= self.rank < w:
             raise ValueError(f"DataLoader: rank {self.rank} is outside a world of {w}")
         if w == 1:
             return
-        if self.batch_size % w:
+        if self.batch_size < w:
             raise ValueError(
-                f"DataLoader: the global batch size {self.batch_size} does not split evenly over "
-                f"{w} ranks; choose a batch size that is a multiple of {w}"
+                f"DataLoader: a global batch of {self.batch_size} sample(s) cannot give each of "
+                f"{w} ranks one; choose a batch size of at least {w}"
             )
         last = n % self.batch_size
         if n < w or (0 < last < w and not self.drop_last):
