@@ -103,6 +103,20 @@ def require_gpu() -> None:
     _gpu_checked = True
 
 
+def use_gpu(index: int) -> None:
+    """Make GPU ``index`` of this node the current device (a data-parallel rank drives GPU
+    ``local_rank``), after ``require_gpu``: without a driver, or with fewer GPUs than ranks on
+    the node, the error says so instead of CuPy's raw CUDARuntimeError."""
+    require_gpu()
+    count = cupy().cuda.runtime.getDeviceCount()
+    if not 0 <= index < count:
+        raise RuntimeError(
+            f"device='cuda': GPU {index} was asked for, but this node has {count} GPU(s) "
+            f"(0..{count - 1}); run at most {count} rank(s) per node"
+        )
+    cupy().cuda.Device(index).use()
+
+
 def gpu_available() -> bool:
     """A real GPU with CuPy (never under the emulator)."""
     if emulating():

@@ -66,7 +66,7 @@ def init(device: str | None = None) -> None:
     if _world is None:
         _world = _join() if launched_under_mpi() else _World()
     if device is not None and str(device).startswith("cuda") and not backend.emulating():
-        backend.cupy().cuda.Device(_world.local_rank).use()
+        backend.use_gpu(_world.local_rank)
 
 
 def _join() -> _World:

@@ -378,3 +378,23 @@ def test_the_main_job_runs_on_three_ranks(tmp_path):
     )
     assert single.returncode == 0, single.stderr[-3000:]
     assert single.stdout.splitlines()[-1] == last[0]
+
+
+def test_device_cuda_without_a_gpu_ends_the_job_with_minidls_message(tmp_path):
+    """--device cuda on a machine without a GPU or driver: each rank says what is missing (and
+    that MINIDL_CUDA_EMULATE=1 emulates one) and the job ends; it was CuPy's raw
+    CUDARuntimeError from the MPI set-up."""
+    pytest.importorskip("cupy")
+    if backend.gpu_available():
+        pytest.skip("this machine has a GPU")
+    script = Path(__file__).parents[1] / "examples" / "train_fashion_mnist.py"
+    code, output, seconds = launch(
+        f"--device cuda --out {tmp_path / 'run'}",
+        tmp_path,
+        script=script,
+        env={"MINIDL_CUDA_EMULATE": "0"},  # the real CUDA branch, whatever the caller set
+    )
+    assert code not in (0, 124, 137), output[-3000:]
+    assert "rank 0: RuntimeError: device='cuda' needs an NVIDIA GPU and driver" in output, output
+    assert "MINIDL_CUDA_EMULATE=1" in output
+    assert seconds < 30
