@@ -1,0 +1,116 @@
+"""MkDocs hooks for minidl's website (mkdocs.yml names this file).
+
+- The home page is README.md, its ``docs/x.md`` links made relative to the site: the README stays
+  the one source.
+- The figures of docs/site/figures.py are drawn and added to the site as ``figures/NAME.png``.
+- MathJax is copied from the django-static-mathjax package into ``assets/mathjax/``, with its
+  configuration (docs/site/mathjax-config.js): formulas are typeset with no network.
+- The course notebooks are executed by mkdocs-jupyter on a fresh kernel that imports this
+  checkout's minidl; its cache is keyed by the engine's sources as well as the notebook, so a
+  change to minidl re-runs them. ``MINIDL_SITE_EXECUTE=0`` renders them unexecuted (a quick
+  ``mkdocs serve``); notebook 5 runs only where Fashion-MNIST is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from mkdocs.structure.files import File
+
+SITE_CODE = Path(__file__).resolve().parent
+ROOT = SITE_CODE.parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # document and draw with this checkout's minidl
+
+log = logging.getLogger("mkdocs.hooks.minidl")
+MATHJAX_PLACEHOLDER = '<script src="minidl-site-mathjax"> </script>'  # mkdocs.yml's jupyter url
+# What MathJax needs beside tex-chtml.js: its fonts, the TeX extensions it loads on demand, menu.
+MATHJAX_PARTS = ["tex-chtml.js", "output/chtml", "input/tex/extensions", "ui", "a11y"]
+NEEDS_FASHION_MNIST = "05_train_and_look_inside.py"
+
+
+def load_figures():
+    spec = importlib.util.spec_from_file_location("minidl_site_figures", SITE_CODE / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def engine_hash() -> str:
+    """A hash of everything a notebook's output depends on besides the notebook itself."""
+    digest = hashlib.sha256()
+    for folder in ("minidl", "kernels", "models"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in {".py", ".cu", ".cuh", ".h"}:
+                digest.update(str(path.relative_to(ROOT)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def fashion_mnist_here() -> bool:
+    from minidl.data.datasets import FASHION_MNIST_FILES, fashion_mnist_folders
+
+    return any(
+        all((folder / name).is_file() for name in FASHION_MNIST_FILES)
+        for folder in fashion_mnist_folders()
+    )
+
+
+def on_config(config):
+    # The notebooks' kernels: this checkout's minidl, one BLAS thread (the build shares the
+    # machine with the tests in CI), inline pictures; each notebook turns the emulator on itself.
+    paths = [str(ROOT), os.environ.get("PYTHONPATH")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    os.environ.pop("MINIDL_CUDA_EMULATE", None)
+    jupyter = config.plugins["mkdocs-jupyter"].config
+    jupyter["cache_dir"] = str(ROOT / ".cache" / "mkdocs-jupyter" / engine_hash())
+    if os.environ.get("MINIDL_SITE_EXECUTE", "1") == "0":
+        jupyter["execute"] = False
+    elif not fashion_mnist_here():
+        log.info("Fashion-MNIST is not here: %s is shown unexecuted", NEEDS_FASHION_MNIST)
+        jupyter["execute_ignore"] = [*jupyter["execute_ignore"], f"*/{NEEDS_FASHION_MNIST}"]
+    return config
+
+
+def readme_as_home() -> str:
+    """README.md with its links to docs/ pages made relative to docs/, where index.md lives."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.sub(r"\]\(docs/", "](", text)
+
+
+def mathjax_files(config) -> list[File]:
+    import mathjax  # django-static-mathjax: MathJax 3's browser files, no Django needed
+
+    es5 = Path(mathjax.__file__).resolve().parent / "static" / "mathjax" / "es5"
+    found = []
+    for part in MATHJAX_PARTS:
+        paths = [es5 / part] if (es5 / part).is_file() else sorted((es5 / part).rglob("*"))
+        found += [p for p in paths if p.is_file()]
+    return [
+        File.generated(config, f"assets/mathjax/{p.relative_to(es5)}", abs_src_path=str(p))
+        for p in found
+    ]
+
+
+def on_files(files, config):
+    files.append(File.generated(config, "index.md", content=readme_as_home()))
+    config_js = SITE_CODE / "mathjax-config.js"
+    files.append(File.generated(config, "assets/mathjax-config.js", abs_src_path=str(config_js)))
+    for file in mathjax_files(config):
+        files.append(file)
+    for name, draw in load_figures().FIGURES.items():
+        files.append(File.generated(config, name, content=draw()))
+    return files
+
+
+def on_page_content(html, page, config, files):
+    # A notebook page would load MathJax a second time; the site's copy typesets it too.
+    return html.replace(MATHJAX_PLACEHOLDER, "")
