@@ -38,6 +38,7 @@ from minidl.ops.linear import LinearFunction
 from minidl.ops.lrn import LocalResponseNormFunction
 from minidl.ops.pool import MaxPool2dFunction
 from minidl.ops.softmax import LogSoftmaxFunction, SoftmaxFunction
+from minidl.ops.window import Window2d
 
 if TYPE_CHECKING:
     from minidl.onnx.graph import GraphBuilder
@@ -71,17 +72,39 @@ def max_pool2d(g: GraphBuilder, call: Call) -> None:
             "the op, where the exporter cannot follow it; give the layer a batched input without "
             "return_indices"
         )
-    (ph, pw) = p["padding"]
+    pads, ceil_mode = _pool_pads(x.shape[2:], p, call.output.shape[2:])
     g.node(
         "MaxPool",
         [g.input(x)],
         call.output,
         kernel_shape=list(p["kernel_size"]),
         strides=list(p["stride"]),
-        pads=conventions.pads_to_onnx(ph, ph, pw, pw),
+        pads=conventions.pads_to_onnx(*pads),
         dilations=list(p["dilation"]),
-        ceil_mode=int(p["ceil_mode"]),
+        ceil_mode=ceil_mode,
     )
+
+
+def _pool_pads(size, p, out_size) -> tuple[tuple[int, int, int, int], int]:
+    """(top, bottom, left, right) pads and ceil_mode for ONNX's MaxPool.
+
+    ceil_mode: minidl and PyTorch drop a last window that would start in the bottom/right
+    padding; ONNX's shape formula (as onnx's checker and onnxruntime apply it) keeps it. Where
+    that happens the pool is written in floor mode with the end padding the kept windows reach:
+    the same windows, so the same maxima (a padded cell never wins)."""
+    (h, w), (ph, pw) = size, p["padding"]
+    pads = (ph, ph, pw, pw)
+    if not p["ceil_mode"]:
+        return pads, 0
+    window = Window2d.over(h, w, p["kernel_size"], p["stride"], pads, p["dilation"], True)
+    onnx_h, onnx_w = (
+        -(-(n + 2 * pad - d * (k - 1) - 1) // s) + 1  # ceil((n + pads - reach) / s) + 1
+        for n, pad, k, s, d in zip(size, (ph, pw), p["kernel_size"], p["stride"], p["dilation"])
+    )
+    if (onnx_h, onnx_w) == tuple(out_size):
+        return pads, 1
+    bottom, right = window.padding_after(h, w)
+    return (ph, bottom, pw, right), 0
 
 
 def local_response_norm(g: GraphBuilder, call: Call) -> None:
