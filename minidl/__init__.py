@@ -13,6 +13,7 @@ from minidl.autograd import no_grad
 from minidl.gradcheck import gradcheck
 from minidl.random import manual_seed
 from minidl.tensor import Tensor, tensor
+from minidl.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,7 @@ __all__ = [
     "Tensor",
     "from_numpy",
     "functional",
+    "get_num_threads",
     "gradcheck",
     "manual_seed",
     "nn",
@@ -81,6 +83,7 @@ __all__ = [
     "optim",
     "precision",
     "randn",
+    "set_num_threads",
     "tensor",
     "zeros",
 ]

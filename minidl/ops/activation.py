@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda, dtypes
+from minidl import backend, cuda, dtypes, threads
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 from minidl.ops.reduce import channel_sum_cuda
@@ -94,8 +94,8 @@ class ReLUFunction(Function):
         if ctx.device == "cuda":
             # ascontiguousarray makes a 0-d array (1,): give y x's shape back
             y = relu_forward_cuda(backend.xp("cuda").ascontiguousarray(x)).reshape(x.shape)
-        else:
-            y = relu_forward_numpy(x)
+        else:  # the batch in parts on the thread pool (minidl/threads.py)
+            y = threads.over_batch(relu_forward_numpy, x)
         ctx.save(y)
         return y
 
@@ -105,7 +105,7 @@ class ReLUFunction(Function):
         if ctx.device == "cuda":
             dx = relu_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), y)
             return dx.reshape(dy.shape)
-        return relu_backward_numpy(dy, y)
+        return threads.over_batch(relu_backward_numpy, dy, y)
 
 
 def relu(x: Tensor) -> Tensor:
@@ -121,7 +121,7 @@ class BiasReLUFunction(Function):
         if ctx.device == "cuda":
             y = bias_relu_forward_cuda(backend.xp("cuda").ascontiguousarray(x), b)
         else:
-            y = bias_relu_forward_numpy(x, b)
+            y = threads.over_batch(lambda x: bias_relu_forward_numpy(x, b), x)
         ctx.save(y)
         return y
 
@@ -130,7 +130,8 @@ class BiasReLUFunction(Function):
         (y,) = ctx.saved
         if ctx.device == "cuda":
             return bias_relu_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), y)
-        return bias_relu_backward_numpy(dy, y)
+        # db summed over the parts in part order: the same bits for any thread count
+        return threads.over_batch(bias_relu_backward_numpy, dy, y, combine=("join", "sum"))
 
 
 def bias_relu(x: Tensor, bias: Tensor) -> Tensor:

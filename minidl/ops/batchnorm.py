@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda, dtypes
+from minidl import backend, cuda, dtypes, threads
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 
@@ -83,6 +83,19 @@ def update_running_numpy(running_mean, running_var, shift, offset, var, m, momen
     running_mean += momentum * (shift + offset)
     running_var *= 1 - momentum
     running_var += momentum * var * (m / (m - 1))
+
+
+def over_channels(fn, *arrays):
+    """fn on parts of the channels, on the thread pool (minidl/threads.py): each (N, C, P) array
+    cut along C, each (C,) one with it; fn's results joined the same way. A channel's sums are
+    its own, so every statistic is still the whole batch's."""
+
+    def part(*arrays):
+        results = fn(*(a.transpose(1, 0, 2) if a.ndim == 3 else a for a in arrays))
+        return tuple(r.transpose(1, 0, 2) if r.ndim == 3 else r for r in results)
+
+    outs = threads.over_batch(part, *(a.transpose(1, 0, 2) if a.ndim == 3 else a for a in arrays))
+    return tuple(r.transpose(1, 0, 2) if r.ndim == 3 else r for r in outs)
 
 
 # ---- CUDA (kernels/batchnorm.cu) -----------------------------------------------------------------
@@ -218,7 +231,7 @@ class BatchNormFunction(Function):
         if not on_gpu:  # 16-bit x: statistics and xhat in float32, as the kernels keep them
             x = dtypes.to_compute(x)
         if training:
-            stats = batch_norm_stats_cuda(x) if on_gpu else batch_norm_stats_numpy(x)
+            stats = batch_norm_stats_cuda(x) if on_gpu else over_channels(batch_norm_stats_numpy, x)
             if running_mean is not None:
                 update = update_running_cuda if on_gpu else update_running_numpy
                 update(running_mean, running_var, *stats, m, momentum)
@@ -228,7 +241,9 @@ class BatchNormFunction(Function):
             y = batch_norm_forward_cuda(x, *stats, weight, bias, eps)
             ctx.save(x, stats, weight, training, eps, shape)
         else:
-            y, xhat = batch_norm_forward_numpy(x, *stats, weight, bias, eps)
+            y, xhat = threads.over_batch(  # the statistics are the whole batch's (above)
+                lambda x: batch_norm_forward_numpy(x, *stats, weight, bias, eps), x
+            )
             ctx.save(xhat, stats, weight, training, eps, shape)
         return y.reshape(shape)
 
@@ -241,8 +256,11 @@ class BatchNormFunction(Function):
             dx, dweight, dbias = batch_norm_backward_cuda(dy, saved, *stats, weight, eps, training)
         else:  # saved is xhat (float32 for 16-bit x; apply and backward round the results)
             dy = dy.astype(saved.dtype, copy=False)
-            dx, dweight, dbias = batch_norm_backward_numpy(
-                dy, saved, stats[2], weight, eps, training
+            dx, dweight, dbias = over_channels(
+                lambda dy, xhat, var, weight: batch_norm_backward_numpy(
+                    dy, xhat, var, weight, eps, training
+                ),
+                *(dy, saved, stats[2], weight),
             )
         return dx.reshape(shape), dweight, dbias, None, None
 

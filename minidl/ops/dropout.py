@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda, dtypes
+from minidl import backend, cuda, dtypes, threads
 from minidl import random as mdl_random
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
@@ -67,6 +67,11 @@ def dropout_mask_numpy(key: int, shape, p: float, first: int = 0) -> np.ndarray:
     return ((bits >> np.uint32(8)) >= keep_threshold(p)).reshape(shape)
 
 
+def _apply_numpy(x, m):
+    """y = x * m in x's dtype (m: the mask times 1 / (1 - p), in the compute dtype)."""
+    return (x * m).astype(x.dtype, copy=False)
+
+
 # ---- CUDA (kernels/dropout.cu) -------------------------------------------------------------------
 def _key_args(key: int):
     return np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
@@ -95,20 +100,20 @@ class DropoutFunction(Function):
             x = backend.xp("cuda").ascontiguousarray(x)
             ctx.save(None, (key, first), p)  # backward regenerates the mask from the key
             return dropout_apply_cuda(x, key, p, first).reshape(shape)
-        if mask is None:
+        if mask is None:  # the whole batch's mask, drawn once; applied in parts below
             mask = dropout_mask_numpy(key, x.shape, p, first)
         # m = mask / (1 - p) in the compute dtype: a 16-bit x is scaled in float32 and rounded
         # once, as the kernel does (a 16-bit 1 / (1 - p) would be rounded first: 1/0.6 is 1.667
         # in float16, and y would differ from the GPU's in the last bit)
         m = mask.astype(dtypes.compute_dtype(x.dtype)) * (1.0 / (1.0 - p))
         ctx.save(m, (None, 0), p)
-        return (x * m).astype(x.dtype, copy=False)
+        return threads.over_batch(_apply_numpy, x, m)
 
     @staticmethod
     def backward(ctx, dy):
         m, (key, first), p = ctx.saved
         if m is not None:
-            return (dy * m).astype(dy.dtype, copy=False)
+            return threads.over_batch(_apply_numpy, dy, m)
         # the same mask-apply as forward, on dy: the key regenerates the mask
         dx = dropout_apply_cuda(backend.xp("cuda").ascontiguousarray(dy), key, p, first)
         return dx.reshape(dy.shape)

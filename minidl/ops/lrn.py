@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda, dtypes
+from minidl import backend, cuda, dtypes, threads
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 
@@ -125,7 +125,9 @@ class LocalResponseNormFunction(Function):
             p = None  # the kernel recomputes s^-beta
         else:  # a 16-bit a in float32, as the kernel computes it (apply rounds b once)
             a = dtypes.to_compute(a)
-            b, s, p = local_response_norm_forward_numpy(a, size, alpha, beta, k)
+            b, s, p = threads.over_batch(  # the batch in parts on the thread pool
+                lambda a: local_response_norm_forward_numpy(a, size, alpha, beta, k), a
+            )
         ctx.save(a, b, s, p, size, alpha, beta)
         return b
 
@@ -136,7 +138,12 @@ class LocalResponseNormFunction(Function):
             db = backend.xp("cuda").ascontiguousarray(db)
             return local_response_norm_backward_cuda(db, a, b, s, size, alpha, beta)
         db = db.astype(a.dtype, copy=False)  # float32 for a 16-bit input (see forward)
-        return local_response_norm_backward_numpy(db, a, b, s, p, size, alpha, beta)
+        return threads.over_batch(
+            lambda db, a, b, s, p: local_response_norm_backward_numpy(
+                db, a, b, s, p, size, alpha, beta
+            ),
+            *(db, a, b, s, p),
+        )
 
 
 def check_size(op: str, size) -> None:

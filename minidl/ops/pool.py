@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minidl import backend, cuda, dtypes
+from minidl import backend, cuda, dtypes, threads
 from minidl.autograd import Function
 from minidl.ops._checks import pair, require_tensor
 from minidl.ops.window import Window2d
@@ -147,11 +147,13 @@ class MaxPool2dFunction(Function):
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode, indices=None):
         # x: (N, C, H, W) -> y: (N, C, OH, OW); ``indices``, a list, receives the argmax
-        forward = max_pool2d_forward_cuda if ctx.device == "cuda" else max_pool2d_forward_numpy
         (ph, pw), (h, w) = padding, x.shape[2:]
         pads = (ph, ph, pw, pw)  # (top, bottom, left, right)
         window = Window2d.over(h, w, kernel_size, stride, pads, dilation, ceil_mode)
-        y, argmax = forward(x, window)
+        if ctx.device == "cuda":
+            y, argmax = max_pool2d_forward_cuda(x, window)
+        else:  # the batch in parts on the thread pool (minidl/threads.py)
+            y, argmax = threads.over_batch(lambda part: max_pool2d_forward_numpy(part, window), x)
         if indices is not None:
             indices.append(argmax)
         ctx.save(x.shape, argmax, window)
@@ -162,7 +164,11 @@ class MaxPool2dFunction(Function):
         x_shape, argmax, window = ctx.saved
         if ctx.device == "cuda":
             return max_pool2d_backward_cuda(dy, argmax, x_shape, window)
-        return max_pool2d_backward_numpy(dy, argmax, x_shape)
+        return threads.over_batch(  # each part's planes: the same sums as the whole batch's
+            lambda dy, argmax: max_pool2d_backward_numpy(dy, argmax, (len(dy), *x_shape[1:])),
+            dy,
+            argmax,
+        )
 
 
 def max_pool2d(
