@@ -88,10 +88,11 @@ def max_pool2d(g: GraphBuilder, call: Call) -> None:
 def _pool_pads(size, p, out_size) -> tuple[tuple[int, int, int, int], int]:
     """(top, bottom, left, right) pads and ceil_mode for ONNX's MaxPool.
 
-    ceil_mode: minidl and PyTorch drop a last window that would start in the bottom/right
-    padding; ONNX's shape formula (as onnx's checker and onnxruntime apply it) keeps it. Where
-    that happens the pool is written in floor mode with the end padding the kept windows reach:
-    the same windows, so the same maxima (a padded cell never wins)."""
+    ceil_mode: minidl and PyTorch (and Caffe, and onnxruntime) drop a last window that would
+    start in the bottom/right padding; onnx's shape inference for MaxPool before opset 22 keeps
+    it, so the checker would refuse the output shape the file declares. Where the two counts
+    differ the pool is written in floor mode with the end padding the kept windows reach: the
+    same windows, so the same maxima (a padded cell never wins)."""
     (h, w), (ph, pw) = size, p["padding"]
     pads = (ph, ph, pw, pw)
     if not p["ceil_mode"]:

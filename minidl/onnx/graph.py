@@ -58,7 +58,7 @@ class GraphBuilder:
             state_name, tensor = self._state[key]
             self.initializers[state_name] = numpy_helper.from_array(tensor.numpy(), state_name)
             return self.name(value, state_name)
-        array = value.numpy() if hasattr(value, "numpy") else backend.to_numpy(np.asarray(value))
+        array = value.numpy() if hasattr(value, "numpy") else backend.to_numpy(value)
         return self.name(value, self.constant(array))
 
     def constant(self, array, hint: str = "constant") -> str:
