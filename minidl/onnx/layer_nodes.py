@@ -21,7 +21,7 @@ import numpy as np
 import minidl.functional as F
 from minidl import backend
 from minidl.onnx.array_ops import pad
-from minidl.onnx.node import OnnxNode, Unsupported, as_2d, window
+from minidl.onnx.node import OnnxNode, Unsupported, as_2d, runtime_value, window
 from minidl.ops.dropout import dropout_mask_numpy
 from minidl.ops.pool import lowest
 from minidl.ops.window import output_size
@@ -72,7 +72,7 @@ def max_pool(node: OnnxNode):
         x, back = as_2d(inputs[0], "MaxPool", node.inputs[0])
         h, w = x.shape[2:]
         top, bottom, left, right = spec.paddings(h, w)
-        (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilations
+        kh, kw = spec.kernel
         symmetric = (top, left) == (bottom, right) and top <= kh // 2 and left <= kw // 2
         if symmetric:
             y, argmax = F.max_pool2d(
@@ -80,15 +80,12 @@ def max_pool(node: OnnxNode):
             )
             padded_width, top, left = w, 0, 0  # argmax is already in the unpadded plane
         else:  # -inf around, enough at the end for the windows ceil_mode adds, then no padding
-            oh = output_size(h, kh, sh, dh, top, bottom, ceil_mode)
-            ow = output_size(w, kw, sw, dw, left, right, ceil_mode)
-            extra_h = max((oh - 1) * sh + dh * (kh - 1) + 1 - (h + top + bottom), 0)
-            extra_w = max((ow - 1) * sw + dw * (kw - 1) + 1 - (w + left + right), 0)
-            padded = pad(x, [(top, bottom + extra_h), (left, right + extra_w)], lowest(x.dtype))
+            pads = (top, bottom, left, right)
+            bottom_all, right_all = _ceil_padding(spec, h, w, pads, ceil_mode)
+            padded = pad(x, [(top, bottom_all), (left, right_all)], lowest(x.dtype))
             y, argmax = F.max_pool2d(
                 padded, spec.kernel, spec.strides, 0, spec.dilations, False, True
             )
-            y, argmax = y[:, :, :oh, :ow], argmax[:, :, :oh, :ow]
             padded_width = padded.shape[3]
         if not node.wants_output(1):
             return [back(y)]
@@ -104,30 +101,43 @@ def _ones(shape, like: Tensor) -> Tensor:
 
 
 def average_pool(node: OnnxNode):
-    """AveragePool: the mean of each window, as a depthwise convolution with a kernel of ones.
-    count_include_pad=0 (the default) divides by the window's cells inside the input, counted
-    by the same convolution over a tensor of ones."""
+    """AveragePool: the mean of each window, as a depthwise convolution with a kernel of ones,
+    divided by the count of cells each window covers, counted by the same convolution over a
+    mask of ones: the input's cells (count_include_pad=0, the default) or the input's and its
+    pads' (count_include_pad=1). Windows that ceil_mode adds past the pads count neither."""
     spec = window(node)
-    if node.attr("ceil_mode", 0):
-        raise Unsupported("ceil_mode=1 (minidl's conv2d has no ceil mode to average with)")
+    ceil_mode = bool(node.attr("ceil_mode", 0))
     include_pad = bool(node.attr("count_include_pad", 0))
 
     def run(inputs, training):
         x, back = as_2d(inputs[0], "AveragePool", node.inputs[0])
         n, c, h, w = x.shape
         top, bottom, left, right = spec.paddings(h, w)
-        ones = Tensor._wrap(
-            backend.xp(x.device).ones((c, 1, *spec.kernel), x.dtype), x.device, False
-        )
-        padded = pad(x, [(top, bottom), (left, right)])
+        bottom_all, right_all = _ceil_padding(spec, h, w, (top, bottom, left, right), ceil_mode)
+        ones = _ones((c, 1, *spec.kernel), x)  # one depthwise kernel of ones per channel
+        padded = pad(x, [(top, bottom_all), (left, right_all)])
         total = F.conv2d(padded, ones, None, spec.strides, 0, spec.dilations, groups=c)
-        if include_pad:
-            return back(total * (1.0 / (spec.kernel[0] * spec.kernel[1])))
-        inside = pad(_ones((1, c, h, w), x), [(top, bottom), (left, right)])
-        count = F.conv2d(inside, ones, None, spec.strides, 0, spec.dilations, groups=c)
+        if include_pad:  # the pads count, the cells ceil_mode adds do not
+            mask = pad(_ones((1, c, h + top + bottom, w + left + right), x),
+                       [(0, bottom_all - bottom), (0, right_all - right)])  # fmt: skip
+        else:
+            mask = pad(_ones((1, c, h, w), x), [(top, bottom_all), (left, right_all)])
+        count = F.conv2d(mask, ones, None, spec.strides, 0, spec.dilations, groups=c)
         return back(total / count)
 
     return run
+
+
+def _ceil_padding(spec, h: int, w: int, pads, ceil_mode: bool) -> tuple[int, int]:
+    """The bottom and right padding that gives exactly the windows ONNX counts (output_size, with
+    ceil_mode's extra window where it starts inside the input or its first pad)."""
+    top, bottom, left, right = pads
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilations
+    oh = output_size(h, kh, sh, dh, top, bottom, ceil_mode)
+    ow = output_size(w, kw, sw, dw, left, right, ceil_mode)
+    extra_h = max((oh - 1) * sh + dh * (kh - 1) + 1 - (h + top + bottom), 0)
+    extra_w = max((ow - 1) * sw + dw * (kw - 1) + 1 - (w + left + right), 0)
+    return bottom + extra_h, right + extra_w
 
 
 def global_average_pool(node: OnnxNode):
@@ -195,20 +205,18 @@ def dropout(node: OnnxNode):
     """Dropout: identity at inference (ONNX's and minidl's dropout are both inverted); in a model
     put in ``train()`` mode (or with the training_mode input true) it drops with our generator,
     so the draws differ from another engine's. The optional mask output is True where kept."""
-    if node.opset >= 12:
-        ratio = float(node.static_input(1, 0.5))
-        train_always = bool(node.static_input(2, False))
-    else:
-        ratio = node.attr("ratio", 0.5)
-        train_always = False  # opset < 7's is_test=0 marks a training graph: imported for inference
+    ratio = node.attr("ratio", 0.5)  # an attribute before opset 12, an input from 12 on
 
     def run(inputs, training):
         x = inputs[0]
-        active = (training or train_always) and ratio > 0
+        p = float(runtime_value(node, inputs, 1, ratio)) if node.opset >= 12 else ratio
+        train_always = node.opset >= 12 and bool(runtime_value(node, inputs, 2, False))
+        # (before opset 7, is_test=0 marked a training graph: it is imported for inference too)
+        active = (training or train_always) and p > 0
         keep = None if active else backend.xp(x.device).ones(x.shape, dtype=bool)
         if active and node.wants_output(1):
-            keep = dropout_mask_numpy(next_key(), x.shape, ratio)  # ours, to return it too
-        y = F.dropout(x, ratio, training=active, mask=keep if active else None)
+            keep = dropout_mask_numpy(next_key(), x.shape, p)  # ours, to return it too
+        y = F.dropout(x, p, training=active, mask=keep if active else None)
         if not node.wants_output(1):
             return [y]
         return [y, Tensor._wrap(backend.move(keep.astype(bool), x.device), x.device, False)]

@@ -21,7 +21,7 @@ import numpy as np
 import minidl.functional as F
 from minidl import backend
 from minidl.onnx.array_ops import concat
-from minidl.onnx.node import OnnxNode, Unsupported
+from minidl.onnx.node import OnnxNode, Unsupported, runtime_value
 from minidl.tensor import Tensor
 
 
@@ -169,17 +169,53 @@ def flatten(node: OnnxNode):
 
 
 def reshape(node: OnnxNode):
-    """Reshape to a shape known at load time (opset < 5: an attribute; then an input)."""
-    if node.opset < 5:
-        target = list(node.attr("shape"))
-    else:
-        target = [int(d) for d in node.static_input(1)]
+    """Reshape (opset < 5: the shape is an attribute; then an input)."""
     allow_zero = node.attr("allowzero", 0)
 
     def run(inputs, training):
         x = inputs[0]
+        if node.opset < 5:
+            target = node.attr("shape")
+        else:
+            target = [int(d) for d in runtime_value(node, inputs, 1)]
         shape = [x.shape[i] if d == 0 and not allow_zero else d for i, d in enumerate(target)]
         return x.reshape(*shape)
+
+    return run
+
+
+def _axes(node: OnnxNode, inputs: list) -> list[int] | None:
+    """Squeeze's and Unsqueeze's axes: an attribute before opset 13, an input from 13 on."""
+    if node.opset < 13:
+        return node.attr("axes")
+    axes = runtime_value(node, inputs, 1)
+    return None if axes is None else [int(a) for a in axes]
+
+
+def unsqueeze(node: OnnxNode):
+    """Unsqueeze: insert size-1 axes at ``axes`` (positions in the output)."""
+
+    def run(inputs, training):
+        x = inputs[0]
+        rank = x.ndim + len(_axes(node, inputs))
+        sizes = iter(x.shape)
+        inserted = {a % rank for a in _axes(node, inputs)}
+        shape = [1 if d in inserted else next(sizes) for d in range(rank)]
+        return x.reshape(*shape)
+
+    return run
+
+
+def squeeze(node: OnnxNode):
+    """Squeeze: drop the size-1 axes listed in ``axes`` (all of them if none are listed)."""
+
+    def run(inputs, training):
+        x = inputs[0]
+        axes = _axes(node, inputs)
+        dropped = (
+            {a % x.ndim for a in axes} if axes else {d for d, n in enumerate(x.shape) if n == 1}
+        )
+        return x.reshape(*[n for d, n in enumerate(x.shape) if d not in dropped])
 
     return run
 
@@ -219,5 +255,7 @@ MATH_BUILDERS = {
     "Flatten": flatten,
     "Reshape": reshape,
     "Transpose": transpose,
+    "Squeeze": squeeze,
+    "Unsqueeze": unsqueeze,
     "Concat": concat_,
 }

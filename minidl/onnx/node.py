@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from minidl import backend
+
 
 class Unsupported(Exception):
     """A node minidl cannot import (an op type, or an attribute value), with the reason."""
@@ -46,17 +48,16 @@ class OnnxNode:
         """Whether output i exists and is named (an optional output may be left out or "")."""
         return i < len(self.outputs) and self.outputs[i] != ""
 
-    def static_input(self, i: int, default=None):
-        """The load-time value of input i, ``default`` if the input is absent; Unsupported if the
-        input is computed while the model runs (minidl needs shapes and ratios up front)."""
-        if i >= len(self.inputs) or self.inputs[i] == "":
-            return default
-        if i not in self.static:
-            raise Unsupported(
-                f"input {i} ({self.inputs[i]!r}) must be a constant or an initializer, "
-                "not computed while the model runs"
-            )
-        return self.static[i]
+
+def runtime_value(node: OnnxNode, inputs: list, i: int, default=None) -> np.ndarray:
+    """Input i's value as a NumPy array, for a node that needs it on the host (a shape, a ratio):
+    the load-time value where there is one, else the running tensor's, copied from its device;
+    ``default`` if the input is absent."""
+    if i in node.static:
+        return node.static[i]
+    if i >= len(inputs) or inputs[i] is None:
+        return default
+    return backend.to_numpy(inputs[i].data)
 
 
 # ---- windows (Conv, MaxPool, AveragePool) --------------------------------------------------------
