@@ -10,6 +10,8 @@ must be the model's parameters and buffers bit for bit. The conventions of
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -28,8 +30,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import helper, numpy_helper  # noqa: E402 - after the skip
 
 from minidl.onnx import conventions  # noqa: E402 - imports onnx
-from minidl.onnx.exporter import export  # noqa: E402
-from minidl.onnx.graph import ExportError  # noqa: E402
+from minidl.onnx.exporter import ExportError, export  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -159,6 +160,18 @@ class Lambda(nn.Module):
         return self.fn(x, self.w)
 
 
+class Residual(nn.Module):
+    """Arithmetic between layers, which walking the Modules would miss."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return F.relu(x + self.norm(self.conv(x))).flatten(1)
+
+
 def tensor_math(x, w):
     # x: (2, 3, 4, 4), w: (4,)
     y = (x * 2.0 + 1.0 - w) / 3.0  # constants and a broadcast parameter
@@ -198,6 +211,7 @@ CASES = [
     Case("softmax-channels", lambda: Lambda(lambda x, w: F.softmax(x, dim=1)), (2, 3, 4, 4)),
     Case("log-softmax", lambda: Lambda(lambda x, w: F.log_softmax(x, dim=-1)), (3, 10)),
     Case("bias-relu", lambda: Lambda(lambda x, w: F.bias_relu(x, w), (4,)), (2, 4, 3, 3)),
+    Case("residual", Residual, (2, 3, 5, 5)),
     Case("tensor-math", lambda: Lambda(tensor_math, (4,)), (2, 3, 4, 4)),
     Case(
         "getitem",
@@ -439,6 +453,21 @@ def test_names_of_inputs_and_outputs(tmp_path):
     np.testing.assert_allclose(b, 2 * x, rtol=RTOL)
     with pytest.raises(ValueError, match="output_names 2"):
         export(model, x, tmp_path / "m.onnx", output_names=["a"])
+
+
+def test_a_forward_that_fails_leaves_the_engine_as_it_was(tmp_path):
+    """The recording replaces Function.apply and Module.__call__ while the forward runs; an
+    error inside the forward must give both back."""
+    apply, call = Function.__dict__["apply"], nn.Module.__call__
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(5, 1))  # the second layer cannot take (N, 2)
+    with pytest.raises(ValueError, match="linear: x has 2 features"):
+        export(model, mdl.tensor(random_input(2, 3)), tmp_path / "m.onnx")
+    assert Function.__dict__["apply"] is apply and nn.Module.__call__ is call
+
+
+def test_import_minidl_does_not_import_onnx():
+    code = "import sys, minidl, minidl.onnx.tracing; assert 'onnx' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---- minidl -> ONNX -> minidl --------------------------------------------------------------------
