@@ -144,3 +144,35 @@ def test_memory_mode_with_an_im2col_workspace(monkeypatch):
     assert blocked["peak"] < whole["peak"]
     conv2 = [op for op in blocked["ops"] if op["op"] == "Conv2d 2 backward"][0]
     assert conv2["peak"] - conv2["live_at_start"] < whole["largest_transient"]["bytes"] / 2
+
+
+def _small_bench():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import small_alexnet
+
+    return small_alexnet
+
+
+def test_the_main_jobs_step_at_ci_size(tmp_path):
+    out = tmp_path / "small.json"
+    args = ["--batch", "4", "--warmup", "1", "--rounds", "2", "--steps", "1", "--threads", "1,2"]
+    results = _small_bench().main([*args, "--json", str(out)])
+    saved = json.loads(out.read_text())
+    for count in ("1", "2"):
+        entry = saved["step"][count]
+        assert entry["minidl"]["images_per_second"] > 0
+        if results["torch"] is not None:
+            assert entry["ratio"] > 0 and entry["pytorch"]["images_per_second"] > 0
+
+
+def test_the_main_job_at_ci_size(tmp_path):
+    from minidl.data import datasets
+
+    try:
+        datasets.find_fashion_mnist(download=False)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not on this machine (tests never download)")
+    args = ["--batch", "32", "--rounds", "1", "--steps", "1", "--warmup", "0"]
+    results = _small_bench().main([*args, "--full", "--epochs", "1", "--limit", "128"])
+    for job in results["job"].values():
+        assert job["train_seconds"] > 0 and 0 <= job["test_accuracy"] <= 1
