@@ -15,6 +15,8 @@
 // __shared__ is a function-local static: one copy, which is right since blocks run in sequence.
 // Atomics are plain updates (there is only one thread running at any moment).
 #pragma once
+#include <csetjmp>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 
@@ -205,12 +207,53 @@ struct Launch {
     }
 };
 
+// ---- the bounds-checked mode (MINIDL_EMU_CHECK=1, minidl/bounds.py) ------------------------------
+// Python puts every array argument between two wide inaccessible regions, so a read or write
+// outside an array faults (SIGSEGV). During a checked launch our handler records the address and
+// the running block and thread, and jumps back to the launch, which returns 1: Python names the
+// kernel, the thread, the argument and the index, instead of the process dying.
+struct Fault {
+    unsigned long long address;
+    unsigned int block[3], thread[3];
+};
+
+sigjmp_buf fault_return;
+Fault* fault = nullptr;  // where the handler writes; set only during a checked launch
+
+inline void on_fault(int, siginfo_t* info, void*) {
+    *fault = Fault{(unsigned long long)info->si_addr,
+                   {blockIdx.x, blockIdx.y, blockIdx.z},
+                   {threadIdx.x, threadIdx.y, threadIdx.z}};
+    siglongjmp(fault_return, 1);  // from a fiber's stack too: back to the launch's own frame
+}
+
+struct Trap {  // our SIGSEGV handler, on a stack of its own, while a checked launch runs
+    struct sigaction previous;
+    stack_t previous_stack;
+    std::vector<char> stack = std::vector<char>(256 * 1024);
+    explicit Trap(Fault* where) {
+        fault = where;
+        stack_t own{};
+        own.ss_sp = stack.data();
+        own.ss_size = stack.size();
+        sigaltstack(&own, &previous_stack);
+        struct sigaction action{};
+        action.sa_sigaction = on_fault;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &previous);
+    }
+    ~Trap() {
+        sigaction(SIGSEGV, &previous, nullptr);
+        sigaltstack(&previous_stack, nullptr);
+        fault = nullptr;
+        current = nullptr;
+    }
+};
+
 template <typename... Args>
-void launch(void (*kernel)(Args...), const unsigned int* grid, const unsigned int* block,
-            void** args, bool fibers) {
-    gridDim = dim3{grid[0], grid[1], grid[2]};
-    blockDim = dim3{block[0], block[1], block[2]};
-    Launch<Args...> l{kernel, args};
+void run_blocks(Launch<Args...>& l, const unsigned int* grid, const unsigned int* block,
+                bool fibers) {
     unsigned int threads = block[0] * block[1] * block[2];
     std::vector<Fiber> pool(fibers ? threads : 0);
     for (unsigned int bz = 0; bz < grid[2]; ++bz)
@@ -255,9 +298,27 @@ void launch(void (*kernel)(Args...), const unsigned int* grid, const unsigned in
     }
 }
 
+// Returns 0, or 1 when a checked launch (checked != nullptr) faulted; *checked says where.
+template <typename... Args>
+int launch(void (*kernel)(Args...), const unsigned int* grid, const unsigned int* block,
+           void** args, bool fibers, Fault* checked) {
+    gridDim = dim3{grid[0], grid[1], grid[2]};
+    blockDim = dim3{block[0], block[1], block[2]};
+    Launch<Args...> l{kernel, args};
+    if (checked == nullptr) {
+        run_blocks(l, grid, block, fibers);
+        return 0;
+    }
+    Trap trap(checked);
+    if (sigsetjmp(fault_return, 1)) return 1;  // the handler jumped here (the fibers are lost)
+    run_blocks(l, grid, block, fibers);
+    return 0;
+}
+
 }  // namespace emu
 
-#define MINIDL_EMU_EXPORT(kernel, symbol, fibers)                                            \
-    extern "C" void symbol(const unsigned int* grid, const unsigned int* block, void** args) { \
-        emu::launch(&kernel, grid, block, args, fibers);                                     \
+#define MINIDL_EMU_EXPORT(kernel, symbol, fibers)                                       \
+    extern "C" int symbol(const unsigned int* grid, const unsigned int* block, void** args, \
+                          emu::Fault* checked) {                                            \
+        return emu::launch(&kernel, grid, block, args, fibers, checked);                    \
     }

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidl import dtypes, kernel_source
+from minidl import bounds, dtypes, kernel_source
 
 SHIM = Path(__file__).resolve().parent / "emu_shim.h"
 
@@ -61,18 +61,33 @@ def cache_dir() -> Path:
 class EmulatedModule:
     """A compiled ``.cu`` file: each kernel instantiation is an exported C function."""
 
-    def __init__(self, library: ctypes.CDLL, symbols: dict[str, str]):
+    def __init__(self, library: ctypes.CDLL, symbols: dict[str, str], parameters=None):
         self.library = library
         self.symbols = symbols  # "max_pool2d_forward<float>" -> "minidl_emu_0"
+        self.parameters = parameters or {}  # "max_pool2d_forward" -> ["const T* x", ...]
 
     def launch(self, name: str, grid: tuple, block: tuple, args: tuple) -> None:
+        """Run kernel ``name`` (e.g. "relu_forward<float>"); with ``MINIDL_EMU_CHECK=1``
+        bounds-checked (``minidl/bounds.py``): an access outside an array raises
+        ``bounds.OutOfBoundsError`` naming the thread, the argument and the index."""
         if name not in self.symbols:
             raise KeyError(f"emulator: no kernel {name}; this file has {sorted(self.symbols)}")
         grid3 = (ctypes.c_uint * 3)(*(tuple(grid) + (1, 1, 1))[:3])
         block3 = (ctypes.c_uint * 3)(*(tuple(block) + (1, 1, 1))[:3])
-        values = [_marshal(i, a) for i, a in enumerate(args)]  # kept alive until the call returns
-        pointers = (ctypes.c_void_p * max(1, len(values)))(*(ctypes.addressof(v) for v in values))
-        getattr(self.library, self.symbols[name])(grid3, block3, pointers)
+        function = getattr(self.library, self.symbols[name])
+        function.restype = ctypes.c_int
+
+        def call(values, fault=None) -> int:  # values: kept alive until the call returns
+            pointers = (ctypes.c_void_p * max(1, len(values)))(
+                *(ctypes.addressof(v) for v in values)
+            )
+            return function(grid3, block3, pointers, None if fault is None else ctypes.byref(fault))
+
+        if bounds.enabled():
+            parameters = self.parameters.get(name.split("<")[0], [])
+            bounds.checked_launch(call, name, tuple(args), _marshal, parameters)
+        else:
+            call([_marshal(i, a) for i, a in enumerate(args)])
 
 
 def _marshal(position: int, value):
@@ -181,7 +196,9 @@ def load(path, include_dirs=()) -> EmulatedModule:
     library = cache_dir() / f"{path.stem}-{digest.hexdigest()[:20]}.so"
     if not library.exists():
         _compile(unit, path, library, include_dirs)
-    return EmulatedModule(ctypes.CDLL(str(library)), symbols)
+    return EmulatedModule(
+        ctypes.CDLL(str(library)), symbols, kernel_source.kernel_parameters(source)
+    )
 
 
 def compiler_version() -> str:
