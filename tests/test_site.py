@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def copy_of_the_docs(tmp: Path) -> Path:
     ]:
         assert old in text, f"mkdocs.yml no longer says {old!r}: update this test"
         text = text.replace(old, new)
+    text = re.sub(r"^watch:\n(?:  - .*\n)+", "", text, flags=re.MULTILINE)  # serve's, relative
     config = tmp / "mkdocs.yml"
     config.write_text(text)
     return config
