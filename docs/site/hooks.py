@@ -1,6 +1,6 @@
 """MkDocs hooks for minidl's website (mkdocs.yml names this file).
 
-- The home page is README.md, its ``docs/x.md`` links made relative to the site: the README stays
+- The home page is README.md, its links into docs/ made relative to the site: the README stays
   the one source.
 - The figures of docs/site/figures.py are drawn and added to the site as ``figures/NAME.png``.
 - MathJax is copied from the django-static-mathjax package into ``assets/mathjax/``, with its
