@@ -18,9 +18,22 @@ DEVICE = os.environ.get("DISTRIBUTED_WORKER_DEVICE", "cpu")  # "cuda": one GPU p
 STEPS_EPOCHS = 2  # 29 samples in batches of 8: 4 steps an epoch, the last on 5 samples (3 + 2)
 
 
-def small_net(dropout: bool = False) -> nn.Module:
-    """A float64 convnet; with ``dropout``, a Dropout(0.5) before the linear layer."""
+def small_net(dropout: bool = False, batchnorm: bool = False) -> nn.Module:
+    """A float64 convnet; with ``dropout``, a Dropout(0.5) before the linear layer; with
+    ``batchnorm``, BatchNorm2d after the conv and a hidden layer with BatchNorm1d."""
     mdl.manual_seed(0)
+    if batchnorm:
+        net = nn.Sequential(
+            nn.Conv2d(1, 3, 3),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3 * 6 * 6, 6),
+            nn.BatchNorm1d(6),
+            nn.ReLU(),
+            nn.Linear(6, 4),
+        )
+        return net.double()
     net = nn.Sequential(
         nn.Conv2d(1, 3, 3),
         nn.ReLU(),
@@ -37,10 +50,10 @@ def small_data(n: int = 29) -> data.ArrayDataset:
     return data.ArrayDataset(images, rng.integers(0, 4, n), lambda x, rng: x.astype(np.float64))
 
 
-def train_steps(mode: str | None = None, dropout: bool = False) -> dict:
+def train_steps(mode: str | None = None, dropout: bool = False, batchnorm: bool = False) -> dict:
     """STEPS_EPOCHS epochs of train_epoch (global batch 8, shuffled), from rank 0's weights;
     ``mode`` "bf16": the net cast to bfloat16 (float32 master weights) before the optimizer."""
-    model = small_net(dropout).to(DEVICE)
+    model = small_net(dropout, batchnorm).to(DEVICE)
     cast = precision.Precision(mode) if mode is not None else None
     if cast is not None:
         cast.cast_model(model.float())
@@ -173,6 +186,8 @@ def main(scenario: str, out: Path) -> None:
         result = train_steps("bf16")
     elif scenario == "steps_dropout":
         result = train_steps(dropout=True)
+    elif scenario == "steps_batchnorm":
+        result = train_steps(batchnorm=True)
     elif scenario == "shards":
         epochs = shards()
         result = {

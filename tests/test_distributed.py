@@ -186,6 +186,34 @@ def test_steps_on_three_ranks_with_uneven_shares_equal_steps_in_one_process(tmp_
             np.testing.assert_array_equal(ranks[f"rank{r}/{name}"], ranks[f"rank0/{name}"])
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_batchnorm_on_several_ranks_normalizes_with_the_whole_batchs_statistics(tmp_path, ranks):
+    """BatchNorm2d and BatchNorm1d in training on 2 and 3 ranks: the statistics and the
+    backward's sums are the whole global batch's (ops/batchnorm_ranks.py), so the weights and the
+    running statistics are one process's. On 3 ranks the last batch of 5 is 2 + 2 + 1: a rank's
+    one-sample part has no variance of its own, and BatchNorm1d refused it at the end of the
+    epoch, losing the epoch's work (Flowers-17 on several ranks)."""
+    result = run_ok("steps_batchnorm", tmp_path, ranks=ranks)
+    single = worker.train_steps(batchnorm=True)
+    assert any("running_var" in name for name in single)
+    for name, value in single.items():
+        np.testing.assert_allclose(result[f"rank0/{name}"], value, rtol=1e-10, atol=1e-12)
+        for r in range(1, ranks):
+            np.testing.assert_array_equal(result[f"rank{r}/{name}"], result[f"rank0/{name}"])
+
+
+def test_batchnorm_across_ranks_on_the_gpu_branch_under_the_emulator(tmp_path, monkeypatch):
+    """The same on the kernels' branch (MINIDL_CUDA_EMULATE=1): the sums travel between the
+    statistics kernel and the forward one, and between the two backward kernels."""
+    env = {"MINIDL_CUDA_EMULATE": "1", "DISTRIBUTED_WORKER_DEVICE": "cuda"}
+    result = run_ok("steps_batchnorm", tmp_path, env=env, ranks=3)
+    monkeypatch.setenv("MINIDL_CUDA_EMULATE", "1")
+    monkeypatch.setattr(worker, "DEVICE", "cuda")
+    for name, value in worker.train_steps(batchnorm=True).items():
+        for r in range(3):
+            np.testing.assert_allclose(result[f"rank{r}/{name}"], value, rtol=1e-9, atol=1e-11)
+
+
 def test_bfloat16_steps_on_two_ranks_follow_one_process(tmp_path):
     """The same 8 steps with a bfloat16 net: rank 0's bfloat16 weights are broadcast bit for bit
     (MPI has no 16-bit type), the gradients are summed in float32 buckets, both ranks end with

@@ -35,6 +35,7 @@ import numpy as np
 
 from minidl import backend, cuda, dtypes, threads
 from minidl.autograd import Function
+from minidl.ops import batchnorm_ranks
 from minidl.ops._checks import require_tensor
 
 if TYPE_CHECKING:
@@ -61,14 +62,17 @@ def batch_norm_forward_numpy(x, shift, offset, var, weight, bias, eps):
     return xhat * weight[:, None] + bias[:, None], xhat
 
 
-def batch_norm_backward_numpy(dy, xhat, var, weight, eps, training):
-    """dy, xhat: (N, C, P) -> dx: (N, C, P), dweight, dbias: (C,)."""
+def batch_norm_backward_numpy(dy, xhat, var, weight, eps, training, sums=None):
+    """dy, xhat: (N, C, P) -> dx: (N, C, P), dweight, dbias: (C,). ``sums``: the (dweight,
+    dbias) to use for dx in place of this batch's own (the whole job's, batchnorm_ranks.py)."""
     invstd = 1 / np.sqrt(var + dy.dtype.type(eps))
     dbias = dy.sum(axis=(0, 2))
     dweight = (dy * xhat).sum(axis=(0, 2))
     scale = (weight * invstd)[:, None]
     if not training:
         return dy * scale, dweight, dbias
+    if sums is not None:
+        dweight, dbias = sums
     m = dy.shape[0] * dy.shape[2]
     dx = m * dy
     dx -= dbias[:, None]
@@ -160,7 +164,8 @@ def batch_norm_forward_cuda(x, shift, offset, var, weight, bias, eps):
     return y
 
 
-def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
+def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training, reduce=None):
+    """``reduce(dweight, dbias)``: the job's sums from this rank's (batchnorm_ranks.py)."""
     n, c, plane = x.shape
     xp = backend.xp("cuda")
     dweight = xp.empty((c,), dtype=dtypes.compute_dtype(x.dtype))  # float32 for 16-bit x
@@ -184,6 +189,8 @@ def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training):
             *cuda.real(x.dtype, eps),
         ),
     )
+    if reduce is not None and training:
+        dweight, dbias = reduce(dweight, dbias)
     dx = xp.empty_like(x)
     cuda.launch_1d(
         "batchnorm",
@@ -230,8 +237,13 @@ class BatchNormFunction(Function):
         on_gpu = ctx.device == "cuda"
         if not on_gpu:  # 16-bit x: statistics and xhat in float32, as the kernels keep them
             x = dtypes.to_compute(x)
+        shared = training and batchnorm_ranks.in_a_job()  # the job's statistics, not this rank's
         if training:
             stats = batch_norm_stats_cuda(x) if on_gpu else over_channels(batch_norm_stats_numpy, x)
+            if shared:
+                stats, total = batchnorm_ranks.whole_batch_statistics(stats, m, ctx.device)
+                ctx.share = (m, total)
+                m = total
             if running_mean is not None:
                 update = update_running_cuda if on_gpu else update_running_numpy
                 update(running_mean, running_var, *stats, m, momentum)
@@ -252,17 +264,33 @@ class BatchNormFunction(Function):
         saved, stats, weight, training, eps, shape = ctx.saved
         xp = backend.xp(ctx.device)
         dy = xp.ascontiguousarray(dy).reshape(saved.shape)
+        reduce = BatchNormFunction._job_sums(ctx)
         if ctx.device == "cuda":  # saved is x; the kernels recompute xhat from it
-            dx, dweight, dbias = batch_norm_backward_cuda(dy, saved, *stats, weight, eps, training)
+            dx, dweight, dbias = batch_norm_backward_cuda(
+                dy, saved, *stats, weight, eps, training, reduce
+            )
         else:  # saved is xhat (float32 for 16-bit x; apply and backward round the results)
             dy = dy.astype(saved.dtype, copy=False)
+            sums = None
+            if reduce is not None and training:  # the sums first, over the whole job
+                sums = reduce((dy * saved).sum(axis=(0, 2)), dy.sum(axis=(0, 2)))
             dx, dweight, dbias = over_channels(
-                lambda dy, xhat, var, weight: batch_norm_backward_numpy(
-                    dy, xhat, var, weight, eps, training
+                lambda dy, xhat, var, weight, *sums: batch_norm_backward_numpy(
+                    dy, xhat, var, weight, eps, training, sums or None
                 ),
-                *(dy, saved, stats[2], weight),
+                *(dy, saved, stats[2], weight, *(sums or ())),
             )
         return dx.reshape(shape), dweight, dbias, None, None
+
+    @staticmethod
+    def _job_sums(ctx):
+        """In a job of several ranks: this rank's sums -> the job's (batchnorm_ranks.py)."""
+        share = getattr(ctx, "share", None)
+        if share is None:
+            return None
+        return lambda dweight, dbias: batchnorm_ranks.whole_batch_sums(
+            dweight, dbias, *share, ctx.device
+        )
 
 
 def _check_channel_vector(name: str, value, x, channels: int) -> None:
@@ -319,7 +347,7 @@ def batch_norm(
         raise ValueError(f"batch_norm: momentum must be in [0, 1], got {momentum!r}")
     if eps < 0:
         raise ValueError(f"batch_norm: eps must be >= 0, got {eps!r}")
-    if training and x.numel() // channels <= 1:
+    if training and x.numel() // channels <= 1 and not batchnorm_ranks.in_a_job():
         raise ValueError(
             f"batch_norm: Expected more than 1 value per channel when training, "
             f"got input of shape {x.shape}"
