@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from minidl import backend, cuda, dtypes
+from minidl import backend, cuda, dtypes, threads
 from minidl.autograd import no_grad
 
 
@@ -135,18 +135,23 @@ class SGD(Optimizer):
         lr, mu, wd = (w.dtype.type(x) for x in (self.lr, self.momentum, self.weight_decay))
         # flat views that cannot be copies (reshape would copy a non-contiguous array silently)
         w, g, v = (_flat_view(a) for a in (w, g, v))
-        # In blocks of 64K elements: the temporaries stay in cache instead of making several
-        # passes over fc6's 150 MB.
-        for start in range(0, w.size, 1 << 16):
-            block = slice(start, start + (1 << 16))
-            wb, gb, vb = w[block], g[block], v[block]
-            vb *= mu
-            if self.rule == "paper":
-                vb -= wd * lr * wb + lr * gb
-                wb += vb
-            else:
-                vb += gb + wd * wb
-                wb -= lr * vb
+
+        def update(part: slice) -> None:
+            # In blocks of 64K elements: the temporaries stay in cache instead of making several
+            # passes over fc6's 150 MB.
+            for start in range(part.start, part.stop, 1 << 16):
+                block = slice(start, min(start + (1 << 16), part.stop))
+                wb, gb, vb = w[block], g[block], v[block]
+                vb *= mu
+                if self.rule == "paper":
+                    vb -= wd * lr * wb + lr * gb
+                    wb += vb
+                else:
+                    vb += gb + wd * wb
+                    wb -= lr * vb
+
+        # element by element: parts of the parameter on the thread pool give the same bits
+        threads.map_parts(update, threads.parts(w.size, w.nbytes))
 
     def _step_cuda(self, w, g, master, v) -> None:
         # w: the parameter (any kernel dtype); master, v: acc_t (master is w for float32/64)
@@ -201,17 +206,31 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         state["t"] += 1
         t = state["t"]
+        step = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
+        eps = self.eps * math.sqrt(1 - b2**t)
+        arrays = (w, g, state["m"], state["v"])
+        if p.device == "cuda":
+            self._adam_math(xp, *arrays, step, eps)
+        else:  # element by element: parts of the flat arrays on the thread pool, the same bits
+            w_, g_, m_, v_ = (_flat_view(a) for a in arrays)
+            threads.map_parts(
+                lambda s: self._adam_math(np, w_[s], g_[s], m_[s], v_[s], step, eps),
+                threads.parts(w.size, w.nbytes),
+            )
+        if w is not p.data:
+            p.data[...] = w.astype(p.dtype, copy=False)  # rounded to 16 bits, once
+
+    def _adam_math(self, xp, w, g, m, v, step: float, eps: float) -> None:
+        """In place on w, m, v: one Adam step (weight decay added to g), bias correction folded
+        into ``step`` and ``eps``."""
+        b1, b2 = self.betas
         if self.weight_decay:
             g = g + self.weight_decay * w
-        m, v = state["m"], state["v"]
         m *= b1
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * g * g
-        step = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
-        w -= (step * m / (xp.sqrt(v) + self.eps * math.sqrt(1 - b2**t))).astype(w.dtype)
-        if w is not p.data:
-            p.data[...] = w.astype(p.dtype, copy=False)  # rounded to 16 bits, once
+        w -= (step * m / (xp.sqrt(v) + eps)).astype(w.dtype)
 
 
 class StepLR:

@@ -253,3 +253,33 @@ def test_a_training_step_gives_the_same_bits_for_any_thread_count(
     for count in (2, 3):
         for a, b in zip(one, training_step(make_model, shape, classes, count, batch)):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2, rule="paper"),
+        lambda ps: optim.Adam(ps, lr=0.1, weight_decay=1e-2),
+    ],
+    ids=["sgd", "sgd_paper", "adam"],
+)
+def test_optimizer_steps_give_the_whole_arrays_bits(make_optimizer, small_parts, monkeypatch):
+    def steps(count, max_parts):
+        monkeypatch.setattr(threads, "MAX_PARTS", max_parts)
+        mdl.set_num_threads(count)
+        rng = np.random.default_rng(0)
+        params = [
+            mdl.nn.Parameter(rng.standard_normal(s).astype(np.float32)) for s in [(70, 3), (5,)]
+        ]
+        opt = make_optimizer(params)
+        for _ in range(3):
+            for p in params:
+                p.grad = mdl.tensor(rng.standard_normal(p.shape).astype(np.float32))
+            opt.step()
+        return [p.numpy() for p in params]
+
+    whole = steps(1, 1)
+    for count in COUNTS:
+        for a, b in zip(whole, steps(count, 8)):
+            np.testing.assert_array_equal(a, b)
