@@ -415,3 +415,24 @@ def test_momentum_none_matches_torch(layer, shape):
     theirs.eval()
     x = inputs(shape, 9)
     assert_close(ours(mdl.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy())
+
+
+@pytest.mark.parametrize("layer, shape", MOMENTUM_NONE_CASES)
+def test_momentum_set_to_none_after_construction_averages_from_then_on(layer, shape):
+    """``bn.momentum = None`` on a built layer: the first forward failed (no counter); now the
+    counter starts at 0 and the layer matches PyTorch's made with momentum=None, and a bad
+    value is refused on assignment too, as in the constructor."""
+    torch = pytest.importorskip("torch")
+    ours = getattr(nn, layer)(3).double()
+    ours.momentum = None
+    theirs = getattr(torch.nn, layer)(3, momentum=None).double()
+    for step in range(3):
+        ours(mdl.tensor(inputs(shape, step)))
+        theirs(torch.tensor(inputs(shape, step)))
+    for name, value in theirs.state_dict().items():
+        assert_close(np.asarray(ours.state_dict()[name], np.float64), value.double().numpy())
+    for bad in (1.5, -0.1, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="momentum must be in \\[0, 1\\] or None"):
+            ours.momentum = bad
+    ours.momentum = np.float32(0.5)  # any real number in [0, 1]
+    assert ours.momentum == 0.5

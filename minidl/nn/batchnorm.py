@@ -12,6 +12,8 @@ with a fixed momentum keeps its two float buffers, as minidl's checkpoints hold 
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from minidl import functional as F
@@ -37,12 +39,7 @@ class _BatchNorm(Module):
             raise ValueError(
                 f"{type(self).__name__}: num_features must be a positive int, got {num_features!r}"
             )
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(
-                f"{type(self).__name__}: momentum must be in [0, 1] or None (a cumulative "
-                f"average), got {momentum!r}"
-            )
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.num_features, self.eps = num_features, eps
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
             self.weight = Parameter(np.ones((num_features,), dtype))
@@ -56,7 +53,33 @@ class _BatchNorm(Module):
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
-        if track_running_stats and momentum is None:
+        self.momentum = momentum  # checked, and None starts num_batches_tracked (below)
+
+    @property
+    def momentum(self) -> float | None:
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value) -> None:
+        """Checked on every assignment, not only by the constructor. ``None`` (then or later)
+        makes the running statistics a cumulative average and registers the int64
+        ``num_batches_tracked`` buffer at 0: set later, the average starts from that batch
+        (PyTorch's layer counts every batch from the start, a difference of history only)."""
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not 0.0 <= value <= 1.0
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: momentum must be in [0, 1] or None (a cumulative "
+                f"average), got {value!r}"
+            )
+        self._momentum = value
+        if (
+            value is None
+            and self.track_running_stats
+            and "num_batches_tracked" not in self._buffers
+        ):
             self.register_buffer("num_batches_tracked", Tensor(np.array(0, np.int64)))
 
     def reset_running_stats(self) -> None:
