@@ -29,6 +29,7 @@ COURSE = [
     "04_dropout",
     "05_train_and_look_inside",
     "06_your_own_op",
+    "07_inside_alexnet",
 ]
 NEEDS_FASHION_MNIST = {"05_train_and_look_inside"}
 CELL_TIMEOUT = 600  # seconds for one cell; the training cell is the longest (about 30 s alone)

@@ -231,7 +231,9 @@ class OnnxModel(Module):
             )
         return {name: self._input_tensor(name, value) for name, value in given.items()}
 
-    def forward(self, *args, **kwargs):
+    def values(self, *args, **kwargs) -> dict:
+        """Run the graph and return every named value (inputs, weights, each node's outputs) as
+        {the file's name: Tensor}: the activations layer by layer, for a look inside."""
         values = self._inputs(args, kwargs)
         for name, attribute in self._attribute_of.items():
             values[name] = getattr(self, attribute)
@@ -246,6 +248,10 @@ class OnnxModel(Module):
             outputs = outputs if isinstance(outputs, list) else [outputs]
             for name, value in zip(node.outputs, outputs):
                 values[name] = value
+        return values
+
+    def forward(self, *args, **kwargs):
+        values = self.values(*args, **kwargs)
         results = tuple(values[name] for name in self.output_names)
         return results[0] if len(results) == 1 else results
 
