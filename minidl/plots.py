@@ -1,11 +1,52 @@
-"""Pictures of a training run: loss and accuracy curves (matplotlib), and a grid of the first
-convolution's filters (Pillow), as the paper's Figure 3 shows conv1's."""
+"""What a training run writes beside its checkpoint: log.csv, the loss and accuracy curves
+(matplotlib), and a grid of the first convolution's filters (Pillow), as the paper's Figure 3
+shows conv1's. They only show what checkpoint.npz holds (its history), so a failure to write
+one (a full disk, a read-only file) is said and the run goes on; a checkpoint that cannot be
+written ends it (minidl/checkpoint.py)."""
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import numpy as np
+
+
+def write_csv(path, history: list[dict]) -> None:
+    """One row per epoch; the columns are every key seen, in order (a history resumed from an
+    older checkpoint may lack the newer ones: those cells stay empty)."""
+    if not history:
+        return
+    fields = list(dict.fromkeys(key for row in history for key in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+NO_CURVES = "curves.png not written: matplotlib is missing (pip install 'minidl[plot]')"
+
+
+def write_beside(path: Path, write) -> str | None:
+    """``write(path)``; a failure (OSError) becomes the line to say, None when written."""
+    try:
+        write(path)
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        return f"{path} not written: {reason} (the run goes on; checkpoint.npz holds its history)"
+    return None
+
+
+def write_run_files(out: Path, history: list[dict]) -> list[str]:
+    """log.csv and curves.png for ``history``; returns the lines to say (NO_CURVES without
+    matplotlib, one per file that could not be written)."""
+    notes = [write_beside(out / "log.csv", lambda path: write_csv(path, history))]
+    drawn = []
+    notes.append(write_beside(out / "curves.png", lambda p: drawn.append(plot_curves(history, p))))
+    if drawn == [False]:
+        notes.append(NO_CURVES)
+    return [note for note in notes if note]
 
 
 def plot_curves(history: list[dict], path) -> bool:

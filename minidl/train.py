@@ -15,7 +15,6 @@ precision mode (``minidl/precision.py``, ``docs/precision.md``) is chosen per ru
 from __future__ import annotations
 
 import contextlib
-import csv
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -42,10 +41,8 @@ from minidl.guard import (  # noqa: F401 - NONFINITE, all_finite: train's public
     all_finite,
 )
 from minidl.nn.layers import Dropout
-from minidl.plots import plot_curves, save_filter_grid
+from minidl.plots import NO_CURVES, save_filter_grid, write_beside, write_run_files
 from minidl.tensor import Tensor
-
-NO_CURVES = "curves.png not written: matplotlib is missing (pip install 'minidl[plot]')"
 
 
 def _batch_tensor(x, device: str) -> Tensor:
@@ -181,18 +178,6 @@ def evaluate(model, loader, device: str = "cpu", progress: bool = False, precisi
 
 
 # ---- logs ----------------------------------------------------------------------------------------
-def write_csv(path, history: list[dict]) -> None:
-    """One row per epoch; the columns are every key seen, in order (a history resumed from an
-    older checkpoint may lack the newer ones: those cells stay empty)."""
-    if not history:
-        return
-    fields = list(dict.fromkeys(key for row in history for key in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(history)
-
-
 def _row(epoch: int, lr: float, train: dict, test: dict) -> dict:
     """An epoch's line of the history (and of log.csv)."""
     row = {
@@ -359,21 +344,25 @@ class _Run(NamedTuple):
                 for epoch in epochs:
                     history.append(self.epoch(epoch, progress))
                     log(_epoch_line(history[-1]))
-                    if out is not None and not self.save(out, history) and epoch == epochs[0]:
-                        log(NO_CURVES)  # said once: matplotlib will not appear during the run
+                    for note in self.save(out, history) if out is not None else ():
+                        if note != NO_CURVES or epoch == epochs[0]:  # that one is said once
+                            log(note)
         except NonFiniteLossError as err:
             raise _stopped(err, out, history) from None
         weight = _first_conv_weight(self.model)
         if out is not None and weight is not None:
-            save_filter_grid(weight, out / "conv1_filters.png")
+            note = write_beside(out / "conv1_filters.png", lambda p: save_filter_grid(weight, p))
+            if note:
+                log(note)
 
-    def save(self, out: Path, history: list[dict]) -> bool:
-        """checkpoint.npz, log.csv and curves.png; False when curves.png needs matplotlib."""
+    def save(self, out: Path, history: list[dict]) -> list[str]:
+        """checkpoint.npz (a failure ends the run, CheckpointError), then log.csv and curves.png
+        (a failure is only said: the checkpoint holds the history they show). Returns what to
+        say."""
         parts = (self.model, self.optimizer, self.scheduler, self.train_loader)
         epoch = history[-1]["epoch"]
         save_checkpoint(out / "checkpoint.npz", *parts, epoch, history, self.guard.scaler)
-        write_csv(out / "log.csv", history)
-        return plot_curves(history, out / "curves.png")
+        return write_run_files(out, history)
 
 
 def _first_conv_weight(model) -> np.ndarray | None:

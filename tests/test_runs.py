@@ -152,3 +152,19 @@ def test_the_examples_refuse_a_bad_number_when_the_command_line_is_read(
         load(example).main(argv)
     assert info.value.code == 2
     assert f"argument {flag}: {says}" in capsys.readouterr().err
+
+
+def test_log_and_pictures_that_cannot_be_written_are_said_and_the_run_goes_on(tmp_path):
+    """log.csv, curves.png and conv1_filters.png only show what the checkpoint holds: one that
+    cannot be written (here a folder stands in its place) is said, naming the file and the
+    reason, and the run trains and checkpoints every epoch (it ended with a raw OSError)."""
+    pytest.importorskip("matplotlib")
+    for name in ("log.csv", "curves.png", "conv1_filters.png"):
+        (tmp_path / name).mkdir()
+    messages = messages_of(tiny_setup(), 2, out_dir=tmp_path)
+    for name in ("log.csv", "curves.png"):
+        said = [m for m in messages if m.startswith(f"{tmp_path / name} not written: ")]
+        assert len(said) == 2, messages  # once an epoch
+        assert "Is a directory" in said[0] and "checkpoint.npz holds its history" in said[0]
+    assert any(m.startswith(f"{tmp_path / 'conv1_filters.png'} not written") for m in messages)
+    assert train.checkpoint_summary(tmp_path / "checkpoint.npz")["epoch"] == 2
