@@ -2,7 +2,9 @@
 
     dx = dy @ w,   dw = dy^T @ x,   db = sum_n dy[n]
 
-A plain GEMM: BLAS through NumPy on the CPU, cuBLAS through CuPy on the GPU.
+A plain GEMM: BLAS through NumPy on the CPU, cuBLAS through CuPy on the GPU. On the CPU each
+product is cut into parts along a dimension it does not sum over (y's and dw's rows of w, dx's
+columns of w), one BLAS call a part on the thread pool (minidl/threads.py): the same sums.
 No page (no kernel of our own). Plain definition: tests/reference.py::linear (a naive loop).
 """
 
@@ -10,12 +12,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from minidl import backend, dtypes
+import numpy as np
+
+from minidl import backend, dtypes, threads
 from minidl.autograd import Function
 from minidl.ops._checks import require_tensor
 
 if TYPE_CHECKING:
     from minidl.tensor import Tensor
+
+
+def in_parts(product, out, size: int, nbytes: int, rows: bool = False):
+    """The CPU's GEMMs, on the thread pool: out[..., s] (out[s] with ``rows``) = product(s) for
+    the parts s of range(size) (they depend on the sizes only). Returns out."""
+
+    def part(s: slice) -> None:
+        out[s if rows else (..., s)] = product(s)
+
+    threads.map_parts(part, threads.parts(size, nbytes))
+    return out
 
 
 class LinearFunction(Function):
@@ -24,7 +39,11 @@ class LinearFunction(Function):
     @staticmethod
     def forward(ctx, x, w, b):
         # x: (N, in) or (N, ..., in), w: (out, in), b: (out,) -> y: (N, out) or (N, ..., out)
-        y = dtypes.matmul(x, w.T)
+        if ctx.device == "cuda":
+            y = dtypes.matmul(x, w.T)
+        else:  # y's columns o: x @ w[o]^T
+            y = np.empty((*x.shape[:-1], w.shape[0]), np.result_type(x, w))
+            y = in_parts(lambda o: dtypes.matmul(x, w[o].T), y, w.shape[0], w.nbytes)
         if b is not None:
             y += b
         ctx.save(x, w, b is not None)
@@ -36,9 +55,22 @@ class LinearFunction(Function):
         xp = backend.xp(ctx.device)
         rows_x = x.reshape(-1, x.shape[-1])  # every leading dimension is a batch dimension
         rows_dy = dy.reshape(-1, dy.shape[-1])
-        dx = dtypes.matmul(dy, w) if ctx.needs_input_grad[0] else None
-        dw = dtypes.matmul(rows_dy.T, rows_x) if ctx.needs_input_grad[1] else None
-        db = dtypes.sum(rows_dy, axis=0) if has_bias and ctx.needs_input_grad[2] else None
+        needs = ctx.needs_input_grad
+        if ctx.device == "cuda":
+            dx = dtypes.matmul(dy, w) if needs[0] else None
+            dw = dtypes.matmul(rows_dy.T, rows_x) if needs[1] else None
+        else:  # dx's columns i: dy @ w[:, i]; dw's rows o: dy[:, o]^T @ x
+            dtype = np.result_type(dy, w, x)
+            dx = dw = None
+            if needs[0]:
+                dx = np.empty((*dy.shape[:-1], w.shape[1]), dtype)
+                dx = in_parts(lambda i: dtypes.matmul(dy, w[:, i]), dx, w.shape[1], w.nbytes)
+            if needs[1]:
+                dw = np.empty(w.shape, dtype)
+                dw = in_parts(
+                    lambda o: dtypes.matmul(rows_dy[:, o].T, rows_x), dw, w.shape[0], w.nbytes, True
+                )
+        db = dtypes.sum(rows_dy, axis=0) if has_bias and needs[2] else None
         if dw is not None:
             dw = xp.ascontiguousarray(dw)
         return dx, dw, db
