@@ -104,6 +104,8 @@ def copy_of_the_docs(tmp: Path) -> Path:
         ("docs_dir: docs\n", f"docs_dir: {tmp / 'docs'}\n"),
         ("- docs/site/hooks.py\n", f"- {ROOT / 'docs' / 'site' / 'hooks.py'}\n"),
         ("paths: [.]\n", f"paths: [{ROOT}]\n"),
+        # the real build's notebook cache stays as it is (a build evicts the entries it did not use)
+        ("      include_source: true\n", "      include_source: true\n      cache: false\n"),
     ]:
         assert old in text, f"mkdocs.yml no longer says {old!r}: update this test"
         text = text.replace(old, new)
@@ -121,6 +123,19 @@ def test_a_broken_link_fails_the_strict_build(tmp_path):
     result = mkdocs_build(config, tmp_path / "out", MINIDL_SITE_EXECUTE="0")
     assert result.returncode != 0, "a broken link did not fail mkdocs build --strict"
     assert "no_such_page.md" in result.stderr
+
+
+def test_a_notebook_that_raises_fails_the_build(tmp_path):
+    """The notebooks really run: one whose cell raises fails the build, and says why."""
+    config = copy_of_the_docs(tmp_path)
+    course = tmp_path / "docs" / "notebooks"
+    for notebook in course.glob("*.py"):
+        notebook.unlink()  # only the planted one runs (the missing ones: warnings, later)
+    planted = '# %% [markdown]\n# # A planted failure\n\n# %%\nraise RuntimeError("planted here")\n'
+    (course / "01_autograd.py").write_text(planted)
+    result = mkdocs_build(config, tmp_path / "out", MINIDL_SITE_EXECUTE="1")
+    assert result.returncode != 0, "a notebook that raises did not fail the build"
+    assert "planted here" in result.stderr + result.stdout
 
 
 # ---- in the browser ------------------------------------------------------------------------------

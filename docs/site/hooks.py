@@ -8,7 +8,8 @@
 - The course notebooks are executed by mkdocs-jupyter on a fresh kernel that imports this
   checkout's minidl; its cache is keyed by the engine's sources as well as the notebook, so a
   change to minidl re-runs them. ``MINIDL_SITE_EXECUTE=0`` renders them unexecuted (a quick
-  ``mkdocs serve``); notebook 5 runs only where Fashion-MNIST is.
+  ``mkdocs serve``); notebook 5 runs only where Fashion-MNIST is, notebook 7 only where the
+  ``onnx`` package is (shown unexecuted elsewhere, said in the build's log).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,7 +34,10 @@ log = logging.getLogger("mkdocs.hooks.minidl")
 MATHJAX_PLACEHOLDER = '<script src="minidl-site-mathjax"> </script>'  # mkdocs.yml's jupyter url
 # What MathJax needs beside tex-chtml.js: its fonts, the TeX extensions it loads on demand, menu.
 MATHJAX_PARTS = ["tex-chtml.js", "output/chtml", "input/tex/extensions", "ui", "a11y"]
-NEEDS_FASHION_MNIST = "05_train_and_look_inside.py"
+NEEDS = {  # notebook: (what it needs, whether it is here)
+    "05_train_and_look_inside.py": ("Fashion-MNIST", lambda: fashion_mnist_here()),
+    "07_inside_alexnet.py": ("the onnx package", lambda: importlib.util.find_spec("onnx")),
+}
 
 
 def load_figures():
@@ -74,9 +79,11 @@ def on_config(config):
     jupyter["cache_dir"] = str(ROOT / ".cache" / "mkdocs-jupyter" / engine_hash())
     if os.environ.get("MINIDL_SITE_EXECUTE", "1") == "0":
         jupyter["execute"] = False
-    elif not fashion_mnist_here():
-        log.info("Fashion-MNIST is not here: %s is shown unexecuted", NEEDS_FASHION_MNIST)
-        jupyter["execute_ignore"] = [*jupyter["execute_ignore"], f"*/{NEEDS_FASHION_MNIST}"]
+        return config
+    for notebook, (what, here) in NEEDS.items():
+        if not here():
+            log.info("%s is not here: %s is shown unexecuted", what, notebook)
+            jupyter["execute_ignore"] = [*jupyter["execute_ignore"], f"*/{notebook}"]
     return config
 
 
@@ -114,3 +121,13 @@ def on_files(files, config):
 def on_page_content(html, page, config, files):
     # A notebook page would load MathJax a second time; the site's copy typesets it too.
     return html.replace(MATHJAX_PLACEHOLDER, "")
+
+
+def on_post_build(config):
+    # The cache of an older engine is never hit again: keep only this one's.
+    jupyter = config.plugins["mkdocs-jupyter"].config
+    if jupyter["cache"]:
+        current = Path(jupyter["cache_dir"])
+        for folder in current.parent.iterdir():
+            if folder.is_dir() and folder != current:
+                shutil.rmtree(folder, ignore_errors=True)
