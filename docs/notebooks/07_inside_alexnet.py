@@ -231,8 +231,8 @@ for row in range(shown_rows):
 fig.suptitle("each row: an image, then its nearest neighbours by the fc7 vector")
 fig.tight_layout()
 plt.show()
-same_kind = np.mean([images[i][0].split()[0] == images[r][0].split()[0]
-                     for r in range(len(images)) for i in neighbours[r]])  # fmt: skip
+kind = [image_name.split()[0] for image_name, _ in images]  # "disc", "bars", ... or a file name
+same_kind = np.mean([kind[i] == kind[r] for r in range(len(images)) for i in neighbours[r]])
 print(f"neighbours whose name starts like the query's: {same_kind:.0%}")
 
 # %% [markdown]

@@ -32,7 +32,8 @@ from minidl.tensor import Tensor
 def conv(node: OnnxNode):
     """Conv: Y = conv(X, W) + B with groups, strides, dilations and any padding (1-D or 2-D)."""
     group = node.attr("group", 1)
-    spec = window(node, kernel=node.attr("kernel_shape", [0, 0]))  # the weight gives the kernel
+    weight = node.static.get(1)  # kernel_shape is optional: an initializer's shape gives it
+    spec = window(node, kernel=None if weight is None else list(weight.shape[2:]))
 
     def run(inputs, training):
         x, w, b = (inputs + [None])[:3]
@@ -118,8 +119,8 @@ def average_pool(node: OnnxNode):
         padded = pad(x, [(top, bottom_all), (left, right_all)])
         total = F.conv2d(padded, ones, None, spec.strides, 0, spec.dilations, groups=c)
         if include_pad:  # the pads count, the cells ceil_mode adds do not
-            mask = pad(_ones((1, c, h + top + bottom, w + left + right), x),
-                       [(0, bottom_all - bottom), (0, right_all - right)])  # fmt: skip
+            inside = _ones((1, c, h + top + bottom, w + left + right), x)
+            mask = pad(inside, [(0, bottom_all - bottom), (0, right_all - right)])
         else:
             mask = pad(_ones((1, c, h, w), x), [(top, bottom_all), (left, right_all)])
         count = F.conv2d(mask, ones, None, spec.strides, 0, spec.dilations, groups=c)

@@ -97,7 +97,7 @@ def window(node: OnnxNode, kernel=None) -> Window:
     from the weight when the attribute is absent)."""
     kernel = node.attr("kernel_shape", kernel)
     if kernel is None:
-        raise Unsupported("kernel_shape is missing")
+        raise Unsupported("kernel_shape is missing (and no initializer's shape gives it)")
     rank = len(kernel)
     if rank not in (1, 2):
         raise Unsupported(f"{rank}-D windows (kernel_shape {list(kernel)}): minidl has 1-D and 2-D")
