@@ -159,6 +159,7 @@ def check(outputs, expected, rtol: float, atol: float, name: str):
 def run_node_case(name: str, device: str):
     case = NODE_CASES[name]
     rep = MinidlBackend.prepare(case.model, device)
+    assert rep.model.device == device.lower()  # inputs go there, even without any weight
     for inputs, expected in case.data_sets:
         check(rep.run(inputs), expected, case.rtol, case.atol, name)
 

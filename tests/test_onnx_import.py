@@ -271,6 +271,8 @@ def test_an_input_of_the_wrong_shape_names_the_input_and_the_expected_shape():
     model = load(small_alexnet_graph(12))
     with pytest.raises(ValueError, match=r"input 'x' has shape \(1, 3, 12, 13\).*\(1, 3, 13, 13\)"):
         model(image(1, 3, 12, 13))
+    with pytest.raises(TypeError, match="input 'x' has dtype float64, the model expects float32"):
+        model(image(1, 3, 13, 13).astype(np.float64))
 
 
 # ---- the zoo's AlexNet, with random weights ------------------------------------------------------

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minidl import backend
 from minidl.nn.module import Module, Parameter
 from minidl.onnx.layer_nodes import LAYER_BUILDERS
 from minidl.onnx.math_nodes import MATH_BUILDERS
@@ -158,6 +159,14 @@ def build_steps(graph, opset: int, static: dict) -> list:
     return steps
 
 
+def declared_dtype(value_info):
+    """An input's element type from the file as a NumPy dtype (None if the file leaves it out)."""
+    from onnx import helper
+
+    element = value_info.type.tensor_type.elem_type
+    return np.dtype(helper.tensor_dtype_to_np_dtype(element)) if element else None
+
+
 def declared_shape(value_info) -> tuple:
     """An input's shape from the file: an int per fixed axis, None for a named (free) one."""
     dims = value_info.type.tensor_type.shape.dim
@@ -174,6 +183,7 @@ class OnnxModel(Module):
         super().__init__()
         graph = model.graph
         self.label = label
+        self._device = "cpu"
         self.opset = default_opset(model)
         static = {t.name: to_array(t) for t in graph.initializer}
         weights = set(static)  # Constant nodes add to static below; they are not trained
@@ -192,17 +202,29 @@ class OnnxModel(Module):
         fed = [i for i in graph.input if i.name not in static]  # IR < 4 lists weights as inputs
         self.input_names = [i.name for i in fed]
         self.input_shapes = {i.name: declared_shape(i) for i in fed}
+        self.input_dtypes = {i.name: declared_dtype(i) for i in fed}
         self.output_names = [o.name for o in graph.output]
 
     @property
     def device(self) -> str:
-        state = [*self.parameters(), *self.buffers()]
-        return state[0].device if state else "cpu"
+        """Where the model runs (``load``'s device, then ``to``'s): inputs given as arrays go there,
+        even for a graph without a single weight."""
+        return self._device
+
+    def to(self, device: str):
+        super().to(device)
+        self._device = backend.check_device(device)
+        return self
 
     def _input_tensor(self, name: str, value) -> Tensor:
         """An input as a Tensor on the model's device, its shape checked against the file's."""
         if not isinstance(value, Tensor):
             value = Tensor(np.asarray(value), device=self.device)
+        dtype = self.input_dtypes[name]
+        if dtype is not None and value.dtype != dtype:
+            raise TypeError(
+                f"{self.label}: input {name!r} has dtype {value.dtype}, the model expects {dtype}"
+            )
         expected = self.input_shapes[name]
         fits = len(expected) == value.ndim and all(
             e is None or e == d for e, d in zip(expected, value.shape)
