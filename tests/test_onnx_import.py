@@ -158,6 +158,17 @@ def test_lrn_alpha_is_divided_by_size_in_onnx_and_not_in_minidl():
     assert_close([y], onnxruntime_outputs(model, {"x": x}))
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_softmax_axis_means_what_its_opset_says(op, opset, axis):
+    """Before opset 13 the input is flattened to 2-D at ``axis`` and each row normalized; from
+    13 on, only the one axis is normalized. Different answers on a 3-D input, except at -1."""
+    x = {"x": image(2, 3, 4)}
+    model = one_node_model(helper.make_node(op, ["x"], ["y"], axis=axis), x, opset=opset)
+    assert_close(minidl_outputs(load(model), x), onnxruntime_outputs(model, x))
+
+
 @pytest.mark.parametrize(
     "attributes",
     [
