@@ -313,6 +313,13 @@ def test_the_synthetic_zoo_alexnet_matches_onnxruntime(zoo_alexnet):
     assert want[0].max() < 0.5, "the random weights saturate the softmax: nothing is compared"
 
 
+def test_the_synthetic_zoo_alexnet_on_cuda_matches_the_cpu(zoo_alexnet, kernel_device):
+    """The whole zoo graph through the GPU branch: the emulator here, a GPU where there is one."""
+    x = {"data_0": 60 * image(1, 3, 224, 224)}
+    want = minidl_outputs(load(zoo_alexnet), x)
+    assert_close(minidl_outputs(load(zoo_alexnet, device=kernel_device), x), want)
+
+
 def test_classify_prints_the_top_5_with_names(zoo_alexnet, tmp_path, capsys):
     from PIL import Image
 
