@@ -33,7 +33,10 @@ def gemm(node: OnnxNode):
     def run(inputs, training):
         a, b, c = (inputs + [None])[:3]
         a = a.T if trans_a else a
-        # a Linear layer's (out, in) weight is B with transB=1: F.linear is that product
+        # a Linear layer is B = its (out, in) weight with transB=1 and C = its bias: F.linear
+        linear_bias = c is not None and c.shape == (b.shape[0],) and alpha == beta == 1.0
+        if trans_b and linear_bias:
+            return F.linear(a, b, c)
         y = F.linear(a, b) if trans_b else a @ b
         if alpha != 1.0:
             y = y * alpha
