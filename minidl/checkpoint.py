@@ -164,19 +164,25 @@ def run_lock(folder, log=print):
     The lock file is created atomically (O_EXCL) and holds this process's id; creating it is also
     the check, before epoch 1, that the folder can be written (CheckpointError if not). A lock
     left by a process that is no longer running is taken over, and ``log`` says so. It is
-    removed when the run ends, normally or by an error."""
-    lock = Path(folder) / "run.lock"
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        _take_lock(lock, log)
-    except OSError as err:
-        raise CheckpointError(
-            f"cannot write to {lock.parent} ({lock}: {_reason(err)}); nothing was trained"
-        ) from None
+    removed when the run ends, normally or by an error. In a data-parallel job rank 0 takes it
+    and every rank raises rank 0's error, if any (``distributed.agree``)."""
+    lock, error = Path(folder) / "run.lock", None
+    if distributed.is_main():  # in a data-parallel job rank 0 alone writes, so holds the lock
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            _take_lock(lock, log)
+        except OSError as err:
+            error = CheckpointError(
+                f"cannot write to {lock.parent} ({lock}: {_reason(err)}); nothing was trained"
+            )
+        except CheckpointError as err:
+            error = err
+    distributed.agree(error)  # every rank stops here, or none
     try:
         yield lock
     finally:
-        lock.unlink(missing_ok=True)
+        if distributed.is_main():
+            lock.unlink(missing_ok=True)
 
 
 def _take_lock(lock: Path, log) -> None:

@@ -152,6 +152,21 @@ def _in_place():
     return MPI.IN_PLACE
 
 
+def agree(error: Exception | None) -> None:
+    """After a step rank 0 alone takes (the run's lock, writing a checkpoint): raise its error on
+    every rank, or on none. Without this rank 0 would stop and the other ranks wait for it in
+    their next all-reduce, forever. A no-op broadcast of None when all went well; in a world of
+    one, ``error`` is simply raised."""
+    world = _get()
+    if world.size > 1:
+        said = world.comm.bcast(None if error is None else (type(error), str(error)), root=0)
+        if said is not None and world.rank != 0:
+            kind, message = said
+            error = kind(f"{message} (rank 0 stopped; so does rank {world.rank})")
+    if error is not None:
+        raise error
+
+
 def broadcast_parameters(model) -> None:
     """Make every rank's parameters and buffers equal to rank 0's.
 

@@ -251,7 +251,7 @@ def fit(
         model, optimizer, scheduler, precision, scaler, nonfinite
     )
     run = _Run(model, train_loader, test_loader, optimizer, scheduler, guard, precision, device)
-    out = Path(out_dir) if out_dir is not None and distributed.is_main() else None
+    out = Path(out_dir) if out_dir is not None else None  # rank 0 alone writes there
     log = log if distributed.is_main() else (lambda *args: None)  # rank 0 alone writes, prints
     start_epoch, history = 0, []
     if resume is not None:
@@ -350,7 +350,7 @@ class _Run(NamedTuple):
         except NonFiniteLossError as err:
             raise _stopped(err, out, history) from None
         weight = _first_conv_weight(self.model)
-        if out is not None and weight is not None:
+        if out is not None and weight is not None and distributed.is_main():
             note = write_beside(out / "conv1_filters.png", lambda p: save_filter_grid(weight, p))
             if note:
                 log(note)
@@ -358,11 +358,17 @@ class _Run(NamedTuple):
     def save(self, out: Path, history: list[dict]) -> list[str]:
         """checkpoint.npz (a failure ends the run, CheckpointError), then log.csv and curves.png
         (a failure is only said: the checkpoint holds the history they show). Returns what to
-        say."""
+        say. Rank 0 alone writes, and every rank stops if it could not (distributed.agree)."""
         parts = (self.model, self.optimizer, self.scheduler, self.train_loader)
-        epoch = history[-1]["epoch"]
-        save_checkpoint(out / "checkpoint.npz", *parts, epoch, history, self.guard.scaler)
-        return write_run_files(out, history)
+        epoch, error, notes = history[-1]["epoch"], None, []
+        if distributed.is_main():
+            try:
+                save_checkpoint(out / "checkpoint.npz", *parts, epoch, history, self.guard.scaler)
+                notes = write_run_files(out, history)
+            except CheckpointError as err:
+                error = err
+        distributed.agree(error)
+        return notes
 
 
 def _first_conv_weight(model) -> np.ndarray | None:

@@ -128,6 +128,35 @@ def fit_runs(out: Path) -> dict:
     return result
 
 
+def rank0_cannot_write(out: Path, what: str) -> dict:
+    """fit() where rank 0 cannot take the run's lock (another live process holds it) or cannot
+    write the checkpoint (a file-size limit): every rank must stop with rank 0's error, none
+    may wait for rank 0 in an all-reduce. Returns each rank's error message."""
+    folder, savez = out / what, np.savez
+
+    def too_large(*args, **kwargs):
+        raise OSError(27, "File too large")
+
+    if distributed.is_main():
+        folder.mkdir(parents=True)
+        if what == "lock":
+            (folder / "run.lock").write_text(f"{os.getppid()}\n")  # mpiexec's proxy: alive
+        else:
+            np.savez = too_large
+    distributed.barrier()
+    model = small_net()
+    optimizer = optim.SGD(model.parameters(), lr=0.1)
+    train_loader = data.DataLoader(small_data(), 8, shuffle=True, seed=3, workers=0)
+    test_loader = data.DataLoader(small_data(12), 6, workers=0)
+    try:
+        train.fit(model, train_loader, test_loader, optimizer, 2, out_dir=folder, progress=False)
+    except train.CheckpointError as err:
+        return {"error": np.array(str(err))}
+    finally:
+        np.savez = savez
+    return {"error": np.array("")}
+
+
 def fit_batchnorm() -> dict:
     """One epoch of fit() with BatchNorm: each rank updates the running statistics from its own
     shard, and fit makes them rank 0's before evaluating."""
@@ -199,6 +228,8 @@ def main(scenario: str, out: Path) -> None:
         result = fit_runs(out)
     elif scenario == "fit_batchnorm":
         result = fit_batchnorm()
+    elif scenario in ("cannot_lock", "cannot_save"):
+        result = rank0_cannot_write(out, scenario.split("_")[1])
     elif scenario == "broadcast":
         result = broadcast()
     elif scenario == "fail":

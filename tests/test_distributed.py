@@ -274,6 +274,23 @@ def test_fit_evaluates_with_rank_0s_batchnorm_statistics_on_every_rank(tmp_path)
         np.testing.assert_array_equal(ranks[f"rank1/{name}"], ranks[f"rank0/{name}"])
 
 
+@pytest.mark.parametrize(
+    "scenario, says",
+    [
+        ("cannot_lock", "is in use by another run (process "),
+        ("cannot_save", "could not be written: File too large; none was there"),
+    ],
+)
+def test_when_rank_0_cannot_write_every_rank_stops_with_its_error(tmp_path, scenario, says):
+    """Rank 0 alone holds the run's lock and writes the checkpoint; when it cannot, it stopped
+    and the other ranks waited for it in their next all-reduce, forever. Now every rank raises
+    rank 0's CheckpointError (distributed.agree), and the job ends."""
+    result = run_ok(scenario, tmp_path)
+    assert says in str(result["rank0/error"]), result
+    assert str(result["rank1/error"]).startswith(str(result["rank0/error"])), result
+    assert "rank 0 stopped; so does rank 1" in str(result["rank1/error"])
+
+
 def test_a_rank_that_raises_ends_the_job_within_seconds(tmp_path):
     code, output, seconds = launch("fail", tmp_path, timeout=60)
     assert code not in (0, 124, 137), f"exit code {code}:\n{output[-3000:]}"
@@ -423,6 +440,7 @@ def test_device_cuda_without_a_gpu_ends_the_job_with_minidls_message(tmp_path):
         env={"MINIDL_CUDA_EMULATE": "0"},  # the real CUDA branch, whatever the caller set
     )
     assert code not in (0, 124, 137), output[-3000:]
-    assert "rank 0: RuntimeError: device='cuda' needs an NVIDIA GPU and driver" in output, output
+    said = "RuntimeError: device='cuda' needs an NVIDIA GPU and driver"
+    assert f"rank 0: {said}" in output or f"rank 1: {said}" in output, output  # the first to end
     assert "MINIDL_CUDA_EMULATE=1" in output
     assert seconds < 30
