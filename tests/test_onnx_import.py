@@ -241,6 +241,22 @@ def test_weights_are_parameters_and_one_sgd_step_changes_them():
     np.testing.assert_array_equal(model.w1.numpy(), before["w1"])
 
 
+def test_value_names_become_attributes_that_shadow_nothing():
+    """A file's names made into identifiers; one named like a Module attribute gets a suffix."""
+    weights = [numpy_helper.from_array(np.full(3, 2.0, np.float32), n) for n in ("a.b", "steps")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    nodes = [
+        helper.make_node("Mul", ["x", "a.b"], ["t"]),
+        helper.make_node("Add", ["t", "steps"], ["y"]),
+    ]
+    model = load(model_of(nodes, [x], [y], weights, 13))
+    assert model.onnx_names == {"a_b": "a.b", "steps_1": "steps"}
+    np.testing.assert_array_equal(
+        minidl_outputs(model, {"x": np.ones(3, np.float32)})[0], [4, 4, 4]
+    )
+
+
 def test_the_gpu_branch_matches_the_cpu(kernel_device):
     inputs = {"x": image(1, 3, 13, 13)}
     want = minidl_outputs(load(small_alexnet_graph(12)), inputs)

@@ -190,7 +190,11 @@ class OnnxModel(Module):
         self.steps = build_steps(graph, self.opset, static)
         self.onnx_names = {}  # attribute name -> the file's name
         self._attribute_of = {}  # the file's name -> attribute name
-        statistics, taken = statistics_names(graph), set()
+        statistics = statistics_names(graph)
+        # a value named like one of the Module's own attributes ("steps", "training", "to")
+        # gets a suffix instead of replacing it
+        taken = set(dir(type(self))) | set(vars(self)) | {"input_names", "output_names"}
+        taken |= {"input_shapes", "input_dtypes"}
         for name, value in static.items():
             attribute = identifier(name, taken)
             learns = name in weights and value.dtype.kind == "f" and name not in statistics
