@@ -138,7 +138,7 @@ print("conclusion:", verdict)
 
 
 # %%
-def pictures(count=12, size=256, seed=0):
+def pictures(count=9, size=256, seed=0):
     """Stand-in photos when there is no image folder: discs, bars and rings of a few colours on
     noisy backgrounds, so images of one kind look alike."""
     rng = np.random.default_rng(seed)
