@@ -88,6 +88,10 @@ class GraphTensor:
     requires_grad: bool
     _grad: GraphTensor | None
     _node: Node | None  # the op that made it; None for a leaf
+    # Counts the changes made to the values through the tensor (in-place operators,
+    # Module.load_state_dict): an optimizer's float32 master copy of a 16-bit weight is made
+    # anew when the weight changed since the optimizer last wrote it (minidl/optim.py).
+    _version: int = 0
 
     def _new(self, array, requires_grad: bool) -> GraphTensor:
         """A tensor around ``array`` on this tensor's device: an op's result, a leaf's grad."""

@@ -10,7 +10,9 @@ Parameter. The rules are PyTorch's:
 - a leaf that requires grad (a weight) may be changed in place only under ``no_grad()``: outside
   it, PyTorch's "a leaf Variable that requires grad is being used in an in-place operation.";
 - a tensor made by an op that is recorded for backward is refused too: its array may be saved
-  for the backward pass, and minidl has no version counters to notice the change.
+  for the backward pass, and backward does not check for changes (each write counts in the
+  tensor's ``_version``, which only optimizers read: a 16-bit weight's float32 master copy is
+  made anew after a change, minidl/optim.py).
 
 One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tensor of one element
 (``if loss < 0.5:``, ``print(f"{loss:.4f}")``); any other tensor is refused as PyTorch refuses it.
@@ -35,7 +37,7 @@ class InPlace:
         if self.requires_grad:
             raise RuntimeError(
                 "in-place operation on a tensor that is part of a graph: its value may be saved "
-                "for backward (minidl has no version counters); write y = y + 1 instead"
+                "for backward (backward would not see the change); write y = y + 1 instead"
             )
 
     def _assign(self, result) -> None:
@@ -50,6 +52,7 @@ class InPlace:
                 f"result type {result.dtype} can't be cast to the desired output type {self.dtype}"
             )
         self.data[...] = result.data
+        self._version += 1
 
     def _in_place(self, op, other):
         self._check_in_place()
@@ -75,6 +78,7 @@ class InPlace:
     def fill_(self, value):
         self._check_in_place()
         self.data[...] = value
+        self._version += 1
         return self
 
     def copy_(self, source):
@@ -82,6 +86,7 @@ class InPlace:
         self._check_in_place()
         array = source.data if isinstance(source, autograd.GraphTensor) else source
         self.data[...] = backend.move(array, self.device)
+        self._version += 1
         return self
 
 

@@ -44,11 +44,12 @@ class Optimizer:
             raise ValueError(
                 f"{type(self).__name__}: a parameter appears more than once in the parameter list"
             )
-        if lr < 0:
+        if not lr >= 0:  # as PyTorch's "not 0.0 <= lr": NaN is refused too
             raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
         self.lr = float(lr)
         self.grad_scale = 1.0  # gradients are multiplied by this in the step (GradScaler.unscale_)
         self.state: list[dict] = [{} for _ in self.params]
+        self._written: dict[int, int] = {}  # id(p) -> p._version when this optimizer wrote p
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -65,9 +66,13 @@ class Optimizer:
                         f"{type(self).__name__}: a parameter of shape {p.shape} is not "
                         "C-contiguous (was p.data set by hand? use p.copy_(...) under no_grad)"
                     )
-                if dtypes.is_16bit(p.dtype) and "master" not in state:
-                    state["master"] = p.data.astype(np.float32)  # float32 master weights
+                if dtypes.is_16bit(p.dtype) and self._written.get(id(p)) != p._version:
+                    # float32 master weights, made on the first step, and anew when p was
+                    # changed through the tensor since (in place, load_state_dict): else the
+                    # update would write the stale master over the change
+                    state["master"] = p.data.astype(np.float32)
                 self._update(p, backend.xp(p.device).ascontiguousarray(p.grad.data), state)
+                self._written[id(p)] = p._version
 
     def _update(self, p, g, state) -> None:
         """One step for p with gradient g; for a 16-bit p, state["master"] is its float32 copy."""
@@ -101,6 +106,7 @@ class Optimizer:
             self.state[int(index)][name] = (
                 backend.move(array.astype(dtype), p.device) if array.ndim else array.item()
             )
+        self._written = {id(p): p._version for p in self.params}  # the masters fit p as it is
 
 
 class SGD(Optimizer):

@@ -180,3 +180,45 @@ def test_a_layer_used_twice_is_stepped_once():
     before = layer.bias.numpy().copy()
     opt.step()
     np.testing.assert_allclose(layer.bias.numpy(), before - 0.1)
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
+@pytest.mark.parametrize("change", ["in_place", "copy_", "load_state_dict"])
+def test_a_16bit_weight_changed_through_the_tensor_is_not_overwritten_by_the_master(
+    optimizer, change
+):
+    """A 16-bit weight's float32 master copy is made anew when the weight was changed through
+    the tensor since the optimizer wrote it; the stale master was written back over the change
+    at the next step (a weight halved, reloaded or reset by hand came back)."""
+    from minidl import nn
+
+    layer = nn.Linear(4, 3, bias=False).astype(np.float16)
+    make = getattr(optim, optimizer)
+    opt = make(layer.parameters(), lr=0.01)
+    x = mdl.tensor(np.ones((2, 4), np.float16))
+
+    def step():
+        opt.zero_grad()
+        layer(x).sum().backward()
+        opt.step()
+
+    step()
+    new = np.full((3, 4), 0.25, np.float16)
+    with mdl.no_grad():
+        if change == "in_place":
+            layer.weight *= 0
+            layer.weight += mdl.tensor(new)
+        elif change == "copy_":
+            layer.weight.copy_(new)
+        else:
+            layer.load_state_dict({"weight": new})
+    step()
+    # one step from the new weight, not from the old master: SGD moves each entry by lr * 2
+    # (the gradient of the sum over a batch of two ones), Adam by about lr
+    moved = layer.weight.numpy().astype(np.float32) - new.astype(np.float32)
+    assert np.abs(moved).max() <= 0.021, moved
+
+
+def test_lr_nan_is_refused_as_pytorch_refuses_it():
+    with pytest.raises(ValueError, match="lr must be >= 0, got nan"):
+        optim.SGD([Parameter(np.ones(3, np.float32))], lr=float("nan"))

@@ -160,7 +160,10 @@ class Module:
         for name, p in own.items():
             # into the tensor's own array (as PyTorch's copy_): it keeps its C-contiguous layout,
             # dtype and device, and optimizers keep their references
-            p.data[...] = backend.move(np.asarray(state[name]).astype(p.dtype), p.device)
+            value = backend.move(np.asarray(state[name]).astype(p.dtype), p.device)
+            if not (p.data == value).all():  # a change an optimizer's master copy must follow
+                p.data[...] = value
+                p._version += 1
 
     # ---- mode, device, dtype ---------------------------------------------------------------------
     def train(self, mode: bool = True):
