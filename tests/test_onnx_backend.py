@@ -10,7 +10,8 @@ Two kinds of cases, for our op families:
 - *pytorch-converted* cases: small PyTorch modules exported by the onnx project (Conv2d with
   groups and dilation, MaxPool2d, BatchNorm2d, ...), shipped as model.onnx plus one data set.
 
-Every case of these families runs, or is in EXCLUDED with the reason next to it.
+Every case of these families runs, or is in EXCLUDED / EXCLUDED_CONVERTED with the reason next
+to it.
 """
 
 from __future__ import annotations
