@@ -7,9 +7,12 @@
   configuration (docs/site/mathjax-config.js): formulas are typeset with no network.
 - The course notebooks are executed by mkdocs-jupyter on a fresh kernel that imports this
   checkout's minidl; its cache is keyed by the engine's sources as well as the notebook, so a
-  change to minidl re-runs them. ``MINIDL_SITE_EXECUTE=0`` renders them unexecuted (a quick
-  ``mkdocs serve``); notebook 5 runs only where Fashion-MNIST is, notebook 7 only where the
-  ``onnx`` package is (shown unexecuted elsewhere, said in the build's log).
+  change to minidl re-runs them (in ``$MINIDL_SITE_CACHE``, by default .cache/mkdocs-jupyter/
+  in the checkout). ``MINIDL_SITE_EXECUTE=0`` renders them unexecuted (a quick
+  ``mkdocs serve``), ``MINIDL_SITE_UNEXECUTED="05_train_and_look_inside.py ..."`` only those
+  named (tests/test_site.py: the costly ones, which tests/test_notebooks.py runs anyway);
+  notebook 5 runs only where Fashion-MNIST is, notebook 7 only where the ``onnx`` package is
+  (shown unexecuted elsewhere, said in the build's log).
 """
 
 from __future__ import annotations
@@ -76,14 +79,17 @@ def on_config(config):
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ.pop("MINIDL_CUDA_EMULATE", None)
     jupyter = config.plugins["mkdocs-jupyter"].config
-    jupyter["cache_dir"] = str(ROOT / ".cache" / "mkdocs-jupyter" / engine_hash())
+    cache = Path(os.environ.get("MINIDL_SITE_CACHE", ROOT / ".cache" / "mkdocs-jupyter"))
+    jupyter["cache_dir"] = str(cache / engine_hash())
     if os.environ.get("MINIDL_SITE_EXECUTE", "1") == "0":
         jupyter["execute"] = False
         return config
+    unexecuted = os.environ.get("MINIDL_SITE_UNEXECUTED", "").replace(",", " ").split()
     for notebook, (what, here) in NEEDS.items():
-        if not here():
+        if notebook not in unexecuted and not here():
             log.info("%s is not here: %s is shown unexecuted", what, notebook)
-            jupyter["execute_ignore"] = [*jupyter["execute_ignore"], f"*/{notebook}"]
+            unexecuted.append(notebook)
+    jupyter["execute_ignore"] = [*jupyter["execute_ignore"], *(f"*/{n}" for n in unexecuted)]
     return config
 
 
