@@ -4,8 +4,8 @@ NumPy releases the GIL inside copies, ufunc loops and BLAS calls, so threads tha
 NumPy code on their own slice of the batch keep every core busy, for every op (not only the GEMMs,
 which OpenBLAS already runs on all cores). An op's NumPy code stays as it is; the op wraps it:
 
-    y = threads.over_batch(relu_forward_numpy, x)            # y[part] = relu(x[part]), per part
-    dx, db = threads.over_batch(f, dy, y, combine=("join", "sum"))
+    y = threads.over_batch(lrn_forward, x)                 # y[part] = lrn_forward(x[part])
+    dx, db = threads.over_batch(f, dy, y, combine=("join", "sum"))     # db: the parts' sum
 
 The same numbers for any thread count: the parts depend on the size of the work only
 (``parts``), never on the number of threads; one thread runs the same parts one after the other,
@@ -137,29 +137,36 @@ def map_parts(fn, items) -> list:
         _set_blas(blas_outside())
 
 
-def over_batch(fn, *arrays, combine=None):
-    """fn(*parts) for the parts of the batch (axis 0 of every array), run on the pool.
+def over_batch(fn, *arrays, combine=None, out=None):
+    """fn(*parts) for the parts of the batch (axis 0 of every array), run on the pool. A list
+    among ``arrays`` holds one array a part already (what "list" kept): part i takes item i.
 
     fn returns an array or a tuple of them; ``combine`` says, for each, how the parts' results
     become one: "join" (concatenated along axis 0, the default: each part copies its own rows in
     while its result is in cache), "sum" (added in part order) or "list" (kept per part, in
-    order). None results stay None."""
+    order). None results stay None. With ``out`` (the whole batch's array for fn's one result),
+    fn(*parts, out=out[part]) writes its rows in place: no copy to join."""
     n = arrays[0].shape[0] if arrays[0].ndim else 1
     slices = parts(n, arrays[0].nbytes)
     if len(slices) == 1:  # the whole batch at once, BLAS on all the threads
-        result = fn(*arrays)
+        whole = [a[0] if isinstance(a, list) else a for a in arrays]
+        result = fn(*whole) if out is None else fn(*whole, out=out)
         if combine is None or "list" not in combine:
             return result
         return tuple([value] if how == "list" else value for value, how in zip(result, combine))
-    joined: dict[int, np.ndarray] = {}  # output k -> the whole batch's, made by the first part
+    if any(isinstance(a, list) and len(a) != len(slices) for a in arrays):
+        raise ValueError("over_batch: a list of parts does not match the batch's parts")
+    joined: dict[int, np.ndarray] = {} if out is None else {0: out}  # made by the first part
     lock = threading.Lock()
 
-    def run(s: slice):
-        result = fn(*(a[s] for a in arrays))
+    def run(i: int):
+        s = slices[i]
+        part = [a[i] if isinstance(a, list) else a[s] for a in arrays]
+        result = fn(*part) if out is None else fn(*part, out=out[s])
         values = result if isinstance(result, tuple) else (result,)
         kept = []
         for k, (value, how) in enumerate(zip(values, combine or ("join",) * len(values))):
-            if how == "join" and value is not None:
+            if how == "join" and value is not None and out is None:
                 with lock:
                     if k not in joined:
                         joined[k] = np.empty((n, *value.shape[1:]), dtype=value.dtype)
@@ -168,15 +175,15 @@ def over_batch(fn, *arrays, combine=None):
             kept.append(value)
         return isinstance(result, tuple), kept
 
-    results = map_parts(run, slices)
-    out = []
+    results = map_parts(run, range(len(slices)))
+    combined = []
     for k, how in enumerate(combine or ("join",) * len(results[0][1])):
         pieces = [kept[k] for _, kept in results]
         if how == "join" or pieces[0] is None:
-            out.append(joined.get(k))
+            combined.append(joined.get(k))
         else:
-            out.append(sum_in_order(pieces) if how == "sum" else pieces)
-    return tuple(out) if results[0][0] else out[0]
+            combined.append(sum_in_order(pieces) if how == "sum" else pieces)
+    return tuple(combined) if results[0][0] else combined[0]
 
 
 def sum_in_order(pieces: list):

@@ -26,17 +26,19 @@ if TYPE_CHECKING:
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
-def relu_forward_numpy(x):
-    return np.maximum(x, x.dtype.type(0))
+# ``out``: where to write the result (the thread pool's part of a whole batch), or None.
+def relu_forward_numpy(x, out=None):
+    return np.maximum(x, x.dtype.type(0), out=out)
 
 
-def relu_backward_numpy(dy, y):
-    return dy * (y > 0)
+def relu_backward_numpy(dy, y, out=None):
+    return np.multiply(dy, y > 0, out=out)
 
 
-def bias_relu_forward_numpy(x, b):
+def bias_relu_forward_numpy(x, b, out=None):
     """x: (N, C, ...), b: (C,) -> y: (N, C, ...)."""
-    return np.maximum(x + b.reshape((1, -1) + (1,) * (x.ndim - 2)), x.dtype.type(0))
+    y = np.add(x, b.reshape((1, -1) + (1,) * (x.ndim - 2)), out=out)
+    return np.maximum(y, x.dtype.type(0), out=y)
 
 
 def bias_relu_backward_numpy(dy, y):
@@ -95,7 +97,7 @@ class ReLUFunction(Function):
             # ascontiguousarray makes a 0-d array (1,): give y x's shape back
             y = relu_forward_cuda(backend.xp("cuda").ascontiguousarray(x)).reshape(x.shape)
         else:  # the batch in parts on the thread pool (minidl/threads.py)
-            y = threads.over_batch(relu_forward_numpy, x)
+            y = threads.over_batch(relu_forward_numpy, x, out=np.empty_like(x))
         ctx.save(y)
         return y
 
@@ -105,7 +107,7 @@ class ReLUFunction(Function):
         if ctx.device == "cuda":
             dx = relu_backward_cuda(backend.xp("cuda").ascontiguousarray(dy), y)
             return dx.reshape(dy.shape)
-        return threads.over_batch(relu_backward_numpy, dy, y)
+        return threads.over_batch(relu_backward_numpy, dy, y, out=np.empty_like(dy))
 
 
 def relu(x: Tensor) -> Tensor:
@@ -121,7 +123,9 @@ class BiasReLUFunction(Function):
         if ctx.device == "cuda":
             y = bias_relu_forward_cuda(backend.xp("cuda").ascontiguousarray(x), b)
         else:
-            y = threads.over_batch(lambda x: bias_relu_forward_numpy(x, b), x)
+            y = threads.over_batch(
+                lambda x, out: bias_relu_forward_numpy(x, b, out), x, out=np.empty_like(x)
+            )
         ctx.save(y)
         return y
 

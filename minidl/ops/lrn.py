@@ -125,8 +125,10 @@ class LocalResponseNormFunction(Function):
             p = None  # the kernel recomputes s^-beta
         else:  # a 16-bit a in float32, as the kernel computes it (apply rounds b once)
             a = dtypes.to_compute(a)
-            b, s, p = threads.over_batch(  # the batch in parts on the thread pool
-                lambda a: local_response_norm_forward_numpy(a, size, alpha, beta, k), a
+            b, s, p = threads.over_batch(  # the batch in parts on the thread pool; s and p per part
+                lambda a: local_response_norm_forward_numpy(a, size, alpha, beta, k),
+                a,
+                combine=("join", "list", "list"),
             )
         ctx.save(a, b, s, p, size, alpha, beta)
         return b
