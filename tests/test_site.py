@@ -95,7 +95,7 @@ def build_the_site(out: Path) -> float:
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-6000:]}"
     for path, _ in PAGES.values():
         assert (out / path).is_file(), f"{path} was not built"
-    for name in ("conv_im2col", "pool_threads", "lrn_window", "reduce_tree"):
+    for name in ("conv_im2col", "pool_threads", "lrn_window", "reduce_tree", "dropout_launches"):
         assert (out / "figures" / f"{name}.png").is_file()
     assert (out / "assets" / "mathjax" / "tex-chtml.js").is_file()
     home = (out / "index.html").read_text()

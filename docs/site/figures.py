@@ -20,6 +20,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from minidl import cuda  # noqa: E402
 from minidl.ops.conv import col2im_numpy, im2col_numpy  # noqa: E402
+from minidl.ops.dropout import dropout_mask_numpy  # noqa: E402
 from minidl.ops.lrn import channel_window_sum  # noqa: E402
 from minidl.ops.window import Window2d  # noqa: E402
 
@@ -152,9 +153,36 @@ def reduce_tree() -> bytes:
     return png(fig)
 
 
+def grid_stride_thread(count: int, grid: int, block: int) -> np.ndarray:
+    """The thread (blockIdx.x * blockDim.x + threadIdx.x) that handles each element i under
+    FOR_EACH_INDEX (kernels/common.cuh): i = thread, thread + grid * block, ..."""
+    return np.arange(count) % (grid * block)
+
+
+def dropout_launches() -> bytes:
+    """dropout_apply under two launch shapes: different threads per element, the same mask."""
+    rows, cols = 6, 16
+    count = rows * cols
+    shapes = [(2, 8), (1, 32)]  # (blocks, threads a block), both smaller than the elements
+    mask = dropout_mask_numpy(key=2012, shape=(count,), p=0.5)  # a function of (key, i) alone
+    fig, axes = plt.subplots(1, 3, figsize=(11, 2.6))
+    for ax, (grid, block) in zip(axes, shapes):
+        thread = grid_stride_thread(count, grid, block).reshape(rows, cols)
+        ax.imshow(thread, cmap="viridis", alpha=0.5)
+        annotate(ax, thread)
+        ax.set_title(f"grid {grid} x block {block}: the thread of each i", fontsize=9)
+    axes[2].imshow(mask.reshape(rows, cols) > 0, cmap="Greys_r", vmin=-0.3, vmax=1)
+    axes[2].set_title("keep(key, i), p = 0.5: the same for both", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return png(fig)
+
+
 FIGURES = {
     "figures/conv_im2col.png": conv_im2col,
     "figures/pool_threads.png": pool_threads,
     "figures/lrn_window.png": lrn_window,
     "figures/reduce_tree.png": reduce_tree,
+    "figures/dropout_launches.png": dropout_launches,
 }
