@@ -146,9 +146,14 @@ class Tensor(InPlace, OneValue, GraphTensor):
         return self.shape[0]
 
     def __repr__(self) -> str:
-        grad = ", requires_grad=True" if self.requires_grad else ""
-        dev = "" if self.device == "cpu" else f", device='{self.device}'"
-        return f"tensor({backend.to_numpy(self.data)!r}{dev}{grad})"
+        """As PyTorch prints one: ``tensor([1., 2.])``, a dtype other than its kind's default."""
+        values = backend.to_numpy(self.data)
+        text = np.array2string(values, separator=", ", prefix="tensor(")
+        plain = values.dtype in (np.float32, np.int64, np.bool_)
+        extras = "" if plain else f", dtype={values.dtype}"
+        extras += "" if self.device == "cpu" else f", device='{self.device}'"
+        extras += ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({text}{extras})"
 
     # ---- conversion --------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:

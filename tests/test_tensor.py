@@ -231,3 +231,13 @@ def test_profile_counts_each_op_forward_and_backward():
     assert table["Exp"][0] > 0 and table["Exp"][1] > 0
     x.exp()
     assert table["Exp"][2] == 1  # nothing is recorded after the block
+
+
+def test_repr_reads_as_pytorchs():
+    """A tensor printed as PyTorch prints it, not as ``tensor(array(...))``."""
+    torch = pytest.importorskip("torch")
+    for value in ([[1.0, 2.0], [3.0, 4.0]], [0, 1, 2], 2.0, True):  # (its floats: 4 decimals)
+        assert repr(mdl.tensor(value)) == repr(torch.tensor(value))
+    assert repr(mdl.tensor(0.3) < 0.5) == "tensor(True)"
+    assert repr(mdl.tensor([1.5], dtype="float64")) == "tensor([1.5], dtype=float64)"
+    assert repr(mdl.tensor([1.0], requires_grad=True)) == "tensor([1.], requires_grad=True)"
