@@ -1,6 +1,7 @@
 """AlexNet and its ops, minidl against PyTorch, in one process and one run.
 
     python benchmarks/alexnet.py --device cpu --batch 16 --json cpu.json
+    python benchmarks/alexnet.py --device cpu --batch 16 --threads 1     # both on one core
     python benchmarks/alexnet.py --device cuda --batch 128 --json gpu.json      # TF32 off on both
     python benchmarks/alexnet.py --device cuda --batch 128 --precision fp16     # vs torch autocast
 
@@ -390,6 +391,13 @@ def parse_args(argv=None):
         help="fp32 (TF32 off on both), tf32, fp16 or bf16 mixed precision (GPU only)",
     )
     p.add_argument("--tf32", action="store_true", help="the same as --precision tf32")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for both (minidl.set_num_threads, torch.set_num_threads); default: "
+        "minidl's (MINIDL_NUM_THREADS, else the cores it may use) and PyTorch's own",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -412,6 +420,10 @@ def main(argv=None) -> dict:
         # e.g. MINIDL_CUDA_EMULATE=1 beside a CPU build of PyTorch: only our side can be timed
         print("PyTorch has no CUDA device here: only minidl is timed", file=sys.stderr)
         torch = None
+    if args.threads is not None:
+        mdl.set_num_threads(args.threads)
+        if torch is not None:
+            torch.set_num_threads(args.threads)
     ours = Ours(args.device, args.precision)
     theirs = Theirs(torch, args.device, args.precision) if torch is not None else None
     names = list(OPS) if args.ops == "all" else [] if args.ops == "none" else args.ops.split(",")
@@ -428,6 +440,9 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "threads": mdl.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
     }
