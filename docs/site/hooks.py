@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from mkdocs.structure.files import File
@@ -37,6 +38,8 @@ log = logging.getLogger("mkdocs.hooks.minidl")
 MATHJAX_PLACEHOLDER = '<script src="minidl-site-mathjax"> </script>'  # mkdocs.yml's jupyter url
 # What MathJax needs beside tex-chtml.js: its fonts, the TeX extensions it loads on demand, menu.
 MATHJAX_PARTS = ["tex-chtml.js", "output/chtml", "input/tex/extensions", "ui", "a11y"]
+SYSTEM_TMP = tempfile.gettempdir()
+KERNEL_TMP = [""]  # the notebook kernels' temporary folder during a build
 NEEDS = {  # notebook: (what it needs, whether it is here)
     "05_train_and_look_inside.py": ("Fashion-MNIST", lambda: fashion_mnist_here()),
     "07_inside_alexnet.py": ("the onnx package", lambda: importlib.util.find_spec("onnx")),
@@ -73,11 +76,15 @@ def fashion_mnist_here() -> bool:
 def on_config(config):
     # The notebooks' kernels: this checkout's minidl, one BLAS thread (the build shares the
     # machine with the tests in CI), inline pictures; each notebook turns the emulator on itself.
-    paths = [str(ROOT), os.environ.get("PYTHONPATH")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(ROOT) not in paths:  # once, though mkdocs serve calls this at every rebuild
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), *paths]))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ.pop("MINIDL_CUDA_EMULATE", None)
+    # A temporary folder of their own: notebook 6 writes its .cu file under the system's, and in
+    # CI tests/test_notebooks.py may be running the same notebook at the same moment.
+    os.environ["TMPDIR"] = KERNEL_TMP[0] = tempfile.mkdtemp(prefix="minidl-site-", dir=SYSTEM_TMP)
     jupyter = config.plugins["mkdocs-jupyter"].config
     cache = Path(os.environ.get("MINIDL_SITE_CACHE", ROOT / ".cache" / "mkdocs-jupyter"))
     jupyter["cache_dir"] = str(cache / engine_hash())
@@ -129,7 +136,17 @@ def on_page_content(html, page, config, files):
     return html.replace(MATHJAX_PLACEHOLDER, "")
 
 
+def remove_kernel_tmp():
+    if KERNEL_TMP[0]:
+        shutil.rmtree(KERNEL_TMP[0], ignore_errors=True)
+
+
+def on_build_error(error):
+    remove_kernel_tmp()
+
+
 def on_post_build(config):
+    remove_kernel_tmp()
     # The cache of an older engine is never hit again: keep only this one's.
     jupyter = config.plugins["mkdocs-jupyter"].config
     if jupyter["cache"]:
