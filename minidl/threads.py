@@ -21,6 +21,7 @@ and runs on one BLAS thread; outside (a GEMM that is not split) BLAS gets ``BLAS
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -109,32 +110,47 @@ def parts(n: int, nbytes: int = 0) -> list[slice]:
     return [slice(first, last) for first, last in zip(edges, edges[1:])]
 
 
-def _run_part(fn, item):
-    _inside.active = True
-    try:
-        return fn(item)
-    finally:
-        _inside.active = False
-
-
 def map_parts(fn, items) -> list:
     """[fn(item) for item in items], run on the pool, BLAS on one thread meanwhile; the results
     in the order of ``items``. Inside a part (a nested split) it runs inline."""
-    global _pool
     items = list(items)
     if getattr(_inside, "active", False):
         return [fn(item) for item in items]
-    threads = get_num_threads()
+    threads = min(get_num_threads(), len(items))
     _set_blas(1)
     try:
-        if threads == 1 or len(items) == 1:
+        if threads == 1:
             return [fn(item) for item in items]
-        if _pool is None:
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="minidl")
-        futures = [_pool.submit(_run_part, fn, item) for item in items]
-        return [f.result() for f in futures]
+        return _on_the_pool(fn, items, threads)
     finally:
         _set_blas(blas_outside())
+
+
+def _on_the_pool(fn, items: list, threads: int) -> list:
+    """``threads`` workers (the caller and threads - 1 of the pool's) take the items in order,
+    each the next one not taken, until none is left: a part that runs long (another process on
+    the core) does not hold the others up."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(get_num_threads() - 1, thread_name_prefix="minidl")
+    results = [None] * len(items)
+    taken = itertools.count()  # next() on it is atomic: each item is taken once
+
+    def work() -> None:
+        _inside.active = True
+        try:
+            while (i := next(taken)) < len(items):
+                results[i] = fn(items[i])
+        finally:
+            _inside.active = False
+
+    helpers = [_pool.submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        for helper in helpers:
+            helper.result()  # waits, and raises what a part raised
+    return results
 
 
 def over_batch(fn, *arrays, combine=None, out=None):
