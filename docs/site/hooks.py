@@ -27,6 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 SITE_CODE = Path(__file__).resolve().parent
@@ -107,7 +108,11 @@ def readme_as_home() -> str:
 
 
 def mathjax_files(config) -> list[File]:
-    import mathjax  # django-static-mathjax: MathJax 3's browser files, no Django needed
+    try:
+        import mathjax  # django-static-mathjax: MathJax 3's browser files, no Django needed
+    except ImportError as err:
+        message = "the formulas need django-static-mathjax: pip install -e '.[docs]'"
+        raise PluginError(message) from err
 
     es5 = Path(mathjax.__file__).resolve().parent / "static" / "mathjax" / "es5"
     found = []
