@@ -28,9 +28,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# At most this many parts, whatever the size: enough for 8 threads, few enough that the Python work
-# per part (an im2col's slicing loop) stays small against the NumPy work.
-MAX_PARTS = 8
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# At most this many parts, whatever the size: at least 4 (2 a thread on two cores: a part that
+# runs long, another process on its core, is made up by the other thread; 4 measured 1-2% faster
+# than 8 at two threads, docs/threads.md) and at least the cores, so that every core has one. A
+# property of the machine, never of the thread count.
+MAX_PARTS = max(4, cores())
 # At least this many bytes of the first array in a part: below it, a split costs more than it saves.
 MIN_PART_BYTES = 1 << 17
 
@@ -50,9 +60,7 @@ def _default_threads() -> int:
             raise ValueError(
                 f"MINIDL_NUM_THREADS must be a positive integer, got {text!r}"
             ) from None
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return cores()
 
 
 def _checked(n) -> int:
