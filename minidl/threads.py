@@ -39,8 +39,9 @@ def cores() -> int:
 # At most this many parts, whatever the size: at least 4 (2 a thread on two cores: a part that
 # runs long, another process on its core, is made up by the other thread; 4 measured 1-2% faster
 # than 8 at two threads, docs/threads.md) and at least the cores, so that every core has one. A
-# property of the machine, never of the thread count.
-MAX_PARTS = max(4, cores())
+# property of the machine, never of the thread count. The count of parts is a power of two, so
+# that 2, 4, 8 ... threads share them evenly.
+MAX_PARTS = max(4, 1 << (cores() - 1).bit_length())
 # At least this many bytes of the first array in a part: below it, a split costs more than it saves.
 MIN_PART_BYTES = 1 << 17
 
@@ -111,9 +112,11 @@ def blas_outside() -> int:
 
 
 def parts(n: int, nbytes: int = 0) -> list[slice]:
-    """The parts of n items (a batch) whose first array holds ``nbytes``: at most MAX_PARTS, at
-    least MIN_PART_BYTES each, sizes within one of each other. A function of n and nbytes only."""
+    """The parts of n items (a batch) whose work is ``nbytes`` (the first array's, or what the op
+    says): a power of two of them, at most MAX_PARTS, at least MIN_PART_BYTES each, sizes within
+    one of each other. A function of n and nbytes only."""
     count = max(1, min(n, MAX_PARTS, nbytes // MIN_PART_BYTES))
+    count = 1 << (count.bit_length() - 1)  # 3 parts on two threads would leave one idle a third
     edges = [n * i // count for i in range(count + 1)]
     return [slice(first, last) for first, last in zip(edges, edges[1:])]
 
@@ -161,7 +164,7 @@ def _on_the_pool(fn, items: list, threads: int) -> list:
     return results
 
 
-def over_batch(fn, *arrays, combine=None, out=None):
+def over_batch(fn, *arrays, combine=None, out=None, nbytes=None):
     """fn(*parts) for the parts of the batch (axis 0 of every array), run on the pool. A list
     among ``arrays`` holds one array a part already (what "list" kept): part i takes item i.
 
@@ -169,9 +172,10 @@ def over_batch(fn, *arrays, combine=None, out=None):
     become one: "join" (concatenated along axis 0, the default: each part copies its own rows in
     while its result is in cache), "sum" (added in part order) or "list" (kept per part, in
     order). None results stay None. With ``out`` (the whole batch's array for fn's one result),
-    fn(*parts, out=out[part]) writes its rows in place: no copy to join."""
+    fn(*parts, out=out[part]) writes its rows in place: no copy to join. ``nbytes``: the size
+    of the work that decides the parts (default: the first array's)."""
     n = arrays[0].shape[0] if arrays[0].ndim else 1
-    slices = parts(n, arrays[0].nbytes)
+    slices = parts(n, arrays[0].nbytes if nbytes is None else nbytes)
     if len(slices) == 1:  # the whole batch at once, BLAS on all the threads
         whole = [a[0] if isinstance(a, list) else a for a in arrays]
         result = fn(*whole) if out is None else fn(*whole, out=out)
