@@ -22,12 +22,18 @@ if TYPE_CHECKING:
     from minidl.tensor import Tensor
 
 
-def in_parts(product, out, size: int, nbytes: int, rows: bool = False):
-    """The CPU's GEMMs, on the thread pool: out[..., s] (out[s] with ``rows``) = product(s) for
-    the parts s of range(size) (they depend on the sizes only). Returns out."""
+def in_parts(operands, out, size: int, nbytes: int, rows: bool = False):
+    """The CPU's GEMMs, on the thread pool: out[..., s] (out[s] with ``rows``) = a @ b with
+    (a, b) = operands(s), for the parts s of range(size) (they depend on the sizes only), each
+    written in place (a 16-bit product goes through dtypes.matmul: float32, rounded once)."""
 
     def part(s: slice) -> None:
-        out[s if rows else (..., s)] = product(s)
+        a, b = operands(s)
+        into = out[s if rows else (..., s)]
+        if dtypes.is_16bit(a.dtype):
+            into[...] = dtypes.matmul(a, b)
+        else:
+            np.matmul(a, b, out=into)
 
     threads.map_parts(part, threads.parts(size, nbytes))
     return out
@@ -43,7 +49,7 @@ class LinearFunction(Function):
             y = dtypes.matmul(x, w.T)
         else:  # y's columns o: x @ w[o]^T
             y = np.empty((*x.shape[:-1], w.shape[0]), np.result_type(x, w))
-            y = in_parts(lambda o: dtypes.matmul(x, w[o].T), y, w.shape[0], w.nbytes)
+            y = in_parts(lambda o: (x, w[o].T), y, w.shape[0], w.nbytes)
         if b is not None:
             y += b
         ctx.save(x, w, b is not None)
@@ -64,12 +70,10 @@ class LinearFunction(Function):
             dx = dw = None
             if needs[0]:
                 dx = np.empty((*dy.shape[:-1], w.shape[1]), dtype)
-                dx = in_parts(lambda i: dtypes.matmul(dy, w[:, i]), dx, w.shape[1], w.nbytes)
+                dx = in_parts(lambda i: (dy, w[:, i]), dx, w.shape[1], w.nbytes)
             if needs[1]:
                 dw = np.empty(w.shape, dtype)
-                dw = in_parts(
-                    lambda o: dtypes.matmul(rows_dy[:, o].T, rows_x), dw, w.shape[0], w.nbytes, True
-                )
+                dw = in_parts(lambda o: (rows_dy[:, o].T, rows_x), dw, w.shape[0], w.nbytes, True)
         db = dtypes.sum(rows_dy, axis=0) if has_bias and needs[2] else None
         if dw is not None:
             dw = xp.ascontiguousarray(dw)
