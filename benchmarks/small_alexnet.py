@@ -3,6 +3,7 @@
     python benchmarks/small_alexnet.py --json small.json             # the training step
     python benchmarks/small_alexnet.py --threads 1,2,4               # the step at each count
     python benchmarks/small_alexnet.py --full --json job.json        # and the whole job
+    python benchmarks/small_alexnet.py --threads 1,2 --breakdown     # our step, op by op
 
 The main job is the README's (examples/train_fashion_mnist.py): SmallAlexNet (LRN, two groups,
 dropout 0.3, He init) on Fashion-MNIST's 28x28 images, batch 128, Adam lr 2e-3 halved each epoch,
@@ -14,6 +15,9 @@ rounds that alternate between the two (so a change of load on the machine hits b
 over the rounds, ``ratio`` = our images/s over PyTorch's (> 1: we are faster). With ``--threads``,
 both frameworks are set to each count in turn (``minidl.set_num_threads``,
 ``torch.set_num_threads``).
+
+``--breakdown``: where our step's time goes at each thread count, the wall time of each op's
+forward and backward (each autograd Function's, summed over a step) and of the optimizer.
 
 ``--full``: the whole job for each framework in turn, the same data order, epochs, batch and
 learning rates (a plain loop, no checkpoints or pictures): wall time and test accuracy.
@@ -133,6 +137,52 @@ def bench_step(frameworks: list, batch: int, warmup: int, rounds: int, steps: in
     return out
 
 
+# ---- where our step's time goes ------------------------------------------------------------------
+def breakdown(batch: int, steps: int) -> dict:
+    """Milliseconds a step in each autograd Function's forward and backward and in the optimizer,
+    for our step (the Functions' static methods wrapped with a clock while it runs)."""
+    from minidl.autograd import Function
+
+    totals: dict[str, float] = {}
+
+    def clocked(name, fn):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+
+        return run
+
+    ours = Ours()
+    ours.opt.step = clocked("optimizer step", ours.opt.step)
+    classes, saved = list(Function.__subclasses__()), []
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        for method in ("forward", "backward"):
+            if isinstance(cls.__dict__.get(method), staticmethod):
+                saved.append((cls, method, cls.__dict__[method]))
+                fn = clocked(f"{cls.__name__} {method}", cls.__dict__[method].__func__)
+                setattr(cls, method, staticmethod(fn))
+    try:
+        rng = np.random.default_rng(0)
+        x, target = rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
+        ours.step(x, target)
+        totals.clear()
+        start = time.perf_counter()
+        for _ in range(steps):
+            ours.step(x, target)
+        step = time.perf_counter() - start
+    finally:
+        for cls, method, original in saved:
+            setattr(cls, method, original)
+    out = {name: 1000 * t / steps for name, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+    out["outside the ops"] = 1000 * step / steps - sum(out.values())
+    return {"step_ms": 1000 * step / steps, "ms": out}
+
+
 # ---- the whole job -------------------------------------------------------------------------------
 def run_job(fw, train_set, test_set, epochs: int, batch: int, seed: int) -> dict:
     """The main job's loop: shuffled batches (the same order for both frameworks), lr halved
@@ -185,6 +235,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--threads", default=None, help="comma-separated thread counts (default: minidl's)"
     )
+    p.add_argument("--breakdown", action="store_true", help="our step op by op, each count")
     p.add_argument("--full", action="store_true", help="then the whole job for both")
     p.add_argument("--epochs", type=int, default=3, help="--full: epochs (the job's 3)")
     p.add_argument("--limit", type=int, default=None, help="--full: the first N images of each set")
@@ -216,6 +267,10 @@ def main(argv=None) -> dict:
         entry = bench_step(frameworks, args.batch, args.warmup, args.rounds, args.steps)
         results["step"][str(count)] = entry
         print_step(count, entry)
+        if args.breakdown:
+            entry["breakdown"] = breakdown(args.batch, args.rounds * args.steps)
+            ops = entry["breakdown"]["ms"]
+            print("  " + ", ".join(f"{name} {ms:.1f}" for name, ms in ops.items() if ms >= 0.5))
     if args.full:
         train_set, test_set = (load(split, args.limit, args.data) for split in ("train", "test"))
         results["job"] = {}

@@ -156,11 +156,13 @@ def _small_bench():
 def test_the_main_jobs_step_at_ci_size(tmp_path):
     out = tmp_path / "small.json"
     args = ["--batch", "4", "--warmup", "1", "--rounds", "2", "--steps", "1", "--threads", "1,2"]
-    results = _small_bench().main([*args, "--json", str(out)])
+    results = _small_bench().main([*args, "--breakdown", "--json", str(out)])
     saved = json.loads(out.read_text())
     for count in ("1", "2"):
         entry = saved["step"][count]
         assert entry["minidl"]["images_per_second"] > 0
+        ops = entry["breakdown"]["ms"]
+        assert ops["Conv2dFunction backward"] > 0 and ops["optimizer step"] > 0
         if results["torch"] is not None:
             assert entry["ratio"] > 0 and entry["pytorch"]["images_per_second"] > 0
 
