@@ -105,9 +105,11 @@ def col2im_numpy(dcols, x_shape, window: Window2d, out=None):
     dcols = dcols.reshape(c, kh, kw, n, window.oh, window.ow)
     pb, pr = window.padding_after(h, w)
     dxt = np.zeros((c, n, ph + h + pb, pw + w + pr), dtype=dcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dxt[:, :, window.rows(i), window.columns(j)] += dcols[:, i, j]
+    for j in range(kw):  # the kh taps summed first in a band (C, N, rows, OW): rows end to end
+        band = np.zeros((c, n, ph + h + pb, window.ow), dtype=dcols.dtype)
+        for i in range(kh):
+            band[:, :, window.rows(i)] += dcols[:, i, j]
+        dxt[:, :, :, window.columns(j)] += band
     dx = dxt[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
     if out is None:
         return np.ascontiguousarray(dx)
