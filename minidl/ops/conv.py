@@ -24,7 +24,7 @@ and backward is three products, with dy in the same (O, N*L) layout:
 
 Each path is one forward and one backward with the same signatures (``conv2d_forward_numpy`` and
 ``conv2d_forward_cuda``, ``conv2d_backward_...``); the autograd Function picks one. The NumPy path
-builds cols with a loop over the kh*kw window offsets (each one strided slice of the whole batch);
+builds cols with a loop over the kh*kw window offsets (each a strided slice of a part of the batch);
 the CUDA path runs ``kernels/conv.cu`` (im2col, col2im as a gather, bias add) and
 ``kernels/reduce.cu`` (bias gradient). The GEMMs are BLAS / cuBLAS on both. The window geometry
 travels as one ``Window2d`` (``minidl/ops/window.py``, shared with max_pool2d).
@@ -79,8 +79,8 @@ def image_blocks(n: int, column_bytes_per_image: int) -> list[tuple[int, int]]:
 
 
 # ---- NumPy ---------------------------------------------------------------------------------------
-# Tuned for speed (a loop over the kh*kw window offsets, each one strided slice of the whole
-# batch); the plain loop over every output pixel is conv2d in tests/reference.py.
+# Tuned for speed (a loop over the kh*kw window offsets, each a strided slice of the images the
+# thread pool gives it); the plain loop over every output pixel is conv2d in tests/reference.py.
 def im2col_numpy(x, window: Window2d):
     """x: (N, C, H, W) -> cols: (C*kh*kw, N*OH*OW), rows (c, i, j), columns (n, oy, ox).
     (ph, pw) pad the top and left; the bottom and right get what the last window reaches."""
