@@ -73,7 +73,7 @@ def add_recipe_flags(parser, epochs, batch_size: int, lr, help: dict | None = No
     parser.add_argument(
         "--batch-size", type=integer(1), default=batch_size, help=help.get("--batch-size")
     )
-    parser.add_argument("--lr", type=number(above=0), default=lr, help=help.get("--lr"))
+    parser.add_argument("--lr", type=number(0), default=lr, help=help.get("--lr"))
 
 
 def add_run_flags(parser, out, workers: int = 2, help: dict | None = None) -> None:

@@ -180,8 +180,9 @@ def test_explicit_values_and_paths_are_honoured(tmp_path, capsys):
         and out.splitlines()[-1] == f"test accuracy: {accuracy:.4f}"
     )
     assert not (tmp_path / "run").exists()  # --epochs 0 evaluates and writes nothing
-    with pytest.raises(SystemExit, match="--limit >= 1"):
+    with pytest.raises(SystemExit) as refused:  # argparse: "argument --limit: must be >= 1"
         fashion("--data", tmp_path / "data", "--limit", 0)
+    assert refused.value.code == 2
 
 
 def test_resume_uses_the_optimizer_and_lr_asked_for(tmp_path, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -466,8 +467,30 @@ def test_a_forward_that_fails_leaves_the_engine_as_it_was(tmp_path):
 
 
 def test_import_minidl_does_not_import_onnx():
-    code = "import sys, minidl, minidl.onnx.tracing; assert 'onnx' not in sys.modules"
+    code = "import sys, minidl, minidl.nn, minidl.functional; assert 'onnx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_minidl_onnx_without_the_onnx_package_names_the_extra():
+    """A machine without onnx: ``import minidl.onnx`` says what to install."""
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class NoOnnx:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "onnx":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, NoOnnx())
+        try:
+            import minidl.onnx
+        except ImportError as err:
+            print(err)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert 'pip install "minidl[onnx]"' in done.stdout, done.stdout + done.stderr
 
 
 # ---- minidl -> ONNX -> minidl --------------------------------------------------------------------

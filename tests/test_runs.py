@@ -130,7 +130,7 @@ def test_the_examples_refuse_a_used_out_folder_unless_overwrite(tmp_path, capsys
     "example, flag, value, says",
     [
         ("train_fashion_mnist", "--lr", "nan", "must be a finite number"),
-        ("train_fashion_mnist", "--lr", "-0.1", "must be > 0"),
+        ("train_fashion_mnist", "--lr", "-0.1", "must be >= 0"),
         ("train_fashion_mnist", "--limit", "-5", "must be >= 1"),
         ("train_fashion_mnist", "--batch-size", "0", "must be >= 1"),
         ("train_fashion_mnist", "--dropout", "1", "must be < 1"),
