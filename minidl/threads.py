@@ -54,6 +54,16 @@ _blas = None  # threadpoolctl's controllers of the loaded OpenBLAS libraries, fo
 _blas_threads: int | None = None  # what BLAS was last set to by us
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's worker threads are not there; a new pool is made on use."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _default_threads() -> int:
     text = os.environ.get("MINIDL_NUM_THREADS")
     if text is not None and text.strip():

@@ -2,6 +2,7 @@
 same bits for any thread count, op by op and for whole AlexNet training steps."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,19 @@ def test_optimizer_steps_give_the_whole_arrays_bits(make_optimizer, small_parts,
     for count in COUNTS:
         for a, b in zip(whole, steps(count, 8)):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_gets_its_own_pool(small_parts):
+    """The parent's workers are not in a fork (a DataLoader worker): the child must not wait on
+    them (it would hang; an alarm ends it after 30 s)."""
+    mdl.set_num_threads(2)
+    x = np.arange(64.0).reshape(16, 4)
+    threads.over_batch(np.negative, x)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its split finishes with the right numbers
+        signal.alarm(30)
+        ok = np.array_equal(threads.over_batch(np.negative, x), -x)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
