@@ -91,9 +91,10 @@ def im2col_numpy(x, window: Window2d):
     if window.ph or window.pw or pb or pr:
         xt = np.pad(xt, ((0, 0), (0, 0), (window.ph, pb), (window.pw, pr)))
     cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, i, j] = xt[:, :, window.rows(i), window.columns(j)]
+    for j in range(kw):  # column offset j's band (C, N, rows, OW) once, then kh long row copies
+        band = np.ascontiguousarray(xt[:, :, :, window.columns(j)])
+        for i in range(kh):
+            cols[:, i, j] = band[:, :, window.rows(i)]
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
