@@ -230,8 +230,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=7, help="alternating rounds of timed steps")
-    p.add_argument("--steps", type=int, default=3, help="steps per round")
+    p.add_argument("--rounds", type=int, default=15, help="alternating rounds of timed steps")
+    p.add_argument("--steps", type=int, default=1, help="steps per round (1 follows the load best)")
     p.add_argument(
         "--threads", default=None, help="comma-separated thread counts (default: minidl's)"
     )
