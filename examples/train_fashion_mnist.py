@@ -1,6 +1,6 @@
 """Train on Fashion-MNIST: the README's main job.
 
-    python examples/train_fashion_mnist.py                  # small AlexNet, CPU, ~10 minutes
+    python examples/train_fashion_mnist.py                  # small AlexNet, CPU, ~4 minutes
     python examples/train_fashion_mnist.py --model alexnet --size 224 --device cuda
                                       # Dive into Deep Learning's recipe: 1-channel AlexNet at
                                       # 224x224, batch 128, plain SGD lr 0.01, 10 epochs, He
