@@ -66,13 +66,13 @@ def batch_norm_backward_numpy(dy, xhat, var, weight, eps, training, sums=None):
     """dy, xhat: (N, C, P) -> dx: (N, C, P), dweight, dbias: (C,). ``sums``: the (dweight,
     dbias) to use for dx in place of this batch's own (the whole job's, batchnorm_ranks.py)."""
     invstd = 1 / np.sqrt(var + dy.dtype.type(eps))
-    dbias = dy.sum(axis=(0, 2))
-    dweight = (dy * xhat).sum(axis=(0, 2))
+    if sums is None:
+        dweight, dbias = (dy * xhat).sum(axis=(0, 2)), dy.sum(axis=(0, 2))
+    else:
+        dweight, dbias = sums
     scale = (weight * invstd)[:, None]
     if not training:
         return dy * scale, dweight, dbias
-    if sums is not None:
-        dweight, dbias = sums
     m = dy.shape[0] * dy.shape[2]
     dx = m * dy
     dx -= dbias[:, None]
@@ -189,7 +189,7 @@ def batch_norm_backward_cuda(dy, x, shift, offset, var, weight, eps, training, r
             *cuda.real(x.dtype, eps),
         ),
     )
-    if reduce is not None and training:
+    if reduce is not None:  # a job of several ranks, in training
         dweight, dbias = reduce(dweight, dbias)
     dx = xp.empty_like(x)
     cuda.launch_1d(
@@ -264,7 +264,7 @@ class BatchNormFunction(Function):
         saved, stats, weight, training, eps, shape = ctx.saved
         xp = backend.xp(ctx.device)
         dy = xp.ascontiguousarray(dy).reshape(saved.shape)
-        reduce = BatchNormFunction._job_sums(ctx)
+        reduce = _job_sums(ctx)  # None in one process, and in eval
         if ctx.device == "cuda":  # saved is x; the kernels recompute xhat from it
             dx, dweight, dbias = batch_norm_backward_cuda(
                 dy, saved, *stats, weight, eps, training, reduce
@@ -272,7 +272,7 @@ class BatchNormFunction(Function):
         else:  # saved is xhat (float32 for 16-bit x; apply and backward round the results)
             dy = dy.astype(saved.dtype, copy=False)
             sums = None
-            if reduce is not None and training:  # the sums first, over the whole job
+            if reduce is not None:  # the sums first, over the whole job
                 sums = reduce((dy * saved).sum(axis=(0, 2)), dy.sum(axis=(0, 2)))
             dx, dweight, dbias = over_channels(
                 lambda dy, xhat, var, weight, *sums: batch_norm_backward_numpy(
@@ -282,15 +282,16 @@ class BatchNormFunction(Function):
             )
         return dx.reshape(shape), dweight, dbias, None, None
 
-    @staticmethod
-    def _job_sums(ctx):
-        """In a job of several ranks: this rank's sums -> the job's (batchnorm_ranks.py)."""
-        share = getattr(ctx, "share", None)
-        if share is None:
-            return None
-        return lambda dweight, dbias: batchnorm_ranks.whole_batch_sums(
-            dweight, dbias, *share, ctx.device
-        )
+
+def _job_sums(ctx):
+    """In a job of several ranks, in training: this rank's backward sums -> the job's
+    (batchnorm_ranks.py); None otherwise."""
+    share = getattr(ctx, "share", None)  # (m, M), set by forward
+    if share is None:
+        return None
+    return lambda dweight, dbias: batchnorm_ranks.whole_batch_sums(
+        dweight, dbias, *share, ctx.device
+    )
 
 
 def _check_channel_vector(name: str, value, x, channels: int) -> None:
