@@ -28,7 +28,23 @@ __all__ = [
     "tiny_dataset",
     "tiny_net",
     "torch_forward_backward",
+    "without_package",
 ]
+
+
+def without_package(name: str) -> str:
+    """Python source that, run first in a fresh process, makes ``import name`` (and its
+    submodules) fail as on a machine where the package is not installed."""
+    return f"""
+import sys
+
+class Without:
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] == {name!r}:
+            raise ModuleNotFoundError(f"No module named {{fullname!r}}", name=fullname)
+
+sys.meta_path.insert(0, Without())
+"""
 
 
 def check_op(inputs, torch_fn, minidl_fn, *, seed=0, gradcheck=True):

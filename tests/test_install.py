@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from tests.helpers import without_package
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The distribution that brings each third-party module minidl imports. A module missing here
@@ -134,18 +136,7 @@ def test_ci_installs_everything_the_tests_use():
 
 
 # A process in which ml_dtypes cannot be imported, as after an install that lost it.
-WITHOUT_ML_DTYPES = textwrap.dedent(
-    """
-    import sys
-
-    class NoMlDtypes:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "ml_dtypes":
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-    sys.meta_path.insert(0, NoMlDtypes())
-    """
-)
+WITHOUT_ML_DTYPES = without_package("ml_dtypes")
 
 FLOAT32_STILL_WORKS = WITHOUT_ML_DTYPES + textwrap.dedent(
     """

@@ -25,6 +25,7 @@ from minidl import nn
 from minidl.autograd import Function
 from minidl.models import AlexNet, SmallAlexNet
 from minidl.models.keras_alexnet import KerasAlexNet
+from tests.helpers import without_package
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -473,16 +474,8 @@ def test_import_minidl_does_not_import_onnx():
 
 def test_minidl_onnx_without_the_onnx_package_names_the_extra():
     """A machine without onnx: ``import minidl.onnx`` says what to install."""
-    code = textwrap.dedent(
+    code = without_package("onnx") + textwrap.dedent(
         """
-        import sys
-
-        class NoOnnx:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "onnx":
-                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-        sys.meta_path.insert(0, NoOnnx())
         try:
             import minidl.onnx
         except ImportError as err:
