@@ -194,11 +194,18 @@ def load(path, include_dirs=()) -> EmulatedModule:
             digest.update(header.read_bytes())
     digest.update(path.read_bytes())
     library = cache_dir() / f"{path.stem}-{digest.hexdigest()[:20]}.so"
-    if not library.exists():
-        _compile(unit, path, library, include_dirs)
-    return EmulatedModule(
-        ctypes.CDLL(str(library)), symbols, kernel_source.kernel_parameters(source)
-    )
+    handle = _open_complete(library, symbols) if library.exists() else None
+    if handle is None:  # not built yet, or a cached library without our kernels: build it again
+        handle = _compile(unit, path, library, symbols, include_dirs)
+    return EmulatedModule(handle, symbols, kernel_source.kernel_parameters(source))
+
+
+def _open_complete(library: Path, symbols: dict[str, str]) -> ctypes.CDLL | None:
+    """The library, or None when it lacks one of ``symbols``. A library compiled from an empty
+    or cut-off ``.cpp`` (the race that writing the ``.cpp`` in place once had between parallel
+    workers) exports nothing; the cache must never hand it out again."""
+    handle = ctypes.CDLL(str(library))
+    return handle if all(hasattr(handle, symbol) for symbol in symbols.values()) else None
 
 
 def compiler_version() -> str:
@@ -211,9 +218,15 @@ def compiler_version() -> str:
     return result.stdout.splitlines()[0] if result.stdout else compiler
 
 
-def _compile(unit: str, path: Path, library: Path, include_dirs=()) -> None:
+def _compile(unit: str, path: Path, library: Path, symbols, include_dirs=()) -> ctypes.CDLL:
+    """Build ``library`` from ``unit`` and return it loaded. Parallel test workers and MPI ranks
+    may build the same file at once, so both files appear by an atomic rename: the ``.cpp`` (kept
+    beside the library for gdb) is whole whenever the compiler opens it, and the library is
+    whole, with every kernel of ``symbols``, whenever another process loads it."""
     cpp = library.with_suffix(".cpp")
-    cpp.write_text(unit)
+    written = library.with_suffix(f".{os.getpid()}.cpp.tmp")
+    written.write_text(unit)
+    written.replace(cpp)
     compiler = os.environ.get("CXX", "g++")
     flags = shlex.split(os.environ.get("MINIDL_EMU_CFLAGS", "-O2"))
     partial = library.with_suffix(f".{os.getpid()}.tmp")
@@ -240,4 +253,12 @@ def _compile(unit: str, path: Path, library: Path, include_dirs=()) -> None:
         raise RuntimeError(
             f"emulator: {compiler} could not compile {path.name}:\n{result.stderr[-4000:]}"
         )
-    partial.replace(library)  # atomic: parallel test workers never load a half-written file
+    handle = _open_complete(partial, symbols)
+    if handle is None:
+        partial.unlink()
+        raise RuntimeError(
+            f"emulator: {compiler} compiled {path.name} into a library without its kernels "
+            f"({', '.join(symbols)}); {cpp} is the file it compiled"
+        )
+    partial.replace(library)
+    return handle

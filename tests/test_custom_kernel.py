@@ -2,12 +2,18 @@
 NVRTC options, cache and emulator as ours, and clear errors when the file is not usable."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minidl import cuda, kernel_source
 from tests.test_kernels import nvrtc_or_skip
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ROOT / "kernels"
 
 # A user's kernel: includes our common.cuh (FOR_EACH_INDEX, real_exp) and a header of its own.
 SOURCE = """\
@@ -183,3 +189,57 @@ def test_a_launch_a_gpu_refuses_is_refused_under_the_emulator(
     module = cuda.load_module(user_folder / "my_op.cu")
     with pytest.raises(ValueError, match=r"scaled_exp \(.*\): cannot launch grid .*" + message):
         module.launch("scaled_exp", np.float32, grid, block, tuple(_good_args()))
+
+
+# Builds a .cu file (argv[1], including from argv[2]) and runs its kernel.
+PARALLEL_BUILD = """\
+import sys
+import numpy as np
+from minidl import emulator
+module = emulator.load(sys.argv[1], include_dirs=[sys.argv[2]])
+x, y = np.ones(4), np.empty(4)
+module.launch("scaled_exp<double>", (1,), (32,), (x, y, np.int64(4), np.float64(2.0)))
+assert np.allclose(y, 2 * np.e), y
+"""
+
+
+def test_a_cached_library_without_the_kernels_is_built_again(user_folder, tmp_path, monkeypatch):
+    """A library left in the cache without our kernels (compiled from an empty .cpp, as a race
+    between parallel builds once made one) is rebuilt, never loaded."""
+    from minidl import emulator
+
+    monkeypatch.setenv("MINIDL_CACHE", str(tmp_path / "cache"))
+    path = user_folder / "my_op.cu"
+    build = [sys.executable, "-c", PARALLEL_BUILD, str(path), str(KERNELS)]
+    subprocess.run(
+        build, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True
+    )  # not loaded here
+    (library,) = (tmp_path / "cache" / "emulator").glob("my_op-*.so")
+    empty = tmp_path / "empty.cpp"
+    empty.write_text("")
+    subprocess.run(["g++", *emulator.BUILD_FLAGS, "-o", str(library), str(empty)], check=True)
+    module = emulator.load(path, include_dirs=[KERNELS])
+    x, y = np.ones(4), np.empty(4)
+    module.launch("scaled_exp<double>", (1,), (32,), (x, y, np.int64(4), np.float64(2.0)))
+    np.testing.assert_allclose(y, 2 * np.e)
+
+
+def test_processes_building_the_same_file_at_once_all_get_a_whole_library(user_folder, tmp_path):
+    """Test workers and MPI ranks compile a changed .cu at the same moment into one cache."""
+    env = {**os.environ, "MINIDL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    for attempt in range(3):  # a fresh file each time, so every attempt is a new build
+        path = user_folder / f"my_op_{attempt}.cu"
+        path.write_text(SOURCE)
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", PARALLEL_BUILD, str(path), str(KERNELS)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        for run in runs:
+            output, _ = run.communicate(timeout=300)
+            assert run.returncode == 0, output[-2000:]
