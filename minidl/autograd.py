@@ -80,6 +80,15 @@ class Context:
         self.saved = values
 
 
+class Version:
+    """A tensor's version counter: how many times its array was written in place."""
+
+    __slots__ = ("count",)
+
+    def __init__(self):
+        self.count = 0
+
+
 class GraphTensor:
     """What the graph needs of a tensor; ``minidl.tensor.Tensor`` is the class users meet."""
 
@@ -88,10 +97,25 @@ class GraphTensor:
     requires_grad: bool
     _grad: GraphTensor | None
     _node: Node | None  # the op that made it; None for a leaf
-    # Counts the changes made to the values through the tensor (in-place operators,
-    # Module.load_state_dict): an optimizer's float32 master copy of a 16-bit weight is made
-    # anew when the weight changed since the optimizer last wrote it (minidl/optim.py).
-    _version: int = 0
+    # Counts the writes into the values (in-place operators, Module.load_state_dict, an
+    # optimizer's step), shared by the tensors that share the array (x and x.detach()), as
+    # PyTorch's version counter. An op records the count of each tensor whose array it saved
+    # for backward, and backward refuses to run on a changed one (see _SavedVersions); an
+    # optimizer makes a 16-bit weight's float32 master copy anew after a change (minidl/optim.py).
+    _versions: Version | None = None  # made on the first need
+
+    @property
+    def _version(self) -> int:
+        return 0 if self._versions is None else self._versions.count
+
+    def _version_counter(self) -> Version:
+        if self._versions is None:
+            self._versions = Version()
+        return self._versions
+
+    def _bump_version(self) -> None:
+        """Say that the values were written in place."""
+        self._version_counter().count += 1
 
     def _new(self, array, requires_grad: bool) -> GraphTensor:
         """A tensor around ``array`` on this tensor's device: an op's result, a leaf's grad."""
@@ -115,6 +139,20 @@ class Node:
         self.inputs = inputs
         self.shape = shape
         self.dtype = dtype
+        self.saved_versions: tuple = ()  # (Version, count at forward) of the tensors ctx saved
+
+
+def saved_versions(saved: tuple, tensors) -> tuple:
+    """(version counter, its count now) for each of ``tensors`` whose own array is in ``saved``
+    (or is the base of a saved view): the arrays whose later change in place would make backward
+    compute from values forward never saw. A saved copy (a float32 copy of 16-bit data, say)
+    cannot change that way, and is not watched."""
+    if not saved:
+        return ()
+    ids = {id(a) for a in saved} | {
+        id(a.base) for a in saved if getattr(a, "base", None) is not None
+    }
+    return tuple((t._version_counter(), t._version) for t in tensors if id(t.data) in ids)
 
 
 class Function:
@@ -165,6 +203,7 @@ class Function:
         if requires_grad:
             inputs = tuple(_graph_input(a) if isinstance(a, GraphTensor) else None for a in args)
             result._node = Node(cls, ctx, inputs, tuple(out.shape), out.dtype)
+            result._node.saved_versions = saved_versions(ctx.saved, (*tensors, result))
         return result
 
 
@@ -304,6 +343,7 @@ def _run_backward(node: Node, dy, retain_graph: bool) -> tuple:
             "backward(), which released its saved arrays (as PyTorch does); pass "
             "retain_graph=True to that first backward() to go through the graph again"
         )
+    _check_saved_versions(node)
     if _profile is None:
         input_grads = node.fn.backward(node.ctx, dy)
     else:
@@ -313,3 +353,16 @@ def _run_backward(node: Node, dy, retain_graph: bool) -> tuple:
     if not retain_graph:
         node.ctx = None  # its saved arrays go now, not when the whole graph does
     return input_grads if isinstance(input_grads, tuple) else (input_grads,)
+
+
+def _check_saved_versions(node: Node) -> None:
+    """Refuse a backward whose saved arrays were changed in place since forward (PyTorch's
+    "modified by an inplace operation"): its gradient would be a wrong number, silently."""
+    for counter, count in node.saved_versions:
+        if counter.count != count:
+            raise RuntimeError(
+                f"backward: one of the tensors {op_name(node.fn)} saved for its gradient was "
+                f"modified by an inplace operation (it is at version {counter.count}; expected "
+                f"version {count}, its version at the forward pass). Change it after "
+                "backward(), or change a copy (x = x.clone())"
+            )

@@ -1,7 +1,8 @@
 """A Tensor's in-place methods, and its conversion to one Python value (mixed into Tensor).
 
-In place: ``x += y``, ``-=``, ``*=``, ``/=``, ``zero_()``, ``fill_()`` and ``copy_()`` write into
-the tensor's own array, so every holder of the tensor (a Module, an optimizer) sees the new values.
+In place: ``x += y``, ``-=``, ``*=``, ``/=`` (and PyTorch's ``add_``, ``sub_``, ``mul_``,
+``div_``), ``zero_()``, ``fill_()`` and ``copy_()`` write into the tensor's own array, so every
+holder of the tensor (a Module, an optimizer) sees the new values.
 Without these methods Python would rebind the name to a new tensor, and a Module would lose its
 Parameter. The rules are PyTorch's:
 
@@ -9,10 +10,15 @@ Parameter. The rules are PyTorch's:
   result that broadcasts to a larger shape);
 - a leaf that requires grad (a weight) may be changed in place only under ``no_grad()``: outside
   it, PyTorch's "a leaf Variable that requires grad is being used in an in-place operation.";
-- a tensor made by an op that is recorded for backward is refused too: its array may be saved
-  for the backward pass, and backward does not check for changes (each write counts in the
-  tensor's ``_version``, which only optimizers read: a 16-bit weight's float32 master copy is
-  made anew after a change, minidl/optim.py).
+- a tensor made by an op that is recorded for backward is refused too (outside ``no_grad()``);
+- each write counts in the tensor's version (``_version``, shared with ``detach()``'s tensor,
+  which holds the same array), and backward refuses to use an array an op saved for it that was
+  changed since: PyTorch's "modified by an inplace operation" (``minidl/autograd.py``). An
+  optimizer's step counts as a write, and a 16-bit weight's float32 master copy is made anew
+  after a write it did not make (``minidl/optim.py``).
+
+Copies and aliases: ``clone()`` is a copy with an array of its own, differentiable (change the
+copy, and the graph keeps the original); ``detach()`` is the same array outside the graph.
 
 One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tensor of one element
 (``if loss < 0.5:``, ``print(f"{loss:.4f}")``); any other tensor is refused as PyTorch refuses it.
@@ -22,10 +28,22 @@ from __future__ import annotations
 
 from minidl import autograd, backend, promotion
 from minidl.autograd import no_grad
+from minidl.ops.tensor_ops import Clone
 
 
 class InPlace:
-    """The in-place operators of Tensor (``self.data`` is written, never rebound)."""
+    """The in-place operators of Tensor (``self.data`` is written, never rebound), and the two
+    ways to get another tensor of the same values: a copy, or the same array."""
+
+    def clone(self):
+        """A copy of the values in an array of its own; the gradient flows back to self."""
+        return Clone.apply(self)
+
+    def detach(self):
+        """The same values (the same array, and version counter), cut from the graph."""
+        out = self._new(self.data, False)
+        out._versions = self._version_counter()
+        return out
 
     def _check_in_place(self) -> None:
         if not autograd.is_grad_enabled():
@@ -52,12 +70,12 @@ class InPlace:
                 f"result type {result.dtype} can't be cast to the desired output type {self.dtype}"
             )
         self.data[...] = result.data
-        self._version += 1
+        self._bump_version()
 
-    def _in_place(self, op, other):
+    def _in_place(self, op, other, alpha=1):
         self._check_in_place()
         with no_grad():
-            self._assign(op(self, other))
+            self._assign(op(self, other if alpha == 1 else other * alpha))
         return self
 
     def __iadd__(self, other):
@@ -72,13 +90,26 @@ class InPlace:
     def __itruediv__(self, other):
         return self._in_place(type(self).__truediv__, other)
 
+    # PyTorch's method names for the same operators (``p.add_(g, alpha=-lr)``)
+    def add_(self, other, *, alpha=1):
+        return self._in_place(type(self).__add__, other, alpha)
+
+    def sub_(self, other, *, alpha=1):
+        return self._in_place(type(self).__sub__, other, alpha)
+
+    def mul_(self, other):
+        return self.__imul__(other)
+
+    def div_(self, other):
+        return self.__itruediv__(other)
+
     def zero_(self):
         return self.fill_(0)
 
     def fill_(self, value):
         self._check_in_place()
         self.data[...] = value
-        self._version += 1
+        self._bump_version()
         return self
 
     def copy_(self, source):
@@ -86,7 +117,7 @@ class InPlace:
         self._check_in_place()
         array = source.data if isinstance(source, autograd.GraphTensor) else source
         self.data[...] = backend.move(array, self.device)
-        self._version += 1
+        self._bump_version()
         return self
 
 

@@ -72,6 +72,7 @@ class Optimizer:
                     # update would write the stale master over the change
                     state["master"] = p.data.astype(np.float32)
                 self._update(p, backend.xp(p.device).ascontiguousarray(p.grad.data), state)
+                p._bump_version()  # as any write in place: a graph that saved p is stale now
                 self._written[id(p)] = p._version
 
     def _update(self, p, g, state) -> None:

@@ -185,10 +185,6 @@ class Tensor(InPlace, OneValue, GraphTensor):
     def float(self) -> Tensor:
         return self.astype(np.float32)
 
-    def detach(self) -> Tensor:
-        """The same values, cut from the graph."""
-        return Tensor._wrap(self.data, self.device, False)
-
     def requires_grad_(self, flag: bool = True) -> Tensor:
         self.requires_grad = flag
         return self

@@ -686,6 +686,29 @@ def test_in_place_operators_update_the_array_as_torch(op, device):
     assert_same(ours.numpy(), theirs.numpy(), op.__name__)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t, o: t.add_(o),
+        lambda t, o: t.add_(o, alpha=-0.5),
+        lambda t, o: t.sub_(o, alpha=2),
+        lambda t, o: t.mul_(o),
+        lambda t, o: t.div_(o),
+    ],
+    ids=["add_", "add_-alpha", "sub_-alpha", "mul_", "div_"],
+)
+def test_in_place_methods_as_torch(call, device):
+    a = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    b = np.array([0.5, 2.0, -1.0])
+    ours, theirs = mdl.tensor(a, device=device), torch.tensor(a)
+    assert call(ours, mdl.tensor(b, device=device)) is ours
+    call(theirs, torch.tensor(b))
+    assert_same(ours.numpy(), theirs.numpy())
+    w = mdl.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        call(w, 2.0)
+
+
 def test_in_place_on_a_leaf_that_requires_grad_is_refused_as_torch():
     message = "a leaf Variable that requires grad is being used in an in-place operation."
     for make in (torch.tensor, mdl.tensor):

@@ -163,7 +163,7 @@ class Module:
             value = backend.move(np.asarray(state[name]).astype(p.dtype), p.device)
             if not (p.data == value).all():  # a change an optimizer's master copy must follow
                 p.data[...] = value
-                p._version += 1
+                p._bump_version()
 
     # ---- mode, device, dtype ---------------------------------------------------------------------
     def train(self, mode: bool = True):

@@ -107,6 +107,17 @@ class Neg(Function):
         return -dy
 
 
+# y = a copied into an array of its own (x.clone()): dy/da = 1
+class Clone(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return a.copy()
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy
+
+
 # y = a^b: dy/da = b a^(b-1), dy/db = a^b log a, with PyTorch's values at the singular points
 # (pow_backward_self and pow_backward_exponent in its FunctionsManual.cpp):
 #   dy/da = 0 where b == 0 (d(a^0)/da, even at a = 0 where b a^(b-1) would be 0 * inf = NaN);

@@ -1,0 +1,176 @@
+"""A value saved for backward and then changed in place: backward refuses, as PyTorch's version
+counter makes it refuse ("modified by an inplace operation"); otherwise the gradient would be
+computed from values the forward pass never saw, without a word.
+
+Each scenario is written once against a library namespace and run on minidl and on torch: both
+raise, or both give the same gradients."""
+
+import types
+
+import numpy as np
+import pytest
+
+import minidl as mdl
+
+W0 = np.array([0.5, -1.0, 2.0])
+X0 = np.array([1.5, 0.25, -3.0])
+
+
+def _leaf(lib, values, requires_grad=True):
+    return lib.tensor(values.copy(), requires_grad=requires_grad)
+
+
+def weight_changed_under_no_grad(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    loss = (w * x).sum()  # mul saves w for x's gradient and x for w's
+    y = (w * w).sum()  # and w for its own
+    with lib.no_grad():
+        w -= 0.1
+    (loss + y).backward()
+    return w.grad
+
+
+def input_without_grad_changed_in_place(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    loss = (w * x).sum()
+    x += 1.0  # allowed: x needs no gradient; but mul saved it for w's
+    loss.backward()
+    return w.grad
+
+
+def change_before_the_op_is_fine(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    x *= 2.0
+    (w * x).sum().backward()
+    return w.grad
+
+
+def change_of_a_value_no_op_saved_is_fine(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    loss = (w + x).sum()  # add saves no values
+    x += 1.0
+    loss.backward()
+    return w.grad
+
+
+def saved_output_changed_under_no_grad(lib):
+    w = _leaf(lib, W0)
+    y = w.exp()  # exp saves its output
+    with lib.no_grad():
+        y *= 2.0
+    y.sum().backward()
+    return w.grad
+
+
+def change_through_detach(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    loss = (w * x).sum()
+    alias = x.detach()  # the same array, the same version counter
+    alias += 1.0
+    loss.backward()
+    return w.grad
+
+
+def change_of_a_clone_is_fine(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    loss = (w * x).sum()
+    copy = x.clone()
+    copy += 1.0
+    loss.backward()
+    return w.grad
+
+
+def clone_is_differentiable(lib):
+    w = _leaf(lib, W0)
+    y = w.clone()
+    (y * y).sum().backward()
+    return w.grad
+
+
+def optimizer_step_between_two_backwards(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    optimizer = lib.optim.SGD([w], lr=0.1)
+    loss = (w * w * x).sum()
+    loss.backward(retain_graph=True)
+    optimizer.step()  # writes w in place, which the graph saved
+    loss.backward()
+    return w.grad
+
+
+def fill_and_zero_count_as_changes(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    loss = (w * x).sum()
+    x.zero_()
+    loss.backward()
+    return w.grad
+
+
+SCENARIOS = [
+    (weight_changed_under_no_grad, True),
+    (input_without_grad_changed_in_place, True),
+    (change_before_the_op_is_fine, False),
+    (change_of_a_value_no_op_saved_is_fine, False),
+    (saved_output_changed_under_no_grad, True),
+    (change_through_detach, True),
+    (change_of_a_clone_is_fine, False),
+    (clone_is_differentiable, False),
+    (optimizer_step_between_two_backwards, True),
+    (fill_and_zero_count_as_changes, True),
+]
+
+
+def _minidl():
+    return types.SimpleNamespace(
+        tensor=lambda v, requires_grad: mdl.tensor(v, requires_grad=requires_grad),
+        no_grad=mdl.no_grad,
+        optim=mdl.optim,
+    )
+
+
+@pytest.mark.parametrize("scenario, refused", SCENARIOS, ids=[s.__name__ for s, _ in SCENARIOS])
+def test_a_saved_value_changed_in_place_is_refused_at_backward(scenario, refused):
+    if refused:
+        with pytest.raises(RuntimeError, match="modified by an inplace operation") as error:
+            scenario(_minidl())
+        assert "version" in str(error.value)
+    else:
+        assert scenario(_minidl()) is not None
+
+
+@pytest.mark.parametrize("scenario, refused", SCENARIOS, ids=[s.__name__ for s, _ in SCENARIOS])
+def test_torch_refuses_the_same_scenarios(scenario, refused):
+    """The oracle: torch agrees on which scenarios are refused, and on the gradients of the rest."""
+    torch = pytest.importorskip("torch")
+    lib = types.SimpleNamespace(
+        tensor=lambda v, requires_grad: torch.tensor(v, requires_grad=requires_grad),
+        no_grad=torch.no_grad,
+        optim=torch.optim,
+    )
+    if refused:
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            scenario(lib)
+    else:
+        np.testing.assert_allclose(
+            scenario(_minidl()).numpy(), scenario(lib).numpy(), rtol=1e-12, atol=0
+        )
+
+
+def test_the_error_names_the_op():
+    w = mdl.tensor(W0.copy(), requires_grad=True)
+    y = w.exp()
+    with mdl.no_grad():
+        y *= 2.0
+    with pytest.raises(RuntimeError, match=r"exp saved .* version 1; expected version 0"):
+        y.sum().backward()
+
+
+def test_a_whole_training_step_is_not_refused():
+    """Layers and optimizers of a normal step change nothing a live graph saved."""
+    model = mdl.nn.Sequential(mdl.nn.Linear(4, 3), mdl.nn.ReLU(), mdl.nn.Linear(3, 2))
+    optimizer = mdl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = mdl.tensor(np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
+    target = mdl.tensor(np.array([0, 1, 1, 0, 1]))
+    for _ in range(3):
+        optimizer.zero_grad()
+        mdl.functional.cross_entropy(model(x), target).backward()
+        optimizer.step()
