@@ -180,7 +180,7 @@ def broadcast_parameters(model) -> None:
     layout = [(name, tuple(np.shape(v)), str(np.asarray(v).dtype)) for name, v in state.items()]
     _check_same_everywhere(world, layout, "broadcast_parameters: the model's state_dict")
     for name in state:
-        array = np.ascontiguousarray(backend.to_numpy(state[name]))
+        array = np.asarray(backend.to_numpy(state[name]), order="C")  # a 0-d counter stays 0-d
         # MPI has no 16-bit float type: their bits travel (exactly) as uint16
         world.comm.Bcast(
             array.reshape(-1).view(np.uint16) if dtypes.is_16bit(array.dtype) else array, root=0

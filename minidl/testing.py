@@ -241,7 +241,7 @@ def torch_twin(model: nn.Module):
     torch = _import_torch("torch_twin")
     twin = _twin_layer(torch, model)
     state = OrderedDict(model.named_state())
-    dtypes = {p.dtype for p in state.values()}
+    dtypes = {p.dtype for p in state.values() if p.dtype.kind == "f"}  # not BN's int counter
     if len(dtypes) > 1:
         raise TypeError(f"torch_twin: the model mixes dtypes {sorted(map(str, dtypes))}")
     if dtypes:

@@ -43,6 +43,12 @@ def batch_norm_1d(features: int) -> nn.BatchNorm1d:
     return nn.BatchNorm1d(features, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
 
 
+def _moving_statistics(module: nn.Module) -> int:
+    """The numbers Keras counts as non-trainable: BN's moving mean and variance (its floating
+    buffers; PyTorch's batch counter, an int, is not a weight)."""
+    return sum(b.numel() for b in module.buffers() if b.dtype.kind == "f")
+
+
 class KerasAlexNet(nn.Module):
     def __init__(self, num_classes: int = 17, in_channels: int = 3, dropout: float = 0.4):
         super().__init__()
@@ -94,7 +100,7 @@ class KerasAlexNet(nn.Module):
     def keras_counts(self) -> tuple[int, int]:
         """(total, trainable) as Keras counts them: parameters plus BN's moving statistics."""
         trainable = self.num_parameters()
-        return trainable + sum(b.numel() for b in self.buffers()), trainable
+        return trainable + _moving_statistics(self), trainable
 
     def summary(self, input_shape=(3, 224, 224), batch_size: int = 1, show: bool = True):
         """Each layer's output shape with its parameter count as Keras gives it (BN: four numbers
@@ -104,7 +110,7 @@ class KerasAlexNet(nn.Module):
         modules = dict(self.named_modules())
         rows = []
         for name, kind, shape, trainable in base:
-            frozen = sum(b.numel() for b in modules[name].buffers())
+            frozen = _moving_statistics(modules[name])
             rows.append((name, kind, shape, trainable + frozen, trainable))
         total, trainable = self.keras_counts()
         if show:

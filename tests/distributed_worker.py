@@ -177,6 +177,7 @@ def broadcast() -> dict:
         p.data = np.full(p.shape, 10.0 * distributed.rank() + i, dtype=p.dtype)
     bn = model[1]
     bn.running_mean.data[...] = 100.0 + distributed.rank()
+    bn.num_batches_tracked.data[...] = 7 + distributed.rank()  # a 0-d int64 buffer
     distributed.broadcast_parameters(model)
     return {f"state/{k}": v for k, v in model.state_dict().items()}
 

@@ -145,8 +145,7 @@ def test_matches_torch_after_training_then_eval():
     assert_close(ours(mdl.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy())
     state = ours.state_dict()
     for name, value in theirs.state_dict().items():
-        if name != "num_batches_tracked":  # PyTorch's counter, which we keep for momentum=None only
-            assert_close(state[name], value.numpy(), what=name)
+        assert_close(np.asarray(state[name], np.float64), value.double().numpy(), what=name)
 
 
 # ---- batch 1 and argument errors -----------------------------------------------------------------
@@ -250,7 +249,11 @@ def test_gradcheck_on_gpu(kernel_device):
 def test_layers_register_buffers_not_parameters():
     bn = nn.BatchNorm2d(4)
     assert [name for name, _ in bn.named_parameters()] == ["weight", "bias"]
-    assert [name for name, _ in bn.named_buffers()] == ["running_mean", "running_var"]
+    assert [name for name, _ in bn.named_buffers()] == [
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+    ]
     model = nn.Sequential(nn.Conv2d(1, 4, 3), bn)
     assert list(model.state_dict()) == [
         "0.weight",
@@ -259,6 +262,7 @@ def test_layers_register_buffers_not_parameters():
         "1.bias",
         "1.running_mean",
         "1.running_var",
+        "1.num_batches_tracked",
     ]
     assert len(model.parameters()) == 4
     assert not any(b.requires_grad for b in model.buffers())
@@ -436,3 +440,35 @@ def test_momentum_set_to_none_after_construction_averages_from_then_on(layer, sh
             ours.momentum = bad
     ours.momentum = np.float32(0.5)  # any real number in [0, 1]
     assert ours.momentum == 0.5
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_num_batches_tracked_counts_every_training_batch_as_torch(momentum):
+    torch = pytest.importorskip("torch")
+    ours = nn.BatchNorm2d(3, momentum=momentum).double()
+    theirs = torch.nn.BatchNorm2d(3, momentum=momentum).double()
+    for step in range(3):
+        ours(mdl.tensor(inputs((2, 3, 2, 2), step)))
+        theirs(torch.tensor(inputs((2, 3, 2, 2), step)))
+    ours.eval()
+    ours(mdl.tensor(inputs((2, 3, 2, 2), 7)))  # eval counts nothing
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert int(ours.state_dict()["num_batches_tracked"]) == 3 == int(theirs.num_batches_tracked)
+    ours.reset_running_stats()
+    assert int(ours.num_batches_tracked.numpy()) == 0
+    assert "num_batches_tracked" not in nn.BatchNorm2d(3, track_running_stats=False).state_dict()
+
+
+def test_a_state_dict_without_the_counter_loads_and_keeps_the_layers_count():
+    """A checkpoint written before every layer kept num_batches_tracked loads, strict, as
+    PyTorch's layer loads an old state dict; the counter stays what it was."""
+    bn = nn.BatchNorm2d(3)
+    bn(mdl.tensor(inputs((2, 3, 2, 2)).astype(np.float32)))
+    old = {k: v for k, v in nn.BatchNorm2d(3).state_dict().items() if k != "num_batches_tracked"}
+    old["running_mean"] = np.full(3, 0.5, np.float32)
+    bn.load_state_dict(old)
+    assert_close(bn.running_mean.numpy(), np.full(3, 0.5))
+    assert int(bn.num_batches_tracked.numpy()) == 1
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert model.load_state_dict(state) == ([], [])

@@ -245,9 +245,11 @@ def test_parameters_and_buffers_are_broadcast_from_rank_0(tmp_path):
     ranks = run_ok("broadcast", tmp_path)
     names = [k.split("/", 1)[1] for k in ranks if k.startswith("rank0/")]
     assert "state/1.running_mean" in names
-    for i, name in enumerate(n for n in names if "running" not in n):
+    for i, name in enumerate(n for n in names if "running" not in n and "batches" not in n):
         assert (ranks[f"rank1/{name}"] == i).all()  # rank 0 filled parameter i with i
     assert (ranks["rank1/state/1.running_mean"] == 100.0).all()  # rank 0's buffer, not 101
+    counter = ranks["rank1/state/1.num_batches_tracked"]
+    assert counter.shape == () and counter.dtype == np.int64 and counter == 7  # 0-d stays 0-d
 
 
 def test_fit_on_two_ranks_writes_only_from_rank_0_and_resumes_exactly(tmp_path):

@@ -37,6 +37,39 @@ def test_state_dict_round_trip_and_errors():
         b.load_state_dict({**state, "0.weight": np.zeros((8, 3, 2, 2))})
 
 
+def test_load_state_dict_not_strict_loads_what_matches_as_torch():
+    torch = pytest.importorskip("torch")
+    a, b = small_net(), small_net()
+    state = {k: v for k, v in a.state_dict().items() if k != "0.bias"}
+    state["extra"] = np.zeros(1)
+    result = b.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["0.bias"] and result.unexpected_keys == ["extra"]
+    assert np.array_equal(b[0].weight.numpy(), a[0].weight.numpy())
+    assert not np.array_equal(b[0].bias.numpy(), a[0].bias.numpy())  # left as it was
+    assert b.load_state_dict(a.state_dict()) == ([], [])
+    theirs = torch.nn.Linear(2, 3).load_state_dict({"weight": torch.zeros(3, 2)}, strict=False)
+    assert list(theirs.missing_keys) == ["bias"] and list(theirs.unexpected_keys) == []
+
+
+def test_a_torch_state_dict_loads_into_the_same_model_with_batchnorm():
+    """PyTorch's state dict (torch Tensors, BatchNorm's num_batches_tracked included) loads as
+    is, and the model then computes what torch's computes."""
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()
+    ).double()
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6))
+    theirs(torch.tensor(x))  # training: the running statistics and the counter move
+    ours = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).double()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    assert int(ours[1].num_batches_tracked.numpy()) == 1
+    ours.eval(), theirs.eval()
+    np.testing.assert_allclose(
+        ours(mdl.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy(), rtol=1e-10
+    )
+
+
 def test_train_eval_switches_dropout():
     net = small_net()
     x = mdl.tensor(np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32))

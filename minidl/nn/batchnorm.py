@@ -4,10 +4,12 @@ PyTorch's constructor and defaults: ``eps=1e-5, momentum=0.1, affine=True,
 track_running_stats=True``; weight starts at 1, bias at 0, running_mean at 0, running_var at 1.
 The running statistics are buffers (``Module.register_buffer``): saved in ``state_dict`` and in
 checkpoints, moved by ``to(device)``, never updated by an optimizer. ``momentum=None`` makes the
-running statistics a cumulative average, ``running += (batch - running) / num_batches_tracked``,
-with PyTorch's int64 ``num_batches_tracked`` buffer counting training batches (only then: a layer
-with a fixed momentum keeps its two float buffers, as minidl's checkpoints hold them). Keras's
-``BatchNormalization()`` is ``momentum=0.01, eps=1e-3`` here (docs/batchnorm.md).
+running statistics a cumulative average, ``running += (batch - running) / num_batches_tracked``.
+PyTorch's int64 ``num_batches_tracked`` buffer counts the training batches of every layer with
+running statistics, so the state dicts of the two frameworks have the same keys; a state dict
+without it (a checkpoint written before minidl kept it) loads, and the counter stays as it is, as
+PyTorch's layer loads an old one. Keras's ``BatchNormalization()`` is ``momentum=0.01,
+eps=1e-3`` here (docs/batchnorm.md).
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ class _BatchNorm(Module):
         if track_running_stats:
             self.register_buffer("running_mean", Tensor(np.zeros((num_features,), dtype)))
             self.register_buffer("running_var", Tensor(np.ones((num_features,), dtype)))
+            self.register_buffer("num_batches_tracked", Tensor(np.array(0, np.int64)))
         else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-        self.momentum = momentum  # checked, and None starts num_batches_tracked (below)
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, None)
+        self.momentum = momentum  # checked (below)
 
     @property
     def momentum(self) -> float | None:
@@ -62,9 +65,8 @@ class _BatchNorm(Module):
     @momentum.setter
     def momentum(self, value) -> None:
         """Checked on every assignment, not only by the constructor. ``None`` (then or later)
-        makes the running statistics a cumulative average and registers the int64
-        ``num_batches_tracked`` buffer at 0: set later, the average starts from that batch
-        (PyTorch's layer counts every batch from the start, a difference of history only)."""
+        makes the running statistics a cumulative average over every training batch the layer
+        has counted, as PyTorch's."""
         if value is not None and (
             isinstance(value, bool)
             or not isinstance(value, numbers.Real)
@@ -75,19 +77,19 @@ class _BatchNorm(Module):
                 f"average), got {value!r}"
             )
         self._momentum = value
-        if (
-            value is None
-            and self.track_running_stats
-            and "num_batches_tracked" not in self._buffers
-        ):
-            self.register_buffer("num_batches_tracked", Tensor(np.array(0, np.int64)))
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
             self.running_mean.data[...] = 0
             self.running_var.data[...] = 1
-            if self.momentum is None:
-                self.num_batches_tracked.data[...] = 0
+            self.num_batches_tracked.data[...] = 0
+
+    def _complete_state(self, prefix: str, state: dict) -> None:
+        """A state dict without ``num_batches_tracked`` (written before minidl kept it for every
+        layer) keeps the layer's own counter, as PyTorch's layer does with an old one."""
+        key = prefix + "num_batches_tracked"
+        if self.track_running_stats and key not in state:
+            state[key] = self.num_batches_tracked.numpy().copy()
 
     def forward(self, x):
         if x.ndim not in self.dims:
@@ -102,10 +104,10 @@ class _BatchNorm(Module):
         # without running statistics, eval normalizes with the batch's own (as PyTorch does)
         training = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum  # unused outside training
-        if self.training and self.track_running_stats and self.momentum is None:
-            # a cumulative moving average: every batch so far weighs the same
+        if self.training and self.track_running_stats:
             self.num_batches_tracked.data += 1
-            momentum = 1.0 / float(self.num_batches_tracked.data)
+            if self.momentum is None:  # a cumulative moving average: every batch weighs the same
+                momentum = 1.0 / float(self.num_batches_tracked.data)
         return F.batch_norm(
             x,
             self.running_mean,

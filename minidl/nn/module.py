@@ -7,12 +7,21 @@ it is in ``state_dict`` (so in checkpoints), moved by ``to(device)`` and cast by
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
 from minidl import backend, dtypes
 from minidl.autograd import no_grad
 from minidl.tensor import Tensor
+
+
+class IncompatibleKeys(NamedTuple):
+    """What load_state_dict returns, as PyTorch's: the model's names the state dict lacked, and
+    the state dict's names the model lacks (both empty after a strict load)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class Parameter(Tensor):
@@ -139,17 +148,23 @@ class Module:
         """Every parameter and buffer as a NumPy array (a copy), keyed by its dotted name."""
         return OrderedDict((name, p.numpy().copy()) for name, p in self.named_state())
 
-    def load_state_dict(self, state) -> None:
-        """Copy NumPy arrays (or Tensors, as a PyTorch state dict holds) into the parameters;
-        names and shapes must match exactly."""
+    def load_state_dict(self, state, strict: bool = True) -> IncompatibleKeys:
+        """Copy arrays (NumPy, or the Tensors of a minidl or PyTorch state dict) into the
+        parameters and buffers, in place. ``strict`` (the default, as PyTorch's): the names must
+        be the model's, no more and no fewer; ``strict=False`` loads the names that match.
+        Shapes must match either way. Returns PyTorch's (missing_keys, unexpected_keys)."""
         state = {k: v.numpy() if isinstance(v, Tensor) else v for k, v in state.items()}
+        for prefix, module in self.named_modules():
+            module._complete_state(f"{prefix}." if prefix else "", state)
         own = OrderedDict(self.named_state())  # parameters and buffers
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]
-        if missing or extra:
+        if strict and (missing or extra):
             raise KeyError(
-                f"load_state_dict: missing entries {missing}, unexpected entries {extra}"
+                f"load_state_dict: missing entries {missing}, unexpected entries {extra} "
+                "(strict=False loads the entries that match)"
             )
+        own = OrderedDict((name, p) for name, p in own.items() if name in state)
         for name, p in own.items():
             value = np.asarray(backend.to_numpy(state[name]))
             if tuple(value.shape) != p.shape:
@@ -164,6 +179,11 @@ class Module:
             if not (p.data == value).all():  # a change an optimizer's master copy must follow
                 p.data[...] = value
                 p._bump_version()
+        return IncompatibleKeys(missing, extra)
+
+    def _complete_state(self, prefix: str, state: dict) -> None:
+        """Add to ``state`` (a dict being loaded) what an older state dict of this module lacks;
+        ``prefix`` is the module's dotted name and a dot. Most modules lack nothing."""
 
     # ---- mode, device, dtype ---------------------------------------------------------------------
     def train(self, mode: bool = True):
