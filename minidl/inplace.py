@@ -2,20 +2,25 @@
 
 In place: ``x += y``, ``-=``, ``*=``, ``/=`` (and PyTorch's ``add_``, ``sub_``, ``mul_``,
 ``div_``), ``zero_()``, ``fill_()`` and ``copy_()`` write into the tensor's own array, so every
-holder of the tensor (a Module, an optimizer) sees the new values.
-Without these methods Python would rebind the name to a new tensor, and a Module would lose its
-Parameter. The rules are PyTorch's:
+holder of the tensor (a Module, an optimizer) sees the new values. Without these methods Python
+would rebind the name to a new tensor, and a Module would lose its Parameter.
+
+One rule makes them: an in-place op is the out-of-place op (``x + y``, recorded for backward as
+any op), its values written into the tensor's own array, and the tensor taking the result's place
+in the graph (PyTorch's "rebase"). So ``out += identity`` in a residual block, or ``buf += w``
+into a tensor that needed no gradient, carry their gradients as PyTorch's do. The rules are
+PyTorch's:
 
 - the result must keep the tensor's shape and dtype (``int_tensor += 0.5`` is refused, as is a
   result that broadcasts to a larger shape);
 - a leaf that requires grad (a weight) may be changed in place only under ``no_grad()``: outside
   it, PyTorch's "a leaf Variable that requires grad is being used in an in-place operation.";
-- a tensor made by an op that is recorded for backward is refused too (outside ``no_grad()``);
 - each write counts in the tensor's version (``_version``, shared with ``detach()``'s tensor,
   which holds the same array), and backward refuses to use an array an op saved for it that was
-  changed since: PyTorch's "modified by an inplace operation" (``minidl/autograd.py``). An
-  optimizer's step counts as a write, and a 16-bit weight's float32 master copy is made anew
-  after a write it did not make (``minidl/optim.py``).
+  changed since: PyTorch's "modified by an inplace operation" (``minidl/autograd.py``):
+  ``y = x.exp(); y += 1`` cannot go back through exp, which saved y. An optimizer's step counts
+  as a write, and a 16-bit weight's float32 master copy is made anew after a write it did not
+  make (``minidl/optim.py``).
 
 Copies and aliases: ``clone()`` is a copy with an array of its own, differentiable (change the
 copy, and the graph keeps the original); ``detach()`` is the same array outside the graph.
@@ -27,8 +32,7 @@ One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tenso
 from __future__ import annotations
 
 from minidl import autograd, backend, promotion
-from minidl.autograd import no_grad
-from minidl.ops.tensor_ops import Clone
+from minidl.ops.tensor_ops import Clone, CopyInto
 
 
 class InPlace:
@@ -45,21 +49,13 @@ class InPlace:
         out._versions = self._version_counter()
         return out
 
-    def _check_in_place(self) -> None:
-        if not autograd.is_grad_enabled():
-            return
-        if self.requires_grad and self._node is None:
+    def _in_place(self, op, *args):
+        """self = op(self, *args), in self's own array (the module docstring's one rule)."""
+        if autograd.is_grad_enabled() and self.requires_grad and self._node is None:
             raise RuntimeError(
                 "a leaf Variable that requires grad is being used in an in-place operation."
             )
-        if self.requires_grad:
-            raise RuntimeError(
-                "in-place operation on a tensor that is part of a graph: its value may be saved "
-                "for backward (backward would not see the change); write y = y + 1 instead"
-            )
-
-    def _assign(self, result) -> None:
-        """Write result (a Tensor of the new values) into self's array."""
+        result = op(self, *args)
         if result.shape != self.shape:
             raise RuntimeError(
                 f"output with shape {list(self.shape)} doesn't match the broadcast shape "
@@ -69,13 +65,12 @@ class InPlace:
             raise RuntimeError(
                 f"result type {result.dtype} can't be cast to the desired output type {self.dtype}"
             )
+        if result._node is not None:
+            _keep_what_the_op_saved_of(result._node, self)
         self.data[...] = result.data
         self._bump_version()
-
-    def _in_place(self, op, other, alpha=1):
-        self._check_in_place()
-        with no_grad():
-            self._assign(op(self, other if alpha == 1 else other * alpha))
+        if result._node is not None:  # self is now the op's output in the graph
+            self._node, self.requires_grad = result._node, True
         return self
 
     def __iadd__(self, other):
@@ -92,10 +87,10 @@ class InPlace:
 
     # PyTorch's method names for the same operators (``p.add_(g, alpha=-lr)``)
     def add_(self, other, *, alpha=1):
-        return self._in_place(type(self).__add__, other, alpha)
+        return self._in_place(lambda t, o: t + (o if alpha == 1 else o * alpha), other)
 
     def sub_(self, other, *, alpha=1):
-        return self._in_place(type(self).__sub__, other, alpha)
+        return self._in_place(lambda t, o: t - (o if alpha == 1 else o * alpha), other)
 
     def mul_(self, other):
         return self.__imul__(other)
@@ -107,18 +102,33 @@ class InPlace:
         return self.fill_(0)
 
     def fill_(self, value):
-        self._check_in_place()
-        self.data[...] = value
-        self._bump_version()
-        return self
+        return self._in_place(CopyInto.apply, value)
 
     def copy_(self, source):
-        """Copy source's values (broadcast, cast to self's dtype, moved to self's device)."""
-        self._check_in_place()
-        array = source.data if isinstance(source, autograd.GraphTensor) else source
-        self.data[...] = backend.move(array, self.device)
-        self._bump_version()
-        return self
+        """Copy source's values (broadcast, cast to self's dtype, moved to self's device); the
+        gradient flows back to source, as PyTorch's copy_ sends it."""
+        if isinstance(source, autograd.GraphTensor):
+            source = source.to(self.device) if source.device != self.device else source
+            source = source.astype(self.dtype) if source.dtype != self.dtype else source
+        else:
+            source = backend.move(source, self.device)
+        return self._in_place(CopyInto.apply, source)
+
+
+def _keep_what_the_op_saved_of(node, tensor) -> None:
+    """The op that is about to become ``tensor`` saved arrays for its backward; those that are
+    ``tensor``'s own array (``x *= w`` saves x for w's gradient) or a view of it are copied
+    before the array is overwritten, and no longer watched for changes: the op's backward reads
+    the values it was given, as PyTorch's in-place ops keep their "original self"."""
+    array = tensor.data
+
+    def of_tensor(saved) -> bool:
+        return saved is array or getattr(saved, "base", None) is array
+
+    if any(of_tensor(saved) for saved in node.ctx.saved):
+        node.ctx.saved = tuple(v.copy() if of_tensor(v) else v for v in node.ctx.saved)
+        counter = tensor._versions
+        node.saved_versions = tuple(e for e in node.saved_versions if e[0] is not counter)
 
 
 class OneValue:

@@ -733,10 +733,16 @@ def test_in_place_results_that_do_not_fit_are_refused_as_torch():
             x += make([[1.0, 2.0], [3.0, 4.0]])
 
 
-def test_in_place_on_a_tensor_inside_a_graph_is_refused():
-    y = mdl.tensor([1.0, 2.0], requires_grad=True) * 2
-    with pytest.raises(RuntimeError, match="in-place"):
+def test_in_place_on_a_tensor_inside_a_graph_joins_the_graph_as_torch():
+    """(more cases in tests/test_versions.py)"""
+    grads = []
+    for make in (mdl.tensor, torch.tensor):
+        x = make([1.0, 2.0], requires_grad=True)
+        y = x * 2
         y += 1.0
+        (y * y).sum().backward()
+        grads.append(np.asarray(x.grad.numpy()))
+    assert_same(*grads)
 
 
 def test_zero_copy_and_fill_as_torch(device):

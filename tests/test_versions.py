@@ -1,6 +1,8 @@
-"""A value saved for backward and then changed in place: backward refuses, as PyTorch's version
-counter makes it refuse ("modified by an inplace operation"); otherwise the gradient would be
-computed from values the forward pass never saw, without a word.
+"""In-place ops inside the graph, as PyTorch's: the tensor takes the op's place in the graph
+(``out += identity`` carries its gradients), and a value saved for backward and then changed in
+place makes backward refuse, as PyTorch's version counter makes it refuse ("modified by an
+inplace operation"); otherwise the gradient would be computed from values the forward pass never
+saw, without a word.
 
 Each scenario is written once against a library namespace and run on minidl and on torch: both
 raise, or both give the same gradients."""
@@ -105,6 +107,58 @@ def fill_and_zero_count_as_changes(lib):
     return w.grad
 
 
+def residual_add_in_place(lib):
+    """``out += identity``, as a residual block writes it."""
+    w, x = _leaf(lib, W0), _leaf(lib, X0)
+    out = w * 2.0
+    out += x * x
+    (out * out).sum().backward()
+    return w.grad, x.grad
+
+
+def in_place_into_a_tensor_that_needed_no_gradient(lib):
+    w = _leaf(lib, W0)
+    buffer = lib.tensor(np.zeros(3), requires_grad=False)
+    buffer += w * 3.0  # buffer joins the graph
+    assert buffer.requires_grad
+    (buffer * buffer).sum().backward()
+    return w.grad
+
+
+def multiply_in_place_keeps_the_values_it_multiplied(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0)
+    y = w * 2.0
+    y *= x  # x's gradient needs y's values from before the write
+    y.mul_(x)
+    y.sub_(w, alpha=0.5)
+    y.sum().backward()
+    return w.grad, x.grad
+
+
+def add_in_place_after_exp_which_saved_its_output(lib):
+    w = _leaf(lib, W0)
+    y = w.exp()
+    y += 1.0
+    y.sum().backward()
+    return w.grad
+
+
+def zero_in_place_inside_the_graph(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0)
+    y = w * 2.0
+    y.zero_()
+    (y + x).sum().backward()
+    return w.grad, x.grad
+
+
+def copy_in_place_sends_the_gradient_to_the_source(lib):
+    w = _leaf(lib, W0)
+    buffer = lib.tensor(np.zeros((2, 3)), requires_grad=False)
+    buffer.copy_(w * w)  # broadcast over the rows
+    (buffer * lib.tensor(np.arange(6.0).reshape(2, 3), requires_grad=False)).sum().backward()
+    return w.grad
+
+
 SCENARIOS = [
     (weight_changed_under_no_grad, True),
     (input_without_grad_changed_in_place, True),
@@ -116,6 +170,12 @@ SCENARIOS = [
     (clone_is_differentiable, False),
     (optimizer_step_between_two_backwards, True),
     (fill_and_zero_count_as_changes, True),
+    (residual_add_in_place, False),
+    (in_place_into_a_tensor_that_needed_no_gradient, False),
+    (multiply_in_place_keeps_the_values_it_multiplied, False),
+    (add_in_place_after_exp_which_saved_its_output, True),
+    (zero_in_place_inside_the_graph, False),
+    (copy_in_place_sends_the_gradient_to_the_source, False),
 ]
 
 
@@ -150,9 +210,14 @@ def test_torch_refuses_the_same_scenarios(scenario, refused):
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             scenario(lib)
     else:
-        np.testing.assert_allclose(
-            scenario(_minidl()).numpy(), scenario(lib).numpy(), rtol=1e-12, atol=0
-        )
+        ours, theirs = _grads(scenario(_minidl())), _grads(scenario(lib))
+        assert len(ours) == len(theirs)
+        for mine, torchs in zip(ours, theirs):
+            np.testing.assert_allclose(mine.numpy(), torchs.numpy(), rtol=1e-12, atol=0)
+
+
+def _grads(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
 
 
 def test_the_error_names_the_op():

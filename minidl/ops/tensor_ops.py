@@ -118,6 +118,30 @@ class Clone(Function):
         return dy
 
 
+# y = src, broadcast to dst's shape in dst's dtype (dst.copy_(src), dst.fill_(value)):
+# dy/dsrc = 1 (summed over what broadcast); dst's old values are gone, so their gradient is 0
+class CopyInto(Function):
+    public_name = "copy_"
+
+    @staticmethod
+    def forward(ctx, dst, src):
+        xp = backend.xp(ctx.device)
+        ctx.save(np.shape(src), getattr(src, "dtype", None))
+        try:
+            return xp.broadcast_to(xp.asarray(src, dtype=dst.dtype), dst.shape).copy()
+        except ValueError:
+            raise RuntimeError(
+                f"copy_: the source's shape {tuple(np.shape(src))} cannot be broadcast to the "
+                f"tensor's {tuple(dst.shape)}"
+            ) from None
+
+    @staticmethod
+    def backward(ctx, dy):
+        shape, dtype = ctx.saved
+        dsrc = None if dtype is None else unbroadcast(dy, shape).astype(dtype, copy=False)
+        return backend.xp(ctx.device).zeros_like(dy), dsrc
+
+
 # y = a^b: dy/da = b a^(b-1), dy/db = a^b log a, with PyTorch's values at the singular points
 # (pow_backward_self and pow_backward_exponent in its FunctionsManual.cpp):
 #   dy/da = 0 where b == 0 (d(a^0)/da, even at a = 0 where b a^(b-1) would be 0 * inf = NaN);
