@@ -519,3 +519,35 @@ def test_round_trip_keeps_every_weight_bit_for_bit(case, tmp_path):
     with mdl.no_grad():
         y = loaded(mdl.tensor(x)).numpy()
     np.testing.assert_allclose(y, minidl_output(model, x), rtol=RTOL, atol=ATOL)
+
+
+class ResidualBlock(nn.Module):
+    """A torchvision-style block: ReLU(inplace=True) and ``out += identity``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.conv1(x))
+        out = self.conv2(out)
+        out += identity
+        return self.relu(out)  # the model's output is a tensor written in place
+
+
+def test_in_place_ops_are_exported_as_the_values_they_make(tmp_path):
+    """One tensor object holds two values around an in-place write; the file has both."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), ResidualBlock())
+    path = export_and_compare(model, random_input(2, 3, 8, 8), tmp_path)
+    assert [n.op_type for n in nodes(path)] == [
+        "Conv",
+        "Relu",
+        "Conv",
+        "Relu",
+        "Conv",
+        "Add",
+        "Relu",
+    ]

@@ -239,3 +239,37 @@ def test_a_whole_training_step_is_not_refused():
         optimizer.zero_grad()
         mdl.functional.cross_entropy(model(x), target).backward()
         optimizer.step()
+
+
+def test_relu_and_dropout_inplace_as_torch():
+    """torchvision writes nn.ReLU(inplace=True) and nn.Dropout(p): the layer writes into its
+    input and returns it; gradients as PyTorch's."""
+    torch = pytest.importorskip("torch")
+    x0 = np.random.default_rng(0).standard_normal((4, 6))
+    w0 = np.random.default_rng(1).standard_normal((6, 6))
+    results = []
+    for lib, make in ((mdl, mdl.tensor), (torch, torch.tensor)):
+        x, w = make(x0.copy(), requires_grad=True), make(w0.copy(), requires_grad=True)
+        h = x @ w
+        y = lib.nn.ReLU(inplace=True)(h)
+        assert y is h
+        z = lib.nn.functional.relu(y * 2.0 - 1.0, inplace=True)
+        dropout = lib.nn.Dropout(0.5, inplace=True).eval()
+        assert dropout(z) is z
+        (z * z).sum().backward()
+        results.append((z.detach().numpy(), x.grad.numpy(), w.grad.numpy()))
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    assert repr(mdl.nn.ReLU(inplace=True)) == "ReLU(inplace=True)"
+    assert repr(mdl.nn.Dropout(0.5)) == repr(torch.nn.Dropout(0.5))
+
+
+def test_dropout_inplace_in_training_writes_the_masked_values_into_its_input():
+    x = mdl.tensor(np.ones((50, 40)), requires_grad=True)
+    h = x * 1.0
+    y = mdl.nn.functional.dropout(h, 0.5, True, True)  # PyTorch's positional order
+    assert y is h
+    kept = h.numpy() != 0
+    assert 0.4 < kept.mean() < 0.6 and np.all(h.numpy()[kept] == 2.0)
+    h.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), 2.0 * kept)

@@ -1,6 +1,6 @@
 """Layers and models: ``Module`` and the layers AlexNet is made of."""
 
-from minidl.nn import init
+from minidl.nn import functional, init
 from minidl.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from minidl.nn.layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU
 from minidl.nn.module import Module, Parameter, Sequential
@@ -18,5 +18,6 @@ __all__ = [
     "Parameter",
     "ReLU",
     "Sequential",
+    "functional",
     "init",
 ]

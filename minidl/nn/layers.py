@@ -149,15 +149,15 @@ class Dropout(Module):
     batch's ``Batch.first`` with ``Dropout.place(model, first)``, and the layer passes it on to
     ``F.dropout``, so the ranks draw the masks one process draws (docs/distributed.md)."""
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
-        self.p = p
+        self.p, self.inplace = p, inplace
         self.first = 0
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, first=self.first)
+        return F.dropout(x, self.p, self.training, self.inplace, first=self.first)
 
     @staticmethod
     def place(model: Module, first: int) -> None:
@@ -168,12 +168,21 @@ class Dropout(Module):
                 layer.first = first
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class ReLU(Module):
+    """max(x, 0); ``inplace=True`` (torchvision's models write it) writes into x, as PyTorch's."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, x):
-        return F.relu(x)
+        return F.relu(x, self.inplace)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
 
 
 class Flatten(Module):

@@ -22,6 +22,11 @@ early. The op's own call has everything, so this listens there instead.
 
 Only the thread that called ``trace`` is recorded, and only the outermost op: an op whose forward
 calls other ops (a forward written with Tensors) is one Call.
+
+An in-place op (``out += identity``, ``ReLU(inplace=True)``) is a third door: one tensor object
+then holds two values, before and after the write. The Calls name values by their tensor, so
+every Call recorded before the write is given a stand-in (a copy of the value before) in its
+place, and the write's Call has the tensor as its output.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import NamedTuple
 
 from minidl import autograd
 from minidl.autograd import Function
+from minidl.inplace import InPlace
 from minidl.nn.module import Module
 from minidl.tensor import Tensor
 
@@ -64,12 +70,26 @@ class _Recorder:
         layer = self.layers[-1]
         self.calls.append(Call(fn, args, params, output, self.names.get(id(layer), "?"), layer))
 
+    def written_in_place(self, tensor: Tensor, before: Tensor, first_call: int) -> None:
+        """``tensor`` now holds what the Calls from ``first_call`` on made (the last one's
+        output); in the Calls before them, ``before`` (its old value) takes its place."""
+        if len(self.calls) == first_call:
+            return  # no op ran (dropout in eval mode returns its input)
+
+        def old(value):
+            return before if value is tensor else value
+
+        for i, c in enumerate(self.calls):
+            self.calls[i] = c._replace(args=tuple(map(old, c.args)), output=old(c.output))
+        self.calls[-1] = self.calls[-1]._replace(output=tensor)
+
 
 @contextlib.contextmanager
 def _listening_at_the_doors(recorder: _Recorder):
     """Replace ``Function.apply`` and ``Module.__call__`` by recording versions; restore them."""
     original_apply = Function.__dict__["apply"]  # the classmethod object itself
     original_call = Module.__call__
+    original_in_place = InPlace._in_place
 
     def apply(cls, *args, **params):
         if not recorder.listening():
@@ -91,13 +111,24 @@ def _listening_at_the_doors(recorder: _Recorder):
         finally:
             recorder.layers.pop()
 
+    def in_place(tensor, op, *args):
+        if not recorder.listening():
+            return original_in_place(tensor, op, *args)
+        before = tensor._new(tensor.data.copy(), False)
+        first_call = len(recorder.calls)
+        out = original_in_place(tensor, op, *args)
+        recorder.written_in_place(tensor, before, first_call)
+        return out
+
     Function.apply = classmethod(apply)
     Module.__call__ = call
+    InPlace._in_place = in_place
     try:
         yield
     finally:
         Function.apply = original_apply
         Module.__call__ = original_call
+        InPlace._in_place = original_in_place
 
 
 def trace(model: Module, x: Tensor) -> tuple[list[Call], Tensor, object]:
@@ -105,8 +136,8 @@ def trace(model: Module, x: Tensor) -> tuple[list[Call], Tensor, object]:
     start from, the model's output).
 
     Gradients stay on during the trace, with ``x`` as a leaf that wants one: every tensor made
-    from x is then part of a graph, and minidl itself refuses an in-place write into such a tensor
-    (``y += 1`` would change a value after the trace had written it down)."""
+    from x is then part of a graph, as the ops of a training forward are (an in-place write into
+    x itself is refused, as PyTorch refuses one into a leaf that wants a gradient)."""
     recorder = _Recorder(model)
     x = x.detach().requires_grad_(x.dtype.kind == "f")  # the caller's tensor is left as it was
     with _listening_at_the_doors(recorder), _grad_enabled():

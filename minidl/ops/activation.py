@@ -110,9 +110,12 @@ class ReLUFunction(Function):
         return threads.over_batch(relu_backward_numpy, dy, y, out=np.empty_like(dy))
 
 
-def relu(x: Tensor) -> Tensor:
-    """max(x, 0), element-wise."""
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
+    """max(x, 0), element-wise. ``inplace``: written into x's own array and x returned, as
+    PyTorch's (the result is made first, so it saves no memory here; minidl/inplace.py)."""
     require_tensor("relu", "x", x)
+    if inplace:
+        return x._in_place(ReLUFunction.apply)
     return ReLUFunction.apply(x)
 
 

@@ -119,9 +119,12 @@ class DropoutFunction(Function):
         return dx.reshape(dy.shape)
 
 
-def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None, first: int = 0) -> Tensor:
+def dropout(
+    x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *, mask=None, first=0
+) -> Tensor:
     """Inverted dropout: zero each element with probability p and scale the rest by 1 / (1 - p).
 
+    PyTorch's arguments; ``inplace``: the result is written into x's own array and x returned.
     Identity when ``training`` is False or p == 0. ``mask`` (same shape as x, 1 = keep) replaces
     the random draw, for gradient checks and teaching. ``first``: where x's first sample is in
     the global batch (data-parallel training: ``Batch.first`` of the DataLoader, passed on by
@@ -129,6 +132,9 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, mask=None, first: 
     mask one process would draw for it (docs/distributed.md).
     """
     require_tensor("dropout", "x", x)
+    if inplace:
+        y = dropout(x, p, training, mask=mask, first=first)
+        return x if y is x else x._in_place(lambda _: y)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
     if not training or p == 0.0:
