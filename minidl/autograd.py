@@ -103,6 +103,7 @@ class GraphTensor:
     # for backward, and backward refuses to run on a changed one (see _SavedVersions); an
     # optimizer makes a 16-bit weight's float32 master copy anew after a change (minidl/optim.py).
     _versions: Version | None = None  # made on the first need
+    _is_view: bool = False  # its array is a view of another tensor's (reshape, permute, x[i])
 
     @property
     def _version(self) -> int:
@@ -200,11 +201,25 @@ class Function:
             out = dtypes.round_to_storage(out, floating)  # computed in float32, rounded once
         requires_grad = _grad_enabled and any(needs)
         result = tensors[0]._new(out, requires_grad)
+        if getattr(out, "base", None) is not None:
+            _mark_view(result, tensors)
         if requires_grad:
             inputs = tuple(_graph_input(a) if isinstance(a, GraphTensor) else None for a in args)
             result._node = Node(cls, ctx, inputs, tuple(out.shape), out.dtype)
             result._node.saved_versions = saved_versions(ctx.saved, (*tensors, result))
         return result
+
+
+def _mark_view(result, tensors) -> None:
+    """An op whose output is a view of an input's array (reshape, permute, basic indexing): the
+    two share the input's version counter, as PyTorch's views do, and the output is marked a view
+    (an in-place write into it changes the input's values too, see minidl/inplace.py)."""
+    owner = result.data.base
+    for t in tensors:
+        if owner is t.data or owner is t.data.base:
+            result._versions = t._version_counter()
+            result._is_view = True
+            return
 
 
 def _graph_input(t):

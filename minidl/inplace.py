@@ -23,7 +23,10 @@ PyTorch's:
   make (``minidl/optim.py``).
 
 Copies and aliases: ``clone()`` is a copy with an array of its own, differentiable (change the
-copy, and the graph keeps the original); ``detach()`` is the same array outside the graph.
+copy, and the graph keeps the original); ``detach()`` is the same array outside the graph. A view
+(reshape, permute, basic indexing: NumPy views) shares its input's version counter, as PyTorch's
+views do; an in-place write into a view is refused where a graph is involved (PyTorch re-records
+the viewed tensor, "CopySlices"; minidl does not) and allowed on plain tensors.
 
 One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tensor of one element
 (``if loss < 0.5:``, ``print(f"{loss:.4f}")``); any other tensor is refused as PyTorch refuses it.
@@ -64,6 +67,13 @@ class InPlace:
         if promotion.category(result.dtype) > promotion.category(self.dtype):
             raise RuntimeError(
                 f"result type {result.dtype} can't be cast to the desired output type {self.dtype}"
+            )
+        if self._is_view and (self.requires_grad or result._node is not None):
+            raise RuntimeError(
+                "an in-place write into a view (the result of reshape, permute or indexing) of a "
+                "tensor that is part of a graph: it would change the viewed tensor's values, "
+                "which its place in the graph does not follow (PyTorch tracks views; minidl "
+                "does not). Write it out of place: y = x.reshape(...) * w"
             )
         if result._node is not None:
             _keep_what_the_op_saved_of(result._node, self)

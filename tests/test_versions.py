@@ -159,6 +159,22 @@ def copy_in_place_sends_the_gradient_to_the_source(lib):
     return w.grad
 
 
+def saved_value_changed_through_a_view(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    loss = (w * x).sum()
+    view = x.reshape(3, 1)  # the same array: a write through it changes x
+    view += 1.0
+    loss.backward()
+    return w.grad
+
+
+def plain_view_written_in_place_changes_its_base(lib):
+    w, x = _leaf(lib, W0), _leaf(lib, X0, False)
+    x.reshape(3, 1).mul_(2.0)  # no graph involved
+    (w * x).sum().backward()
+    return w.grad, x
+
+
 SCENARIOS = [
     (weight_changed_under_no_grad, True),
     (input_without_grad_changed_in_place, True),
@@ -176,6 +192,8 @@ SCENARIOS = [
     (add_in_place_after_exp_which_saved_its_output, True),
     (zero_in_place_inside_the_graph, False),
     (copy_in_place_sends_the_gradient_to_the_source, False),
+    (saved_value_changed_through_a_view, True),
+    (plain_view_written_in_place_changes_its_base, False),
 ]
 
 
@@ -273,3 +291,15 @@ def test_dropout_inplace_in_training_writes_the_masked_values_into_its_input():
     assert 0.4 < kept.mean() < 0.6 and np.all(h.numpy()[kept] == 2.0)
     h.sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), 2.0 * kept)
+
+
+def test_an_in_place_write_into_a_view_inside_a_graph_is_refused():
+    """PyTorch re-records the viewed tensor (CopySlices); minidl refuses, by name, rather than
+    give the viewed tensor's gradient without the write."""
+    x = mdl.tensor(np.ones((2, 3)), requires_grad=True)
+    w = mdl.tensor(np.float64(2.0), requires_grad=True)
+    for view in (lambda h: h.reshape(-1), lambda h: h.T, lambda h: h[0]):
+        with pytest.raises(RuntimeError, match="in-place write into a view"):
+            view(x * 1.0).mul_(w)
+        with mdl.no_grad():
+            view(x * 1.0).mul_(w)  # no graph: allowed
