@@ -1,9 +1,9 @@
 """A Tensor's in-place methods, and its conversion to one Python value (mixed into Tensor).
 
 In place: ``x += y``, ``-=``, ``*=``, ``/=`` (and PyTorch's ``add_``, ``sub_``, ``mul_``,
-``div_``), ``zero_()``, ``fill_()`` and ``copy_()`` write into the tensor's own array, so every
-holder of the tensor (a Module, an optimizer) sees the new values. Without these methods Python
-would rebind the name to a new tensor, and a Module would lose its Parameter.
+``div_``), ``x[index] = value``, ``zero_()``, ``fill_()`` and ``copy_()`` write into the tensor's
+own array, so every holder of the tensor (a Module, an optimizer) sees the new values. Without
+these methods Python would rebind the name to a new tensor, and a Module would lose its Parameter.
 
 One rule makes them: an in-place op is the out-of-place op (``x + y``, recorded for backward as
 any op), its values written into the tensor's own array, and the tensor taking the result's place
@@ -35,7 +35,7 @@ One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tenso
 from __future__ import annotations
 
 from minidl import autograd, backend, promotion
-from minidl.ops.tensor_ops import Clone, CopyInto
+from minidl.ops.tensor_ops import Clone, CopyInto, SetItem
 
 
 class InPlace:
@@ -108,6 +108,15 @@ class InPlace:
     def div_(self, other):
         return self.__itruediv__(other)
 
+    def __setitem__(self, index, value):
+        """``x[index] = value`` with PyTorch's indexing (minidl/indexing.py), an in-place op:
+        value's gradient flows back from the written places."""
+        if isinstance(index, autograd.GraphTensor):
+            index = index.data
+        elif isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, autograd.GraphTensor) else i for i in index)
+        self._in_place(lambda t, v: SetItem.apply(t, v, index=index), self._as_source(value))
+
     def zero_(self):
         return self.fill_(0)
 
@@ -117,12 +126,15 @@ class InPlace:
     def copy_(self, source):
         """Copy source's values (broadcast, cast to self's dtype, moved to self's device); the
         gradient flows back to source, as PyTorch's copy_ sends it."""
-        if isinstance(source, autograd.GraphTensor):
-            source = source.to(self.device) if source.device != self.device else source
-            source = source.astype(self.dtype) if source.dtype != self.dtype else source
-        else:
-            source = backend.move(source, self.device)
-        return self._in_place(CopyInto.apply, source)
+        return self._in_place(CopyInto.apply, self._as_source(source))
+
+    def _as_source(self, value):
+        """A value to write into self: a Tensor moved to self's device and cast to its dtype
+        (both differentiable), an array moved; a Python number as it is."""
+        if isinstance(value, autograd.GraphTensor):
+            value = value.to(self.device) if value.device != self.device else value
+            return value.astype(self.dtype) if value.dtype != self.dtype else value
+        return value if isinstance(value, (int, float, bool)) else backend.move(value, self.device)
 
 
 def _keep_what_the_op_saved_of(node, tensor) -> None:

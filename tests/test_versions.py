@@ -175,6 +175,27 @@ def plain_view_written_in_place_changes_its_base(lib):
     return w.grad, x
 
 
+def item_assignment_as_torch(lib):
+    """``x[index] = value`` with ints, slices, index lists, a mask and a tensor value."""
+    w = _leaf(lib, W0)
+    x = lib.tensor(np.zeros((3, 4)), requires_grad=False)
+    x[0, :3] = w * 2.0
+    x[1:, [0, 2]] = 7.0
+    x[x > 6] = -1.0
+    x[2, 3] = w[1]
+    h = w * 1.0
+    h[0] = 5.0  # a tensor inside the graph: its other elements keep their gradient
+    ((x * x).sum() + (h * h).sum()).backward()
+    return w.grad, x.detach()
+
+
+def item_add_in_place_on_a_plain_tensor(lib):
+    x = lib.tensor(np.zeros((2, 3)), requires_grad=False)
+    x[0] += 1.0  # x[0] is a view; then x[0] = it
+    x[:, 1] *= 3.0
+    return (x,)
+
+
 SCENARIOS = [
     (weight_changed_under_no_grad, True),
     (input_without_grad_changed_in_place, True),
@@ -194,6 +215,8 @@ SCENARIOS = [
     (copy_in_place_sends_the_gradient_to_the_source, False),
     (saved_value_changed_through_a_view, True),
     (plain_view_written_in_place_changes_its_base, False),
+    (item_assignment_as_torch, False),
+    (item_add_in_place_on_a_plain_tensor, False),
 ]
 
 
@@ -303,3 +326,27 @@ def test_an_in_place_write_into_a_view_inside_a_graph_is_refused():
             view(x * 1.0).mul_(w)
         with mdl.no_grad():
             view(x * 1.0).mul_(w)  # no graph: allowed
+
+
+def test_item_assignment_errors_name_the_assignment():
+    x = mdl.tensor(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"x\[index\] = value: could not broadcast"):
+        x[0] = np.ones(4)
+    with pytest.raises(IndexError, match=r"x\[index\] = value: index 5 is out of bounds"):
+        x[5] = 1.0
+    w = mdl.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        w[0] = 2.0
+
+
+def test_item_assignment_passes_gradcheck():
+    rng = np.random.default_rng(3)
+    a = mdl.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    v = mdl.tensor(rng.standard_normal((2, 1)), requires_grad=True)  # broadcast over 2 columns
+
+    def written(a, v):
+        y = a * 1.0
+        y[1:, [0, 2]] = v
+        return y * y
+
+    assert mdl.gradcheck(written, [a, v])

@@ -322,6 +322,41 @@ class GetItem(Function):
         return dx
 
 
+# y = a with y[index] = v (``a[index] = v``, which Tensor.__setitem__ writes in place):
+# dy/da = dy where a was kept, 0 where it was overwritten; dy/dv = dy at the written places
+# (summed over what broadcast)
+class SetItem(Function):
+    public_name = "__setitem__"
+
+    @staticmethod
+    def forward(ctx, a, v, index):
+        basic, advanced = torch_index(index, a.ndim)
+        ctx.save(basic, advanced, np.shape(v), getattr(v, "dtype", None))
+        y = a.copy()
+        try:
+            _write_at(y, basic, advanced, v)
+        except (ValueError, IndexError) as err:
+            raise type(err)(f"x[index] = value: {err}") from None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        basic, advanced, v_shape, v_dtype = ctx.saved
+        region = dy[basic] if advanced is None else dy[basic][advanced]
+        dv = None if v_dtype is None else unbroadcast(region, v_shape).astype(v_dtype, copy=False)
+        da = dy.copy()
+        _write_at(da, basic, advanced, 0)
+        return da, dv
+
+
+def _write_at(array, basic, advanced, value) -> None:
+    """array[index] = value for torch_index's (basic, advanced) split of the index."""
+    if advanced is None:
+        array[basic] = value
+    else:
+        array[basic][advanced] = value  # array[basic] is a view: basic indices only
+
+
 # y = a @ b: dy/da = dy @ b^T, dy/db = a^T @ dy
 class MatMul(Function):
     @staticmethod
