@@ -100,7 +100,7 @@ class GraphTensor:
     # Counts the writes into the values (in-place operators, Module.load_state_dict, an
     # optimizer's step), shared by the tensors that share the array (x and x.detach()), as
     # PyTorch's version counter. An op records the count of each tensor whose array it saved
-    # for backward, and backward refuses to run on a changed one (see _SavedVersions); an
+    # for backward, and backward refuses to run on a changed one (see saved_versions); an
     # optimizer makes a 16-bit weight's float32 master copy anew after a change (minidl/optim.py).
     _versions: Version | None = None  # made on the first need
     _is_view: bool = False  # its array is a view of another tensor's (reshape, permute, x[i])
