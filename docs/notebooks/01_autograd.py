@@ -370,6 +370,33 @@ except GradcheckError as err:
 assert caught, "gradcheck should have caught the missing dy"
 
 # %% [markdown]
+# ## What backward keeps, and what it refuses
+#
+# `Value.exp`'s backward reads `out.data`: the output itself is what it keeps. minidl's ops keep
+# arrays too (`ctx.save`), so a value changed in place between forward and backward would give a
+# gradient computed from numbers the forward pass never saw. As PyTorch does, every tensor counts
+# its writes in place, each op notes the count of every tensor whose array it kept, and backward
+# refuses a changed one. A `clone()` is a copy to change instead:
+
+# %%
+w = mdl.tensor(np.array([0.0, 1.0]), requires_grad=True)
+y = w.exp()  # exp keeps y for its backward
+with mdl.no_grad():
+    y *= 2.0  # y changed after exp kept it
+try:
+    y.sum().backward()
+    refused = False
+except RuntimeError as err:
+    refused = True
+    print(err)
+assert refused
+z = w.exp().clone()
+z += 1.0  # in place on the copy: the graph now ends in this add, exp's own output is untouched
+z.sum().backward()
+print("d sum(exp(w) + 1) / dw =", w.grad.numpy())
+assert np.allclose(w.grad.numpy(), np.exp([0.0, 1.0]))
+
+# %% [markdown]
 # **Read next:** `docs/autograd.md` traces one expression through minidl's engine, step by step;
 # `minidl/autograd.py` is the whole engine, one file.
 #
