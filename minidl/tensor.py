@@ -50,9 +50,10 @@ from minidl.ops.tensor_ops import (
     Sum,
     ToDevice,
 )
+from minidl.tensor_api import TorchMethods
 
 
-class Tensor(InPlace, OneValue, GraphTensor):
+class Tensor(TorchMethods, InPlace, OneValue, GraphTensor):
     """An n-dimensional array with an optional gradient, on "cpu" or "cuda"."""
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str = "cpu"):
