@@ -16,6 +16,17 @@ def flatten(x, start_dim: int = 1, end_dim: int = -1):
     return x.flatten(start_dim, end_dim)
 
 
+def mse_loss(input, target, reduction: str = "mean"):  # noqa: A002 - PyTorch's name
+    """(input - target)^2, averaged ("mean"), summed ("sum") or per element ("none"); target
+    broadcasts, as in PyTorch (which warns when the shapes differ). Tensor ops: autograd
+    derives the backward, 2 (input - target) / N."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    error = input - target
+    squares = error * error
+    return squares if reduction == "none" else getattr(squares, reduction)()
+
+
 __all__ = [
     "batch_norm",
     "bias_relu",
@@ -27,6 +38,7 @@ __all__ = [
     "local_response_norm",
     "log_softmax",
     "max_pool2d",
+    "mse_loss",
     "relu",
     "softmax",
 ]
