@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["autograd.md", "custom_op.md", "onnx.md", "reduce.md"]
+PAGES = ["autograd.md", "custom_op.md", "onnx.md", "reduce.md", "tensor_api.md"]
 
 
 def page_code(page: str) -> tuple[str, dict[str, str]]:
