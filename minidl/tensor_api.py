@@ -9,10 +9,8 @@
 - joining: ``cat(tensors, dim)`` and ``stack(tensors, dim)``, their arguments checked here.
 
 Each has PyTorch's names, defaults and output dtype (``docs/tensor_api.md`` has the table).
-``var``, ``std``, ``softmax`` and ``log_softmax`` are written with Tensor ops, so autograd
-derives their backward. softmax is not ``minidl/ops/softmax.py``'s Function: that module
-imports ``minidl.tensor`` (through ``minidl/ops/loss.py`` and ``_checks.py``), so calling it from
-here would close an import circle (``tests/test_structure.py``).
+``var`` and ``std`` are written with Tensor ops, so autograd derives their backward;
+``softmax`` and ``log_softmax`` are ``minidl/ops/softmax.py``'s (``F.softmax``).
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from minidl.autograd import GraphTensor
 from minidl.indexing import dim_index, dim_tuple
 from minidl.ops.pointwise import Abs, Clamp, Min, Sigmoid, Sqrt, Tanh
 from minidl.ops.shape_ops import Cat, Expand, Stack
+from minidl.ops.softmax import log_softmax, softmax
 
 
 class TorchMethods:
@@ -102,21 +101,10 @@ class TorchMethods:
         return self.var(dim, unbiased, keepdim, correction=correction).sqrt()
 
     def log_softmax(self, dim: int):
-        """z - max - log(sum(exp(z - max))) along dim: the maximum keeps every exp() <= 1 (it is
-        detached: log_softmax does not change when a constant is added along dim)."""
-        shifted = self._softmax_input(dim)
-        return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
+        return log_softmax(self, dim)
 
     def softmax(self, dim: int):
-        """exp(z - max) / sum(exp(z - max)) along dim."""
-        e = self._softmax_input(dim).exp()
-        return e / e.sum(dim=dim, keepdim=True)
-
-    def _softmax_input(self, dim):
-        if dtypes.kind(self.dtype) != "f":
-            raise TypeError(f"softmax: needs a floating-point tensor, got {self.dtype}")
-        dim_index(dim, self.ndim)  # PyTorch's IndexError for a dim out of range
-        return self - self.max(dim=dim, keepdim=True).detach()
+        return softmax(self, dim)
 
     # ---- shape -------------------------------------------------------------------------------
     def t(self):

@@ -65,8 +65,13 @@ class Identity(Module):
 class CrossEntropyLoss(Module):
     """``F.cross_entropy(logits, target, ...)`` with the options kept on the Module."""
 
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                 label_smoothing: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        weight=None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ):
         super().__init__()
         if weight is None or isinstance(weight, Tensor):
             self.register_buffer("weight", weight)  # moves with .to(device), as PyTorch's
@@ -78,9 +83,13 @@ class CrossEntropyLoss(Module):
 
     def forward(self, input, target):  # noqa: A002 - PyTorch's argument name
         return F.cross_entropy(
-            input, target, weight=self.weight, ignore_index=self.ignore_index,
-            reduction=self.reduction, label_smoothing=self.label_smoothing,
-        )  # fmt: skip
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
 
 
 class MSELoss(Module):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numbers
 
+from minidl.autograd import GraphTensor
+
 
 def require_tensor(op: str, name: str, value, ndim: int | None = None, layout: str = "") -> None:
-    from minidl.tensor import Tensor
-
-    if not isinstance(value, Tensor):
+    if not isinstance(value, GraphTensor):  # minidl.tensor.Tensor's base: no import of the Tensor
         raise TypeError(f"{op}: {name} must be a minidl Tensor, got {type(value).__name__}")
     if ndim is not None and value.ndim != ndim:
         expected = f"{ndim}-D {layout}".strip()

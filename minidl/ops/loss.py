@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from minidl import backend, cuda, dtypes
-from minidl.autograd import Function
+from minidl.autograd import Function, GraphTensor
 from minidl.ops._checks import require_tensor
 
 if TYPE_CHECKING:
@@ -318,14 +318,12 @@ def _check_logits(logits, reduction: str, label_smoothing: float) -> int:
 
 def _target_array(target):
     """The target's array: a Tensor's (never one that wants a gradient), a list's, an array."""
-    from minidl.tensor import Tensor
-
-    if isinstance(target, Tensor) and target.requires_grad:
+    if isinstance(target, GraphTensor) and target.requires_grad:
         raise ValueError(
             "cross_entropy: gradients with respect to the target are not supported; "
             "pass target.detach()"
         )
-    t = target.data if isinstance(target, Tensor) else target
+    t = target.data if isinstance(target, GraphTensor) else target
     return np.asarray(t) if isinstance(t, (list, tuple, int, float)) else t
 
 
@@ -372,11 +370,9 @@ def _check_classes(t, logits, k: int, ignore_index: int) -> np.ndarray:
 
 def _class_weights(weight, k, logits):
     """cross_entropy's ``weight``: None, or a (K,) array on the logits' device and dtype."""
-    from minidl.tensor import Tensor
-
     if weight is None:
         return None
-    w = weight.data if isinstance(weight, Tensor) else weight
+    w = weight.data if isinstance(weight, GraphTensor) else weight
     if isinstance(w, (list, tuple)):
         w = np.asarray(w, dtype=logits.dtype)  # Python numbers carry no dtype of their own
     if w.shape != (k,):

@@ -13,6 +13,7 @@ import numpy as np
 
 from minidl import backend
 from minidl.autograd import Function
+from minidl.ops.tensor_ops import Max
 
 
 # y = |a|: dy/da = sign(a), and 0 at a = 0 (PyTorch's choice of subgradient there)
@@ -102,22 +103,7 @@ class Clamp(Function):
         return dy * passes
 
 
-# y = min over axes of a: dy/da = 1 at the minimum, 0 elsewhere (ties share it), as Max
-class Min(Function):
-    @staticmethod
-    def forward(ctx, a, axis, keepdims):
-        if a.size == 0 and (axis is None or any(a.shape[i] == 0 for i in axis)):
-            raise IndexError("min: cannot reduce over a dimension of size 0 (no minimum exists)")
-        y = a.min(axis=axis, keepdims=True)
-        ctx.save(a, y, axis, keepdims)
-        return y if keepdims else (y.squeeze(axis) if axis is not None else y.reshape(()))
-
-    @staticmethod
-    def backward(ctx, dy):
-        a, y, axis, keepdims = ctx.saved
-        xp = backend.xp(ctx.device)
-        if not keepdims:
-            dy = xp.expand_dims(dy, axis) if axis is not None else dy.reshape(y.shape)
-        # Ties share the gradient equally, as in Max (minidl/ops/tensor_ops.py).
-        hit = (a == y).astype(a.dtype)
-        return hit * dy / hit.sum(axis=axis, keepdims=True)
+# y = min over axes of a: dy/da = 1 at the minimum, 0 elsewhere (ties share it): Max's op
+# (minidl/ops/tensor_ops.py) taking the minimum
+class Min(Max):
+    extreme = "min"

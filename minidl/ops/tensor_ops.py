@@ -253,11 +253,14 @@ class Sum(Function):
 
 # y = max over axes of a: dy/da = 1 at the maximum, 0 elsewhere (ties share it)
 class Max(Function):
-    @staticmethod
-    def forward(ctx, a, axis, keepdims):
+    extreme = "max"  # Min (minidl/ops/pointwise.py) is this op with "min"
+
+    @classmethod
+    def forward(cls, ctx, a, axis, keepdims):
         if a.size == 0 and (axis is None or any(a.shape[i] == 0 for i in axis)):
-            raise IndexError("max: cannot reduce over a dimension of size 0 (no maximum exists)")
-        y = a.max(axis=axis, keepdims=True)
+            what = f"{cls.extreme}: cannot reduce over a dimension of size 0"
+            raise IndexError(f"{what} (no {cls.extreme}imum exists)")
+        y = getattr(a, cls.extreme)(axis=axis, keepdims=True)
         ctx.save(a, y, axis, keepdims)
         return y if keepdims else (y.squeeze(axis) if axis is not None else y.reshape(()))
 
