@@ -148,11 +148,15 @@ def saved_versions(saved: tuple, tensors) -> tuple:
     (or is the base of a saved view): the arrays whose later change in place would make backward
     compute from values forward never saw. A saved copy (a float32 copy of 16-bit data, say)
     cannot change that way, and is not watched."""
-    if not saved:
+    ids = set()  # of the saved arrays and of the arrays they view (every op runs this: kept lean)
+    for a in saved:
+        base = getattr(a, "base", False)  # False: not an array (a shape, a dtype, a number)
+        if base is not False:
+            ids.add(id(a))
+            if base is not None:
+                ids.add(id(base))
+    if not ids:
         return ()
-    ids = {id(a) for a in saved} | {
-        id(a.base) for a in saved if getattr(a, "base", None) is not None
-    }
     return tuple((t._version_counter(), t._version) for t in tensors if id(t.data) in ids)
 
 
