@@ -47,6 +47,7 @@ def test_load_state_dict_not_strict_loads_what_matches_as_torch():
     assert np.array_equal(b[0].weight.numpy(), a[0].weight.numpy())
     assert not np.array_equal(b[0].bias.numpy(), a[0].bias.numpy())  # left as it was
     assert b.load_state_dict(a.state_dict()) == ([], [])
+    assert repr(b.load_state_dict(a.state_dict())) == "<All keys matched successfully>"
     theirs = torch.nn.Linear(2, 3).load_state_dict({"weight": torch.zeros(3, 2)}, strict=False)
     assert list(theirs.missing_keys) == ["bias"] and list(theirs.unexpected_keys) == []
 

@@ -23,6 +23,11 @@ class IncompatibleKeys(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]
 
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"  # as PyTorch prints it
+        return super().__repr__()
+
 
 class Parameter(Tensor):
     """A tensor that a Module owns and an optimizer updates (requires_grad by default)."""
