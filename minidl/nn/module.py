@@ -26,7 +26,8 @@ class IncompatibleKeys(NamedTuple):
     def __repr__(self) -> str:
         if not self.missing_keys and not self.unexpected_keys:
             return "<All keys matched successfully>"  # as PyTorch prints it
-        return super().__repr__()
+        missing, unexpected = self.missing_keys, self.unexpected_keys
+        return f"IncompatibleKeys(missing_keys={missing}, unexpected_keys={unexpected})"
 
 
 class Parameter(Tensor):
