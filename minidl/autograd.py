@@ -97,13 +97,13 @@ class GraphTensor:
     requires_grad: bool
     _grad: GraphTensor | None
     _node: Node | None  # the op that made it; None for a leaf
-    # Counts the writes into the values (in-place operators, Module.load_state_dict, an
-    # optimizer's step), shared by the tensors that share the array (x and x.detach()), as
-    # PyTorch's version counter. An op records the count of each tensor whose array it saved
-    # for backward, and backward refuses to run on a changed one (see saved_versions); an
-    # optimizer makes a 16-bit weight's float32 master copy anew after a change (minidl/optim.py).
+    # PyTorch's version counter: the writes into the values (in place, load_state_dict, a step),
+    # shared by the tensors of one array (x.detach(), views). Backward refuses an array an op
+    # saved that changed since (saved_versions); an optimizer remakes a 16-bit master copy.
     _versions: Version | None = None  # made on the first need
-    _is_view: bool = False  # its array is a view of another tensor's (reshape, permute, x[i])
+    # A view's origin (reshape, permute, x[i]): (its base, the op, its params, the count when
+    # the view was last in step with the base; see _mark_view)
+    _view: tuple | None = None
 
     @property
     def _version(self) -> int:
@@ -185,6 +185,9 @@ class Function:
         tensors = [a for a in args if isinstance(a, GraphTensor)]
         if not tensors:
             raise TypeError(f"{cls.__name__}.apply: needs at least one Tensor argument")
+        for t in tensors:
+            if t._view is not None and t._view[3] != t._versions.count and _grad_enabled:
+                _retake_view(t)
         device = _common_device(cls.__name__, tensors)
         floating = _check_float_dtypes(cls.__name__, tensors)
         if cls.dtype_kinds is not None:
@@ -206,7 +209,7 @@ class Function:
         requires_grad = _grad_enabled and any(needs)
         result = tensors[0]._new(out, requires_grad)
         if getattr(out, "base", None) is not None:
-            _mark_view(result, tensors)
+            _mark_view(result, tensors, cls, params)
         if requires_grad:
             inputs = tuple(_graph_input(a) if isinstance(a, GraphTensor) else None for a in args)
             result._node = Node(cls, ctx, inputs, tuple(out.shape), out.dtype)
@@ -214,16 +217,26 @@ class Function:
         return result
 
 
-def _mark_view(result, tensors) -> None:
+def _mark_view(result, tensors, fn: type, params: dict) -> None:
     """An op whose output is a view of an input's array (reshape, permute, basic indexing): the
-    two share the input's version counter, as PyTorch's views do, and the output is marked a view
-    (an in-place write into it changes the input's values too, see minidl/inplace.py)."""
+    two share the input's version counter, as PyTorch's views do, and the output keeps where it
+    comes from (``_view``): a write into it changes the input's values too (minidl/inplace.py),
+    and a write into the input changes the view's (``_retake_view``)."""
     owner = result.data.base
     for t in tensors:
         if owner is t.data or owner is t.data.base:
             result._versions = t._version_counter()
-            result._is_view = True
+            result._view = (t, fn, params, result._versions.count)
             return
+
+
+def _retake_view(view) -> None:
+    """A view of a base written since holds the new values (one array) but the old values' place
+    in the graph: take it again from the base, as PyTorch regenerates a view's grad_fn."""
+    base, fn, params, _ = view._view
+    fresh = fn.apply(base, **params)
+    view._node, view.requires_grad = fresh._node, fresh.requires_grad
+    view._view = (base, fn, params, view._versions.count)
 
 
 def _graph_input(t):

@@ -24,15 +24,19 @@ PyTorch's:
 
 Copies and aliases: ``clone()`` is a copy with an array of its own, differentiable (change the
 copy, and the graph keeps the original); ``detach()`` is the same array outside the graph. A view
-(reshape, permute, basic indexing: NumPy views) shares its input's version counter, as PyTorch's
-views do; an in-place write into a view is refused where a graph is involved (PyTorch re-records
-the viewed tensor, "CopySlices"; minidl does not) and allowed on plain tensors.
+(reshape, permute, basic indexing: NumPy views of one array) shares its base's version counter,
+as PyTorch's views do, and the two follow each other in the graph as in PyTorch: a write into a
+view makes the base anew with the view's part replaced (PyTorch's CopySlices, here
+``_write_through_view``: ``x[:, 0] += w`` carries w's gradient into x), and a view of a base
+written since is taken again before an op uses it (``autograd._retake_view``).
 
 One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tensor of one element
 (``if loss < 0.5:``, ``print(f"{loss:.4f}")``); any other tensor is refused as PyTorch refuses it.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from minidl import autograd, backend, promotion
 from minidl.ops.tensor_ops import Clone, CopyInto, SetItem
@@ -68,13 +72,8 @@ class InPlace:
             raise RuntimeError(
                 f"result type {result.dtype} can't be cast to the desired output type {self.dtype}"
             )
-        if self._is_view and (self.requires_grad or result._node is not None):
-            raise RuntimeError(
-                "an in-place write into a view (the result of reshape, permute or indexing) of a "
-                "tensor that is part of a graph: it would change the viewed tensor's values, "
-                "which its place in the graph does not follow (PyTorch tracks views; minidl "
-                "does not). Write it out of place: y = x.reshape(...) * w"
-            )
+        if self._view is not None and (self.requires_grad or result._node is not None):
+            return _write_through_view(self, result)
         if result._node is not None:
             _keep_what_the_op_saved_of(result._node, self)
         self.data[...] = result.data
@@ -135,6 +134,34 @@ class InPlace:
             value = value.to(self.device) if value.device != self.device else value
             return value.astype(self.dtype) if value.dtype != self.dtype else value
         return value if isinstance(value, (int, float, bool)) else backend.move(value, self.device)
+
+
+# How a view's base is made again with the view's new values: PyTorch's CopySlices, for the
+# views minidl's ops make (base, the view's new values, the view op's params -> the new base)
+_REBUILD = {
+    "Reshape": lambda base, values, params: values.reshape(base.shape),
+    "Permute": lambda base, values, params: values.permute(tuple(np.argsort(params["dims"]))),
+    "GetItem": lambda base, values, params: SetItem.apply(base, values, index=params["index"]),
+}
+
+
+def _write_through_view(view, result):
+    """``view op= ...`` where view is a view of base inside a graph: base becomes itself with the
+    view's part replaced by result (written by base's own in-place rule, so its leaf check, its
+    graph and its own base, if it is a view too, follow), and the view takes result's place."""
+    base, fn, params, _ = view._view
+    if fn.__name__ not in _REBUILD:
+        raise RuntimeError(
+            f"an in-place write into the view made by {autograd.op_name(fn)} of a tensor in a "
+            "graph is not supported; write it out of place"
+        )
+    if result._node is not None:
+        _keep_what_the_op_saved_of(result._node, view)
+    whole = _REBUILD[fn.__name__](base, result, params)
+    base._in_place(lambda _: whole)  # writes the view's values too: they share one array
+    view._node, view.requires_grad = result._node, result.requires_grad
+    view._view = (base, fn, params, view._version)
+    return view
 
 
 def _keep_what_the_op_saved_of(node, tensor) -> None:

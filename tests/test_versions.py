@@ -1,5 +1,6 @@
 """In-place ops inside the graph, as PyTorch's: the tensor takes the op's place in the graph
-(``out += identity`` carries its gradients), and a value saved for backward and then changed in
+(``out += identity`` carries its gradients; a write into a view remakes its base), and a value
+saved for backward and then changed in
 place makes backward refuse, as PyTorch's version counter makes it refuse ("modified by an
 inplace operation"); otherwise the gradient would be computed from values the forward pass never
 saw, without a word.
@@ -196,6 +197,38 @@ def item_add_in_place_on_a_plain_tensor(lib):
     return (x,)
 
 
+def view_taken_before_its_base_is_written(lib):
+    """The view holds the base's new values (one array); its gradient must follow them."""
+    a, w = _leaf(lib, W0), _leaf(lib, X0)
+    x = a * 1.0
+    view = x.reshape(3, 1)
+    x += w * w
+    (view * view).sum().backward()
+    return a.grad, w.grad
+
+
+def write_into_views_inside_the_graph(lib):
+    """x[0] += ..., a view of a view written in place, a reshape written in place: the base is
+    made anew with the view's part replaced (PyTorch's CopySlices)."""
+    a = lib.tensor(np.arange(6.0).reshape(2, 3) / 4, requires_grad=True)
+    w = _leaf(lib, W0)
+    x = a * 1.0
+    x[0] += w * w
+    x.t()[1] *= w[:2]
+    x.reshape(-1)[4:].mul_(w[1])
+    (x * x).sum().backward()
+    return a.grad, w.grad, x.detach()
+
+
+def item_add_inside_the_graph_on_a_buffer(lib):
+    w = _leaf(lib, W0)
+    buffer = lib.tensor(np.zeros((2, 3)), requires_grad=False)
+    buffer[1] += w  # buffer joins the graph through its row
+    buffer[:, 0] *= 3.0
+    (buffer * buffer).sum().backward()
+    return w.grad, buffer.detach()
+
+
 SCENARIOS = [
     (weight_changed_under_no_grad, True),
     (input_without_grad_changed_in_place, True),
@@ -217,6 +250,9 @@ SCENARIOS = [
     (plain_view_written_in_place_changes_its_base, False),
     (item_assignment_as_torch, False),
     (item_add_in_place_on_a_plain_tensor, False),
+    (view_taken_before_its_base_is_written, False),
+    (write_into_views_inside_the_graph, False),
+    (item_add_inside_the_graph_on_a_buffer, False),
 ]
 
 
@@ -316,16 +352,14 @@ def test_dropout_inplace_in_training_writes_the_masked_values_into_its_input():
     np.testing.assert_array_equal(x.grad.numpy(), 2.0 * kept)
 
 
-def test_an_in_place_write_into_a_view_inside_a_graph_is_refused():
-    """PyTorch re-records the viewed tensor (CopySlices); minidl refuses, by name, rather than
-    give the viewed tensor's gradient without the write."""
-    x = mdl.tensor(np.ones((2, 3)), requires_grad=True)
-    w = mdl.tensor(np.float64(2.0), requires_grad=True)
-    for view in (lambda h: h.reshape(-1), lambda h: h.T, lambda h: h[0]):
-        with pytest.raises(RuntimeError, match="in-place write into a view"):
-            view(x * 1.0).mul_(w)
-        with mdl.no_grad():
-            view(x * 1.0).mul_(w)  # no graph: allowed
+def test_an_in_place_write_into_a_view_of_a_leaf_is_refused_as_torch():
+    torch = pytest.importorskip("torch")
+    for make in (mdl.tensor, torch.tensor):
+        w = make(np.ones((2, 3)), requires_grad=True)
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            w.reshape(-1).mul_(2.0)
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            w[0] += 1.0
 
 
 def test_item_assignment_errors_name_the_assignment():
