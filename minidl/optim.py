@@ -28,16 +28,19 @@ import math
 import numpy as np
 
 from minidl import backend, cuda, dtypes, threads
-from minidl.autograd import no_grad
+from minidl.autograd import GraphTensor, no_grad
 
 
 class Optimizer:
     state_names: tuple[str, ...] = ()  # per-parameter buffers (state_dict keys "<index>.<name>")
+    hyperparameters: tuple[str, ...] = ()  # what param_groups shows beside "params" and "lr"
 
     def __init__(self, params, lr: float):
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        for p in self.params:
+            _check_parameter(type(self).__name__, p)
         if len({id(p) for p in self.params}) != len(self.params):
             # PyTorch warns ("duplicate parameters; in future, this will cause an error") and
             # steps such a parameter twice per step(); Module.parameters() lists each once.
@@ -54,6 +57,13 @@ class Optimizer:
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """PyTorch's ``param_groups`` for minidl's one group: ``[{"params": ..., "lr": ...,
+        <hyperparameters>}]``. Setting a key sets the optimizer's attribute, so a loop written for
+        PyTorch (``for g in opt.param_groups: g["lr"] *= 0.5``) changes this optimizer."""
+        return [_Group(self)]
 
     def step(self) -> None:
         with no_grad():
@@ -110,8 +120,41 @@ class Optimizer:
         self._written = {id(p): p._version for p in self.params}  # the masters fit p as it is
 
 
+def _check_parameter(optimizer: str, p) -> None:
+    if isinstance(p, dict):
+        raise TypeError(
+            f"{optimizer}: parameter groups (dicts) are not supported; minidl's optimizers keep "
+            f"one learning rate: pass the parameters, e.g. {optimizer}(model.parameters(), lr=...)"
+        )
+    if not isinstance(p, GraphTensor):
+        raise TypeError(
+            f"{optimizer}: the parameter list holds a {type(p).__name__}; expected Tensors "
+            "(model.parameters())"
+        )
+    if p._node is not None:
+        raise ValueError(f"{optimizer}: can't optimize a non-leaf Tensor (as PyTorch)")
+
+
+class _Group(dict):
+    """One parameter group as PyTorch shows it; a write goes to the optimizer's attribute."""
+
+    def __init__(self, optimizer: Optimizer):
+        names = ("lr", *optimizer.hyperparameters)
+        super().__init__(params=optimizer.params, **{k: getattr(optimizer, k) for k in names})
+        self._optimizer = optimizer
+
+    def __setitem__(self, key, value) -> None:
+        if key == "params" or key not in self:
+            raise KeyError(f"param_groups: {key!r} cannot be set here; it holds {sorted(self)}")
+        if key == "lr" and not value >= 0:
+            raise ValueError(f"param_groups: lr must be >= 0, got {value}")
+        setattr(self._optimizer, key, float(value) if key == "lr" else value)
+        super().__setitem__(key, value)
+
+
 class SGD(Optimizer):
     state_names = ("velocity", "master")  # the per-parameter buffers a checkpoint holds
+    hyperparameters = ("momentum", "weight_decay")
 
     def __init__(
         self,
@@ -190,6 +233,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction; weight_decay adds wd * w to the gradient."""
 
     state_names = ("m", "v", "t", "master")  # the per-parameter buffers a checkpoint holds
+    hyperparameters = ("betas", "eps", "weight_decay")
 
     def __init__(
         self,

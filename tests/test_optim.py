@@ -222,3 +222,39 @@ def test_a_16bit_weight_changed_through_the_tensor_is_not_overwritten_by_the_mas
 def test_lr_nan_is_refused_as_pytorch_refuses_it():
     with pytest.raises(ValueError, match="lr must be >= 0, got nan"):
         optim.SGD([Parameter(np.ones(3, np.float32))], lr=float("nan"))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_param_groups_read_and_write_as_torch(name):
+    """A loop written for PyTorch changes the learning rate through param_groups."""
+    torch = pytest.importorskip("torch")
+    w0 = np.array([1.0, -2.0, 3.0])
+    results = []
+    for lib, make in ((mdl, mdl.tensor), (torch, torch.tensor)):
+        w = make(w0.copy(), requires_grad=True)
+        opt = getattr(lib.optim, name)([w], lr=0.1, weight_decay=0.01)
+        for _ in range(3):
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+            opt.zero_grad()
+            (w * w * w).sum().backward()
+            opt.step()
+        results.append((w.detach().numpy(), opt.param_groups[0]["lr"]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12)
+    assert results[0][1] == results[1][1] == pytest.approx(0.0125)
+    ours = getattr(optim, name)([mdl.tensor(w0, requires_grad=True)], lr=0.1)
+    assert ours.param_groups[0]["weight_decay"] == 0.0 and len(ours.param_groups) == 1
+    with pytest.raises(KeyError, match="'nesterov' cannot be set here"):
+        ours.param_groups[0]["nesterov"] = True
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        ours.param_groups[0]["lr"] = float("nan")
+
+
+def test_a_parameter_list_that_is_not_parameters_is_refused_by_name():
+    w = mdl.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(TypeError, match="parameter groups \\(dicts\\) are not supported"):
+        optim.SGD([{"params": [w], "lr": 0.1}], lr=0.1)
+    with pytest.raises(TypeError, match="holds a ndarray; expected Tensors"):
+        optim.Adam([np.ones(3)])
+    with pytest.raises(ValueError, match="can't optimize a non-leaf Tensor"):
+        optim.SGD([w * 2.0], lr=0.1)
