@@ -1,11 +1,12 @@
-"""Two data-movement ops the ONNX importer needs and the engine does not have: concatenation and
-constant padding. Like ``minidl/ops/tensor_ops.py`` they are plain array math written with ``xp``
-(NumPy or CuPy, picked by the device), one ``Function`` each, so autograd runs through them on
-either device (and on the kernel emulator, whose arrays are NumPy's).
+"""A data-movement op the ONNX importer needs and the engine does not have: constant padding.
+Like ``minidl/ops/tensor_ops.py`` it is plain array math written with ``xp`` (NumPy or CuPy,
+picked by the device), one ``Function``, so autograd runs through it on either device (and on the
+kernel emulator, whose arrays are NumPy's).
 
-- ``concat``: ONNX's Concat (and the two towers of a grouped layer put side by side).
 - ``pad``: an asymmetric or -inf padding that ``conv2d`` and ``max_pool2d`` do not take
   (ONNX pads may differ before and after an axis: Caffe's AlexNet pads pool5 only at the end).
+
+(ONNX's Concat is the engine's ``minidl.cat``.)
 """
 
 from __future__ import annotations
@@ -13,46 +14,6 @@ from __future__ import annotations
 from minidl import backend
 from minidl.autograd import Function
 from minidl.tensor import Tensor
-
-
-# y = [a_0, a_1, ...] along ``axis``: each input's gradient is its slice of dy
-class ConcatFunction(Function):
-    public_name = "concat"
-
-    @staticmethod
-    def forward(ctx, *arrays, axis):
-        # arrays: shapes equal except along axis -> y: their sizes along axis summed
-        ctx.save(axis, [a.shape[axis] for a in arrays])
-        return backend.xp(ctx.device).concatenate(arrays, axis=axis)
-
-    @staticmethod
-    def backward(ctx, dy):
-        axis, sizes = ctx.saved
-        grads, start = [], 0
-        for size in sizes:
-            index = [slice(None)] * dy.ndim
-            index[axis] = slice(start, start + size)
-            grads.append(dy[tuple(index)])
-            start += size
-        return tuple(grads)
-
-
-def concat(tensors: list[Tensor], axis: int) -> Tensor:
-    """Join tensors along ``axis`` (negative counts from the end), as ``torch.cat``."""
-    if not tensors:
-        raise ValueError("concat: needs at least one tensor")
-    ndim = tensors[0].ndim
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"concat: axis {axis} is out of range for {ndim}-d tensors")
-    axis %= ndim
-    for t in tensors[1:]:
-        same = t.ndim == ndim and all(
-            t.shape[d] == tensors[0].shape[d] for d in range(ndim) if d != axis
-        )
-        if not same:
-            shapes = [tuple(t.shape) for t in tensors]
-            raise ValueError(f"concat: shapes {shapes} differ outside axis {axis}")
-    return ConcatFunction.apply(*tensors, axis=axis)
 
 
 # y = x surrounded by ``value``: the gradient is the part of dy where x sits

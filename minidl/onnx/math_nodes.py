@@ -20,9 +20,9 @@ import numpy as np
 
 import minidl.functional as F
 from minidl import backend
-from minidl.onnx.array_ops import concat
 from minidl.onnx.node import OnnxNode, Unsupported, runtime_value
 from minidl.tensor import Tensor
+from minidl.tensor_api import cat
 
 
 def gemm(node: OnnxNode):
@@ -237,7 +237,7 @@ def concat_(node: OnnxNode):
     axis = node.attr("axis", 1)  # required from opset 4; before, 1 by default
 
     def run(inputs, training):
-        return concat([x for x in inputs if x is not None], axis)
+        return cat([x for x in inputs if x is not None], axis)
 
     return run
 
