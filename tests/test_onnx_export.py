@@ -183,6 +183,14 @@ def tensor_math(x, w):
     return z.sum(axis=1) + z.max(axis=1) + z.mean(dim=1) + z.T.sum()
 
 
+def tensor_api(x, w):
+    # x: (2, 3, 4, 5), w: (4,)
+    a = mdl.cat([x.sigmoid(), x.tanh().abs(), (x * x).sqrt()], dim=3).clamp(min=0.1, max=0.9)
+    b = mdl.stack([x[:, 0], x[:, 1].clamp(max=0.5)], dim=1)  # (2, 2, 4, 5)
+    c = x.clone().clamp(min=-0.2)[:, :2].sum(3)
+    return a.min(dim=3)[:, :2] + b.min(dim=3) + c + w.expand(2, 2, 4)
+
+
 CASES = [
     Case("conv", lambda: nn.Conv2d(3, 4, 3), (2, 3, 7, 7)),
     Case("conv-stride-pad", lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 8, 9)),
@@ -215,6 +223,7 @@ CASES = [
     Case("bias-relu", lambda: Lambda(lambda x, w: F.bias_relu(x, w), (4,)), (2, 4, 3, 3)),
     Case("residual", Residual, (2, 3, 5, 5)),
     Case("tensor-math", lambda: Lambda(tensor_math, (4,)), (2, 3, 4, 4)),
+    Case("tensor-api", lambda: Lambda(tensor_api, (4,)), (2, 3, 4, 5)),
     Case(
         "getitem",
         lambda: Lambda(lambda x, w: x[0, :, 1:3] * 2.0 + x[1, ..., ::-1][:, -2:]),
@@ -551,3 +560,9 @@ def test_in_place_ops_are_exported_as_the_values_they_make(tmp_path):
         "Add",
         "Relu",
     ]
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_the_tensor_api_ops_at_the_oldest_and_a_newer_opset(opset, tmp_path):
+    """ReduceMin's axes were an attribute before opset 18, an input from 18 on."""
+    export_and_compare(Lambda(tensor_api, (4,)), random_input(2, 3, 4, 5), tmp_path, opset=opset)

@@ -14,10 +14,12 @@ passed them. Where the two conventions differ, the conversion is ``minidl/onnx/c
     dropout (only a forced one)       Dropout (ratio as an input; identity at inference)
     softmax, log_softmax              Softmax, LogSoftmax (axis)
     + - * / ** neg exp log @          Add Sub Mul Div Pow Neg Exp Log MatMul
-    sum, max                          ReduceSum, ReduceMax
+    abs sqrt sigmoid tanh clamp       Abs Sqrt Sigmoid Tanh Clip
+    sum, max, min                     ReduceSum, ReduceMax, ReduceMin
     reshape/view/flatten, permute/T   Reshape, Transpose
     x[ints, slices]                   Gather (an int), Slice (a slice)
-    astype, to(device)                Cast, Identity
+    cat, stack, expand                Concat; Unsqueeze each + Concat; Expand
+    astype, to(device), clone         Cast, Identity, Identity
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from onnx import helper
 
 from minidl.onnx import conventions
 from minidl.onnx.graph import ExportError
-from minidl.ops import tensor_ops
+from minidl.ops import pointwise, shape_ops, tensor_ops
 from minidl.ops.activation import BiasReLUFunction, ReLUFunction
 from minidl.ops.batchnorm import BatchNormFunction
 from minidl.ops.conv import Conv2dFunction
@@ -196,6 +198,11 @@ ELEMENTWISE = {
     tensor_ops.Exp: "Exp",
     tensor_ops.Log: "Log",
     tensor_ops.ToDevice: "Identity",  # one device in a file
+    tensor_ops.Clone: "Identity",
+    pointwise.Abs: "Abs",
+    pointwise.Sqrt: "Sqrt",
+    pointwise.Sigmoid: "Sigmoid",
+    pointwise.Tanh: "Tanh",
 }
 
 
@@ -208,9 +215,22 @@ def cast(g: GraphBuilder, call: Call) -> None:
     g.node("Cast", [g.input(call.args[0])], call.output, to=to)
 
 
+def clamp(g: GraphBuilder, call: Call) -> None:
+    # min and max: optional inputs (scalars of x's dtype); "" for a bound clamp was not given
+    (x,) = call.args
+    bounds = {"min": call.params["low"], "max": call.params["high"]}
+    limits = [
+        "" if v is None else g.constant(np.array(v, x.dtype), name) for name, v in bounds.items()
+    ]
+    g.node("Clip", [g.input(x), *limits], call.output)
+
+
+REDUCTIONS = {tensor_ops.Sum: "ReduceSum", tensor_ops.Max: "ReduceMax", pointwise.Min: "ReduceMin"}
+
+
 def reduction(g: GraphBuilder, call: Call) -> None:
-    # axes became an input of ReduceSum at opset 13, of ReduceMax at opset 18
-    op_type = "ReduceSum" if call.fn is tensor_ops.Sum else "ReduceMax"
+    # axes became an input of ReduceSum at opset 13, of ReduceMax and ReduceMin at opset 18
+    op_type = REDUCTIONS[call.fn]
     axis, keepdims = call.params["axis"], int(call.params["keepdims"])
     inputs = [g.input(call.args[0])]
     if axis is None:  # every axis: no axes at all
@@ -257,6 +277,22 @@ def get_item(g: GraphBuilder, call: Call) -> None:
     g.node("Identity", [value], call.output)  # the result by the name the next op asks for
 
 
+def cat(g: GraphBuilder, call: Call) -> None:
+    g.node("Concat", [g.input(t) for t in call.args], call.output, axis=call.params["dim"])
+
+
+def stack(g: GraphBuilder, call: Call) -> None:
+    # each input gets the new axis (Unsqueeze), then Concat joins them along it
+    dim = call.params["dim"]
+    parts = [g.node("Unsqueeze", [g.input(t), g.int64s([dim], "axes")]) for t in call.args]
+    g.node("Concat", parts, call.output, axis=dim)
+
+
+def expand(g: GraphBuilder, call: Call) -> None:
+    shape = g.int64s(call.output.shape, "shape")
+    g.node("Expand", [g.input(call.args[0]), shape], call.output)
+
+
 def _slice_inputs(g: GraphBuilder, entry: slice, size: int, axis: int) -> list[str]:
     """starts, ends, axes, steps of one Python slice, as ONNX Slice reads them."""
     start, stop, step = entry.indices(size)
@@ -280,6 +316,11 @@ TRANSLATIONS = {
     tensor_ops.Cast: cast,
     tensor_ops.Sum: reduction,
     tensor_ops.Max: reduction,
+    pointwise.Min: reduction,
+    pointwise.Clamp: clamp,
+    shape_ops.Cat: cat,
+    shape_ops.Stack: stack,
+    shape_ops.Expand: expand,
     tensor_ops.Reshape: reshape,
     tensor_ops.Permute: permute,
     tensor_ops.GetItem: get_item,
