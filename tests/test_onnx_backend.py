@@ -47,6 +47,12 @@ NODE_FAMILIES = {
     "Softmax": "softmax",
     "LogSoftmax": "logsoftmax",
     "SoftmaxCrossEntropyLoss": "softmax_cross_entropy_loss",
+    "Abs": "abs",
+    "Sqrt": "sqrt",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Clip": "clip",
+    "Expand": "expand",
 }
 PYTORCH_CONVERTED = [
     "test_AvgPool1d",
@@ -86,11 +92,13 @@ PYTORCH_CONVERTED = [
     "test_MaxPool2d",
     "test_MaxPool2d_stride_padding_dilation",
     "test_ReLU",
+    "test_Sigmoid",
     "test_Softmax",
     "test_log_softmax_dim3",
     "test_log_softmax_lastdim",
     "test_softmax_functional_dim3",
     "test_softmax_lastdim",
+    "test_Tanh",
 ]
 
 # The cases of these families that do not run, each with its reason: a real limitation.
@@ -138,7 +146,7 @@ EXCLUDED_CONVERTED = {
             "test_ZeroPad2d", "test_ELU", "test_SELU", "test_LeakyReLU",
             "test_LeakyReLU_with_negval", "test_PReLU_1d", "test_PReLU_1d_multiparam",
             "test_PReLU_2d", "test_PReLU_2d_multiparam", "test_PReLU_3d",
-            "test_PReLU_3d_multiparam", "test_Sigmoid", "test_Tanh", "test_Softplus",
+            "test_PReLU_3d_multiparam", "test_Softplus",
             "test_Softsign", "test_Softmin", "test_GLU", "test_GLU_dim", "test_Embedding",
             "test_Embedding_sparse", "test_PixelShuffle", "test_PoissonNLLLLoss_no_reduce",
         ],

@@ -1,5 +1,6 @@
 """Builders for ONNX's math and shape ops: Gemm, MatMul, Add/Sub/Mul/Div, Sum, Relu, Softmax,
-LogSoftmax, SoftmaxCrossEntropyLoss, Flatten, Reshape, Transpose, Concat, Identity
+LogSoftmax, SoftmaxCrossEntropyLoss, Flatten, Reshape, Transpose, Concat, Identity, Abs, Sqrt,
+Sigmoid, Tanh, Clip, Expand
 (``minidl/onnx/node.py`` says what a builder is).
 
 Conventions that changed over the opsets and are read here:
@@ -233,6 +234,41 @@ def transpose(node: OnnxNode):
     return run
 
 
+def unary(node: OnnxNode):
+    """Abs, Sqrt, Sigmoid, Tanh: the Tensor method of the same name."""
+    method = node.op_type.lower()
+    return lambda inputs, training: getattr(inputs[0], method)()
+
+
+def clip(node: OnnxNode):
+    """Clip: the bounds are attributes before opset 11 (absent: the dtype's lowest and highest),
+    optional inputs from 11 on (absent or empty: no bound). min > max gives max everywhere, as
+    numpy.clip and torch.clamp do."""
+
+    def run(inputs, training):
+        if node.opset < 11:
+            low, high = node.attr("min"), node.attr("max")
+        else:
+            low, high = runtime_value(node, inputs, 1), runtime_value(node, inputs, 2)
+        low, high = (None if v is None else np.asarray(v).item() for v in (low, high))
+        if low is None and high is None:
+            return inputs[0] * 1  # a copy: Clip's output is its own tensor
+        return inputs[0].clamp(min=low, max=high)
+
+    return run
+
+
+def expand(node: OnnxNode):
+    """Expand: x broadcast against the shape input both ways (ONNX's rule: a 1 in the shape
+    keeps x's size there), as a view."""
+
+    def run(inputs, training):
+        x, shape = inputs[0], [int(d) for d in runtime_value(node, inputs, 1)]
+        return x.expand(*np.broadcast_shapes(tuple(x.shape), tuple(shape)))
+
+    return run
+
+
 def concat_(node: OnnxNode):
     axis = node.attr("axis", 1)  # required from opset 4; before, 1 by default
 
@@ -261,4 +297,10 @@ MATH_BUILDERS = {
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,
     "Concat": concat_,
+    "Abs": unary,
+    "Sqrt": unary,
+    "Sigmoid": unary,
+    "Tanh": unary,
+    "Clip": clip,
+    "Expand": expand,
 }
