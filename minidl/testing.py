@@ -233,10 +233,11 @@ def torch_twin(model: nn.Module):
 
     Layers: Conv2d (stride, padding, dilation, groups), Linear, ReLU, LocalResponseNorm (torch's
     alpha is ours times ``size``: it divides by ``size``, we follow the paper), MaxPool2d, Dropout,
-    Flatten, BatchNorm1d/2d. A container (an ``nn.Sequential``, or a Module whose ``forward``
-    applies its children in the order they were assigned, as AlexNet's ``features`` then
-    ``classifier``) becomes a ``torch.nn.Sequential`` with the same names, so both state dicts
-    have the same keys. Dropout draws its own masks in each framework: compare in eval mode.
+    Flatten, BatchNorm1d/2d, Sigmoid, Tanh, Softmax, LogSoftmax, Identity. A container (an
+    ``nn.Sequential``, or a Module whose ``forward`` applies its children in the order they were
+    assigned, as AlexNet's ``features`` then ``classifier``) becomes a ``torch.nn.Sequential``
+    with the same names, so both state dicts have the same keys. Dropout draws its own masks in
+    each framework: compare in eval mode.
     """
     torch = _import_torch("torch_twin")
     twin = _twin_layer(torch, model)
@@ -284,11 +285,15 @@ def _twin_layer(torch, layer: nn.Module):
             layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats
         )
     if isinstance(layer, nn.Dropout):
-        return tnn.Dropout(layer.p)
+        return tnn.Dropout(layer.p, layer.inplace)
     if isinstance(layer, nn.Flatten):
         return tnn.Flatten(layer.start_dim, layer.end_dim)
     if isinstance(layer, nn.ReLU):
-        return tnn.ReLU()
+        return tnn.ReLU(layer.inplace)
+    if isinstance(layer, (nn.Softmax, nn.LogSoftmax)):
+        return getattr(tnn, type(layer).__name__)(layer.dim)
+    if isinstance(layer, (nn.Sigmoid, nn.Tanh, nn.Identity)):
+        return getattr(tnn, type(layer).__name__)()
     children = list(layer._modules.items())
     if not children:
         raise TypeError(f"torch_twin: no PyTorch twin for {type(layer).__name__}")
