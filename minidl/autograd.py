@@ -23,7 +23,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from minidl import dtypes
+from minidl import dtypes, versions
+from minidl.versions import Version
 
 _grad_enabled = True
 # While profile() runs: op name -> [forward seconds, backward seconds, calls], and what to call
@@ -80,15 +81,6 @@ class Context:
         self.saved = values
 
 
-class Version:
-    """A tensor's version counter: how many times its array was written in place."""
-
-    __slots__ = ("count",)
-
-    def __init__(self):
-        self.count = 0
-
-
 class GraphTensor:
     """What the graph needs of a tensor; ``minidl.tensor.Tensor`` is the class users meet."""
 
@@ -97,12 +89,10 @@ class GraphTensor:
     requires_grad: bool
     _grad: GraphTensor | None
     _node: Node | None  # the op that made it; None for a leaf
-    # PyTorch's version counter: the writes into the values (in place, load_state_dict, a step),
-    # shared by the tensors of one array (x.detach(), views). Backward refuses an array an op
-    # saved that changed since (saved_versions); an optimizer remakes a 16-bit master copy.
-    _versions: Version | None = None  # made on the first need
-    # A view's origin (reshape, permute, x[i]): (its base, the op, its params, the count when
-    # the view was last in step with the base; see _mark_view)
+    # PyTorch's version counter and views (minidl/versions.py): the writes into the values,
+    # shared by the tensors of one array (x.detach(), views), made on the first need; and a
+    # view's origin (its base, the op, its params, the count when it was last in step).
+    _versions: Version | None = None
     _view: tuple | None = None
 
     @property
@@ -143,23 +133,6 @@ class Node:
         self.saved_versions: tuple = ()  # (Version, count at forward) of the tensors ctx saved
 
 
-def saved_versions(saved: tuple, tensors) -> tuple:
-    """(version counter, its count now) for each of ``tensors`` whose own array is in ``saved``
-    (or is the base of a saved view): the arrays whose later change in place would make backward
-    compute from values forward never saw. A saved copy (a float32 copy of 16-bit data, say)
-    cannot change that way, and is not watched."""
-    ids = set()  # of the saved arrays and of the arrays they view (every op runs this: kept lean)
-    for a in saved:
-        base = getattr(a, "base", False)  # False: not an array (a shape, a dtype, a number)
-        if base is not False:
-            ids.add(id(a))
-            if base is not None:
-                ids.add(id(base))
-    if not ids:
-        return ()
-    return tuple((t._version_counter(), t._version) for t in tensors if id(t.data) in ids)
-
-
 class Function:
     """Base class of every differentiable op."""
 
@@ -186,8 +159,8 @@ class Function:
         if not tensors:
             raise TypeError(f"{cls.__name__}.apply: needs at least one Tensor argument")
         for t in tensors:
-            if t._view is not None and t._view[3] != t._versions.count and _grad_enabled:
-                _retake_view(t)
+            if _grad_enabled and versions.is_stale(t):
+                versions.retake_view(t)
         device = _common_device(cls.__name__, tensors)
         floating = _check_float_dtypes(cls.__name__, tensors)
         if cls.dtype_kinds is not None:
@@ -209,34 +182,12 @@ class Function:
         requires_grad = _grad_enabled and any(needs)
         result = tensors[0]._new(out, requires_grad)
         if getattr(out, "base", None) is not None:
-            _mark_view(result, tensors, cls, params)
+            versions.mark_view(result, tensors, cls, params)
         if requires_grad:
             inputs = tuple(_graph_input(a) if isinstance(a, GraphTensor) else None for a in args)
             result._node = Node(cls, ctx, inputs, tuple(out.shape), out.dtype)
-            result._node.saved_versions = saved_versions(ctx.saved, (*tensors, result))
+            result._node.saved_versions = versions.saved_versions(ctx.saved, (*tensors, result))
         return result
-
-
-def _mark_view(result, tensors, fn: type, params: dict) -> None:
-    """An op whose output is a view of an input's array (reshape, permute, basic indexing): the
-    two share the input's version counter, as PyTorch's views do, and the output keeps where it
-    comes from (``_view``): a write into it changes the input's values too (minidl/inplace.py),
-    and a write into the input changes the view's (``_retake_view``)."""
-    owner = result.data.base
-    for t in tensors:
-        if owner is t.data or owner is t.data.base:
-            result._versions = t._version_counter()
-            result._view = (t, fn, params, result._versions.count)
-            return
-
-
-def _retake_view(view) -> None:
-    """A view of a base written since holds the new values (one array) but the old values' place
-    in the graph: take it again from the base, as PyTorch regenerates a view's grad_fn."""
-    base, fn, params, _ = view._view
-    fresh = fn.apply(base, **params)
-    view._node, view.requires_grad = fresh._node, fresh.requires_grad
-    view._view = (base, fn, params, view._versions.count)
 
 
 def _graph_input(t):
@@ -375,7 +326,7 @@ def _run_backward(node: Node, dy, retain_graph: bool) -> tuple:
             "backward(), which released its saved arrays (as PyTorch does); pass "
             "retain_graph=True to that first backward() to go through the graph again"
         )
-    _check_saved_versions(node)
+    versions.check_saved(node.saved_versions, op_name(node.fn))
     if _profile is None:
         input_grads = node.fn.backward(node.ctx, dy)
     else:
@@ -385,16 +336,3 @@ def _run_backward(node: Node, dy, retain_graph: bool) -> tuple:
     if not retain_graph:
         node.ctx = None  # its saved arrays go now, not when the whole graph does
     return input_grads if isinstance(input_grads, tuple) else (input_grads,)
-
-
-def _check_saved_versions(node: Node) -> None:
-    """Refuse a backward whose saved arrays were changed in place since forward (PyTorch's
-    "modified by an inplace operation"): its gradient would be a wrong number, silently."""
-    for counter, count in node.saved_versions:
-        if counter.count != count:
-            raise RuntimeError(
-                f"backward: one of the tensors {op_name(node.fn)} saved for its gradient was "
-                f"modified by an inplace operation (it is at version {counter.count}; expected "
-                f"version {count}, its version at the forward pass). Change it after "
-                "backward(), or change a copy (x = x.clone())"
-            )

@@ -28,7 +28,7 @@ copy, and the graph keeps the original); ``detach()`` is the same array outside 
 as PyTorch's views do, and the two follow each other in the graph as in PyTorch: a write into a
 view makes the base anew with the view's part replaced (PyTorch's CopySlices, here
 ``_write_through_view``: ``x[:, 0] += w`` carries w's gradient into x), and a view of a base
-written since is taken again before an op uses it (``autograd._retake_view``).
+written since is taken again before an op uses it (``minidl/versions.py``).
 
 One value: ``bool(t)``, ``float(t)``, ``int(t)`` and ``f"{t:.3f}"`` read a tensor of one element
 (``if loss < 0.5:``, ``print(f"{loss:.4f}")``); any other tensor is refused as PyTorch refuses it.
