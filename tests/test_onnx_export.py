@@ -566,3 +566,23 @@ def test_in_place_ops_are_exported_as_the_values_they_make(tmp_path):
 def test_the_tensor_api_ops_at_the_oldest_and_a_newer_opset(opset, tmp_path):
     """ReduceMin's axes were an attribute before opset 18, an input from 18 on."""
     export_and_compare(Lambda(tensor_api, (4,)), random_input(2, 3, 4, 5), tmp_path, opset=opset)
+
+
+class WritesThroughViews(nn.Module):
+    """A forward that writes into a view of a tensor (x[:, 0] += ...), and that uses a view
+    taken before its base was written: one tensor object holds several values in turn."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        flat = y.reshape(2, -1)  # taken before y is written
+        y.reshape(-1).mul_(3.0)  # a write through a view of y: y is made anew
+        y.permute(1, 0, 2, 3).add_(1.0)  # and again
+        return flat.sum(1) + y.sum((1, 2, 3))  # flat holds y's new values
+
+
+def test_writes_through_views_are_exported_as_the_values_they_make(tmp_path):
+    export_and_compare(WritesThroughViews(), random_input(2, 3, 5, 5), tmp_path)

@@ -23,10 +23,12 @@ early. The op's own call has everything, so this listens there instead.
 Only the thread that called ``trace`` is recorded, and only the outermost op: an op whose forward
 calls other ops (a forward written with Tensors) is one Call.
 
-An in-place op (``out += identity``, ``ReLU(inplace=True)``) is a third door: one tensor object
-then holds two values, before and after the write. The Calls name values by their tensor, so
-every Call recorded before the write is given a stand-in (a copy of the value before) in its
-place, and the write's Call has the tensor as its output.
+The Calls name values by their tensor, and a tensor object can hold several values in turn: an
+in-place op (``out += identity``, ``ReLU(inplace=True)``, a write through a view, which remakes
+the view's base too) is a third door, and a view taken again from its written base
+(``minidl/versions.py``) is taken at the ``apply`` door, where the trace sees it. Either way
+``_Recorder.renamed`` gives the Calls so far a stand-in (a copy of the old value) where they
+name the tensor, and the tensor where they name the result that it now holds.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import contextlib
 import threading
 from typing import NamedTuple
 
-from minidl import autograd
+from minidl import autograd, versions
 from minidl.autograd import Function
 from minidl.inplace import InPlace
 from minidl.nn.module import Module
@@ -70,18 +72,15 @@ class _Recorder:
         layer = self.layers[-1]
         self.calls.append(Call(fn, args, params, output, self.names.get(id(layer), "?"), layer))
 
-    def written_in_place(self, tensor: Tensor, before: Tensor, first_call: int) -> None:
-        """``tensor`` now holds what the Calls from ``first_call`` on made (the last one's
-        output); in the Calls before them, ``before`` (its old value) takes its place."""
-        if len(self.calls) == first_call:
-            return  # no op ran (dropout in eval mode returns its input)
+    def renamed(self, tensor: Tensor, before: Tensor, result: Tensor) -> None:
+        """``tensor`` now holds ``result``'s value: in the Calls so far, ``before`` (a stand-in
+        for its old value) takes the tensor's place, and the tensor takes ``result``'s."""
 
-        def old(value):
-            return before if value is tensor else value
+        def name(value):
+            return before if value is tensor else tensor if value is result else value
 
         for i, c in enumerate(self.calls):
-            self.calls[i] = c._replace(args=tuple(map(old, c.args)), output=old(c.output))
-        self.calls[-1] = self.calls[-1]._replace(output=tensor)
+            self.calls[i] = c._replace(args=tuple(map(name, c.args)), output=name(c.output))
 
 
 @contextlib.contextmanager
@@ -94,6 +93,10 @@ def _listening_at_the_doors(recorder: _Recorder):
     def apply(cls, *args, **params):
         if not recorder.listening():
             return original_apply.__func__(cls, *args, **params)
+        for t in args:
+            if isinstance(t, Tensor) and versions.is_stale(t):  # taken again here, recorded
+                before = t._new(t.data.copy(), False)
+                recorder.renamed(t, before, versions.retake_view(t))
         recorder.depth += 1
         try:
             output = original_apply.__func__(cls, *args, **params)
@@ -115,9 +118,14 @@ def _listening_at_the_doors(recorder: _Recorder):
         if not recorder.listening():
             return original_in_place(tensor, op, *args)
         before = tensor._new(tensor.data.copy(), False)
-        first_call = len(recorder.calls)
-        out = original_in_place(tensor, op, *args)
-        recorder.written_in_place(tensor, before, first_call)
+        made = []  # the result the tensor takes the value of
+
+        def op_keeping_its_result(t, *a):
+            made.append(op(t, *a))
+            return made[-1]
+
+        out = original_in_place(tensor, op_keeping_its_result, *args)
+        recorder.renamed(tensor, before, made[0])
         return out
 
     Function.apply = classmethod(apply)
