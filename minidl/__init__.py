@@ -31,11 +31,8 @@ float32 = "float32"
 float64 = "float64"
 
 
-def zeros(*shape, dtype=None, device: str = "cpu", requires_grad: bool = False) -> Tensor:
-    import numpy as np
-
-    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Tensor(np.zeros(shape, dtype=dtype or np.float32), requires_grad, device=device)
+def zeros(*size, dtype=None, device: str = "cpu", requires_grad: bool = False) -> Tensor:
+    return full(_size(size), 0.0, dtype=dtype, device=device, requires_grad=requires_grad)
 
 
 def from_numpy(array) -> Tensor:
@@ -58,8 +55,7 @@ def randn(*shape, dtype=None, device: str = "cpu", requires_grad: bool = False) 
 
     from minidl.random import generator
 
-    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    values = generator().standard_normal(shape).astype(dtype or np.float32)
+    values = generator().standard_normal(_size(shape)).astype(dtype or np.float32)
     return Tensor(values, requires_grad, device=device)
 
 

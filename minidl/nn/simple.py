@@ -21,34 +21,27 @@ class Tanh(Module):
 
 
 class Softmax(Module):
+    """softmax along ``dim``, which is required: PyTorch guesses one when it is not given (with a
+    deprecation warning); minidl asks for it."""
+
+    normalize = "softmax"  # the Tensor method; LogSoftmax is this layer with log_softmax
+
     def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = dim
 
     def forward(self, x):
-        return x.softmax(_dim("Softmax", self.dim))
+        if self.dim is None:
+            layer = type(self).__name__
+            raise TypeError(f"nn.{layer}: give the dim to normalize over, e.g. nn.{layer}(dim=1)")
+        return getattr(x, self.normalize)(self.dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
 
-class LogSoftmax(Module):
-    def __init__(self, dim: int | None = None):
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x):
-        return x.log_softmax(_dim("LogSoftmax", self.dim))
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
-
-
-def _dim(layer: str, dim):
-    # PyTorch guesses a dim when none is given (with a deprecation warning); minidl asks for it
-    if dim is None:
-        raise TypeError(f"nn.{layer}: give the dim to normalize over, e.g. nn.{layer}(dim=1)")
-    return dim
+class LogSoftmax(Softmax):
+    normalize = "log_softmax"
 
 
 class Identity(Module):
