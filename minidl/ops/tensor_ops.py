@@ -138,8 +138,8 @@ class CopyInto(Function):
     @staticmethod
     def backward(ctx, dy):
         shape, dtype = ctx.saved
-        dsrc = None if dtype is None else unbroadcast(dy, shape).astype(dtype, copy=False)
-        return backend.xp(ctx.device).zeros_like(dy), dsrc
+        dsrc = unbroadcast(dy, shape).astype(dtype) if ctx.needs_input_grad[1] else None
+        return backend.xp(ctx.device).zeros_like(dy), dsrc  # a number as src: no gradient
 
 
 # y = a^b: dy/da = b a^(b-1), dy/db = a^b log a, with PyTorch's values at the singular points
@@ -345,11 +345,12 @@ class SetItem(Function):
     @staticmethod
     def backward(ctx, dy):
         basic, advanced, v_shape, v_dtype = ctx.saved
-        region = dy[basic] if advanced is None else dy[basic][advanced]
-        dv = None if v_dtype is None else unbroadcast(region, v_shape).astype(v_dtype, copy=False)
         da = dy.copy()
         _write_at(da, basic, advanced, 0)
-        return da, dv
+        if not ctx.needs_input_grad[1]:  # a number or an array as v: no gradient
+            return da, None
+        region = dy[basic] if advanced is None else dy[basic][advanced]
+        return da, unbroadcast(region, v_shape).astype(v_dtype, copy=False)
 
 
 def _write_at(array, basic, advanced, value) -> None:
