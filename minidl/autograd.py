@@ -206,11 +206,12 @@ def _common_device(op: str, tensors) -> str:
 
 def op_name(fn: type) -> str:
     """The public name of a Function's op: Conv2dFunction -> conv2d, LogSoftmaxFunction ->
-    log_softmax (what the user called, for error messages), unless ``public_name`` says."""
+    log_softmax, BiasReLUFunction -> bias_relu (an acronym stays one word), for error messages,
+    unless ``public_name`` says."""
     if fn.public_name is not None:
         return fn.public_name
     stem = fn.__name__.removesuffix("Function") or fn.__name__
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", stem).lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])", "_", stem).lower()
 
 
 def _kind(t) -> str:

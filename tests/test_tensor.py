@@ -241,3 +241,15 @@ def test_repr_reads_as_pytorchs():
     assert repr(mdl.tensor(0.3) < 0.5) == "tensor(True)"
     assert repr(mdl.tensor([1.5], dtype="float64")) == "tensor([1.5], dtype=float64)"
     assert repr(mdl.tensor([1.0], requires_grad=True)) == "tensor([1.], requires_grad=True)"
+
+
+def test_op_names_in_messages_are_what_the_user_called():
+    from minidl.autograd import op_name
+    from minidl.ops.activation import BiasReLUFunction, ReLUFunction
+    from minidl.ops.lrn import LocalResponseNormFunction
+    from minidl.ops.pool import MaxPool2dFunction
+
+    assert op_name(ReLUFunction) == "relu"  # an acronym stays one word (it was "re_lu")
+    assert op_name(BiasReLUFunction) == "bias_relu"
+    assert op_name(LocalResponseNormFunction) == "local_response_norm"
+    assert op_name(MaxPool2dFunction) == "max_pool2d"

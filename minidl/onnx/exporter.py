@@ -146,7 +146,8 @@ def where(call: Call) -> str:
 def _graph(model, calls, x, outputs, opset, input_name, output_names) -> onnx.GraphProto:
     unknown = [c for c in calls if c.fn not in TRANSLATIONS]
     if unknown:
-        listed = "; ".join(f"{op_name(c.fn)} ({c.fn.__name__}) in {where(c)}" for c in unknown)
+        places = (f"{op_name(c.fn)} ({c.fn.__name__}) in {where(c)}" for c in unknown)
+        listed = "; ".join(dict.fromkeys(places))  # each op and place once, in order
         known = ", ".join(sorted({op_name(fn) for fn in TRANSLATIONS}))
         raise ExportError(f"export: no ONNX translation for {listed}. The exporter knows: {known}")
     state = {}
